@@ -1,0 +1,23 @@
+"""The `tokenpools` command line.
+
+Each concern registers its own sub-application here, so this file stays a table of contents.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from tokenpools.cli import config as config_cli
+
+app = typer.Typer(
+    name="tokenpools",
+    help="Token pools: entitlements in tokens/s, KV cache and concurrency for multi-tenant LLM inference.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(config_cli.app, name="config")
+app.add_typer(config_cli.schemas_app, name="schemas")
+
+
+def main() -> None:
+    app()
