@@ -1,0 +1,139 @@
+"""The per-request admission decision: O(1), pure, the clock passed in.
+
+Order of checks: a guaranteed request within its guarantee skips its own limits (they can never
+be below the guarantee) and may preempt the newest spot requests; everything else must fit its
+entitlement's limits and then the pool's capacity, spot under a reclaim buffer. What does not fit
+is queued when the wait looks short, else refused with the dimension that ran out.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import IntEnum
+
+from capacity.cost import RequestCost
+from capacity.live import GUARANTEED, SPOT, EntitlementLive, PoolLive, Reservation
+from schemas.specs import Dimension
+
+
+class Verdict(IntEnum):
+    ADMIT = 0
+    PREEMPT = 1
+    QUEUE = 2
+    REFUSE = 3
+
+
+class Decision:
+    __slots__ = ("dimension", "priority", "reservation", "retry_after", "verdict", "victims")
+
+    def __init__(
+        self,
+        verdict: Verdict,
+        reservation: Reservation | None = None,
+        victims: tuple[Reservation, ...] = (),
+        dimension: Dimension | None = None,
+        retry_after: float = 0.0,
+        priority: tuple[int, float] = (0, math.inf),
+    ) -> None:
+        self.verdict = verdict
+        self.reservation = reservation
+        self.victims = victims
+        self.dimension = dimension
+        self.retry_after = retry_after
+        self.priority = priority
+
+    @property
+    def admitted(self) -> bool:
+        return self.verdict <= Verdict.PREEMPT
+
+    def __repr__(self) -> str:
+        extra = f", victims={[v.request_id for v in self.victims]}" if self.victims else ""
+        dim = f", dimension={self.dimension.value}" if self.dimension else ""
+        return f"Decision({self.verdict.name}{dim}, retry_after={self.retry_after:.3g}{extra})"
+
+
+def decide(
+    pool: PoolLive,
+    ent: EntitlementLive,
+    request_id: str,
+    cost: RequestCost,
+    now: float,
+    deadline: float = math.inf,
+    retry: bool = False,
+) -> Decision:
+    """Decide one request; ADMIT and PREEMPT already hold the reservation (victims are released).
+
+    ``retry`` marks a queued request trying again, so its demand is not counted twice.
+    ``deadline`` (arrival + SLO TTFT) orders the queue within a tier.
+    """
+    if not retry:
+        ent.demand_tp += cost.throughput
+        if ent.kv_in_flight + cost.kv > ent.demand_kv_peak:
+            ent.demand_kv_peak = ent.kv_in_flight + cost.kv
+        if ent.seqs_in_flight + 1.0 > ent.demand_conc_peak:
+            ent.demand_conc_peak = ent.seqs_in_flight + 1.0
+    bucket = ent.bucket
+    bucket.refill(now)
+    kv_after = ent.kv_in_flight + cost.kv
+    seqs_after = ent.seqs_in_flight + 1.0
+    within_guarantee = False
+    if ent.rank == GUARANTEED:
+        g_bucket = ent.g_bucket
+        g_bucket.refill(now)  # type: ignore[union-attr]
+        g = ent.guarantee
+        within_guarantee = kv_after <= g[1] and seqs_after <= g[2] and g_bucket.can_take(cost.throughput)  # type: ignore[union-attr]
+    if not within_guarantee:
+        if not bucket.can_take(cost.throughput):
+            return _hold(pool, ent, Dimension.THROUGHPUT, bucket.wait_for(cost.throughput), now, deadline)
+        if kv_after > ent.limit_kv:
+            return _hold(pool, ent, Dimension.KV, _held_wait(pool, cost.kv <= ent.limit_kv), now, deadline)
+        if seqs_after > ent.limit_conc:
+            return _hold(pool, ent, Dimension.CONCURRENCY, _held_wait(pool, ent.limit_conc >= 1), now, deadline)
+    if ent.rank == SPOT:
+        kv_ceiling, seq_ceiling = pool.spot_kv, pool.spot_conc
+    else:
+        kv_ceiling, seq_ceiling = pool.cap_kv, pool.cap_conc
+    kv_over = pool.kv_in_flight + cost.kv - kv_ceiling
+    seq_over = pool.seqs_in_flight + 1.0 - seq_ceiling
+    if kv_over <= 0 and seq_over <= 0:
+        return Decision(Verdict.ADMIT, pool.hold(request_id, ent, cost, now))
+    if within_guarantee:
+        victims = _plan_preemption(pool, kv_over, seq_over)
+        if victims is not None:
+            for victim in victims:
+                pool.release(victim.request_id, now)
+            return Decision(Verdict.PREEMPT, pool.hold(request_id, ent, cost, now), victims)
+        # Spot cannot free enough (others hold it): wait at the head of the queue, never refuse.
+        return Decision(Verdict.QUEUE, dimension=Dimension.KV if kv_over > 0 else Dimension.CONCURRENCY,
+                        retry_after=pool.tick_seconds, priority=(GUARANTEED, deadline))
+    dim = Dimension.KV if kv_over > 0 else Dimension.CONCURRENCY
+    fits_at_all = cost.kv <= kv_ceiling and seq_ceiling >= 1
+    return _hold(pool, ent, dim, _held_wait(pool, fits_at_all), now, deadline)
+
+
+def _plan_preemption(pool: PoolLive, kv_over: float, seq_over: float) -> tuple[Reservation, ...] | None:
+    """The newest spot requests whose release makes room, or None when all spot would not suffice."""
+    if pool.spot_kv_in_flight < kv_over or pool.spot_seqs < seq_over:
+        return None
+    victims: list[Reservation] = []
+    for res in pool.newest_spot():
+        victims.append(res)
+        kv_over -= res.kv
+        seq_over -= 1.0
+        if kv_over <= 0 and seq_over <= 0:
+            return tuple(victims)
+    return None
+
+
+def _held_wait(pool: PoolLive, fits_at_all: bool) -> float:
+    """Held dimensions free up as requests end; without a better signal, expect about a tick."""
+    return pool.tick_seconds if fits_at_all else math.inf
+
+
+def _hold(pool: PoolLive, ent: EntitlementLive, dim: Dimension, wait: float, now: float,
+          deadline: float) -> Decision:
+    max_wait = pool.spot_max_wait if ent.rank == SPOT else pool.queue_max_wait
+    if wait <= max_wait:
+        return Decision(Verdict.QUEUE, dimension=dim, retry_after=wait, priority=(ent.rank, deadline))
+    retry_after = wait if math.isfinite(wait) else max(pool.tick_seconds, 1.0)
+    return Decision(Verdict.REFUSE, dimension=dim, retry_after=retry_after)

@@ -1,0 +1,246 @@
+"""Live admission state of one pool as one admitter sees it: in-flight reservations and limits.
+
+Everything here is O(1) per request. Accumulators gather what the allocator tick needs (demand
+including refused and queued work, time-integrated usage) so the tick never scans requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from capacity.bucket import TokenBucket
+from capacity.cost import OutputEstimator, RequestCost
+from schemas.specs import TIER_RANK, Entitlement, Tier, TokenPool
+
+GUARANTEED, ELASTIC, SPOT = 0, 1, 2
+
+
+class Reservation:
+    """What one admitted request holds until it ends."""
+
+    __slots__ = ("admitted_at", "entitlement", "kv", "max_tokens", "prompt_tokens", "request_id", "throughput")
+
+    def __init__(self, request_id: str, entitlement: EntitlementLive, cost: RequestCost, now: float) -> None:
+        self.request_id = request_id
+        self.entitlement = entitlement
+        self.throughput = cost.throughput
+        self.kv = cost.kv
+        self.prompt_tokens = cost.prompt_tokens
+        self.max_tokens = cost.max_tokens
+        self.admitted_at = now
+
+
+class EntitlementLive:
+    """One entitlement's limits, buckets, in-flight totals and per-tick accumulators."""
+
+    __slots__ = (
+        "bucket",
+        "burst",
+        "debt",
+        "demand_conc_peak",
+        "demand_kv_peak",
+        "demand_tp",
+        "effective_weight",
+        "fair_share",
+        "g_bucket",
+        "guarantee",
+        "kv_in_flight",
+        "kv_seconds",
+        "last_change",
+        "limit_conc",
+        "limit_kv",
+        "limit_tp",
+        "name",
+        "outputs",
+        "rank",
+        "seq_seconds",
+        "seqs_in_flight",
+        "slo_ttft",
+        "spec",
+        "tenant",
+        "tier",
+        "used_tp",
+        "weight",
+        "window",
+    )
+
+    def __init__(self, ent: Entitlement, now: float) -> None:
+        spec = ent.spec
+        self.spec = ent
+        self.name = ent.name
+        self.tenant = spec.tenant
+        self.tier: Tier = spec.tier
+        self.rank = TIER_RANK[spec.tier]
+        self.weight = spec.weight
+        self.window = spec.burst_window_seconds
+        self.slo_ttft = spec.slo.ttft_seconds if spec.slo else None
+        self.guarantee = spec.guarantee.as_tuple()
+        self.burst = spec.burst.as_tuple()
+        # Until the first tick, an entitlement may use its guarantee (or nothing, for others).
+        self.limit_tp, self.limit_kv, self.limit_conc = self.guarantee
+        self.bucket = TokenBucket(self.limit_tp, self.limit_tp * self.window, now)
+        g_tp = self.guarantee[0]
+        self.g_bucket = TokenBucket(g_tp, g_tp * self.window, now) if self.rank == GUARANTEED else None
+        self.kv_in_flight = 0.0
+        self.seqs_in_flight = 0.0
+        self.outputs = OutputEstimator()
+        self.debt = 0.0
+        self.effective_weight = self.weight
+        self.fair_share = 0.0
+        self.last_change = now
+        self.reset_accumulators(now)
+
+    def reset_accumulators(self, now: float) -> None:
+        self.demand_tp = 0.0
+        self.demand_kv_peak = self.kv_in_flight
+        self.demand_conc_peak = self.seqs_in_flight
+        self.used_tp = 0.0
+        self.kv_seconds = 0.0
+        self.seq_seconds = 0.0
+        self.last_change = now
+
+    def integrate(self, now: float) -> None:
+        """Accumulate KV- and sequence-seconds up to ``now`` (called before every change)."""
+        dt = now - self.last_change
+        if dt > 0:
+            self.kv_seconds += self.kv_in_flight * dt
+            self.seq_seconds += self.seqs_in_flight * dt
+            self.last_change = now
+
+    def set_limits(self, throughput: float, kv: float, concurrency: float, now: float,
+                   guarantee: tuple[float, float, float] | None = None) -> None:
+        """Apply new limits; a guaranteed entitlement never drops below its guarantee."""
+        if guarantee is not None:
+            self.guarantee = guarantee
+        g = self.guarantee
+        self.limit_tp = throughput if throughput > g[0] else g[0]
+        self.limit_kv = kv if kv > g[1] else g[1]
+        self.limit_conc = concurrency if concurrency > g[2] else g[2]
+        self.bucket.reconfigure(self.limit_tp, self.limit_tp * self.window, now)
+        if self.g_bucket is not None:
+            self.g_bucket.reconfigure(g[0], g[0] * self.window, now)
+
+
+class PoolLive:
+    """A pool's capacity and every reservation held in it, with spot kept newest-last for preemption."""
+
+    __slots__ = (
+        "cap_conc",
+        "cap_kv",
+        "cap_tp",
+        "entitlements",
+        "kv_in_flight",
+        "name",
+        "queue_max_wait",
+        "replicas",
+        "reservations",
+        "seqs_in_flight",
+        "spec",
+        "spot",
+        "spot_conc",
+        "spot_kv",
+        "spot_kv_in_flight",
+        "spot_max_wait",
+        "spot_seqs",
+        "tick_seconds",
+        "w_in",
+        "w_out",
+    )
+
+    def __init__(self, pool: TokenPool, entitlements: list[Entitlement], now: float,
+                 replicas: int | None = None) -> None:
+        spec = pool.spec
+        self.spec = pool
+        self.name = pool.name
+        self.w_in = spec.token_weights.input
+        self.w_out = spec.token_weights.output
+        self.queue_max_wait = spec.queue.max_wait_seconds
+        self.spot_max_wait = spec.queue.spot_max_wait_seconds
+        self.tick_seconds = spec.tick_seconds
+        self.kv_in_flight = 0.0
+        self.seqs_in_flight = 0.0
+        self.spot_kv_in_flight = 0.0
+        self.spot_seqs = 0.0
+        self.reservations: dict[str, Reservation] = {}
+        self.spot: dict[str, Reservation] = {}
+        self.entitlements: dict[str, EntitlementLive] = {}
+        self.set_replicas(spec.replicas.start if replicas is None else replicas)
+        for ent in entitlements:
+            self.add_entitlement(ent, now)
+
+    def set_replicas(self, replicas: int) -> None:
+        self.replicas = replicas
+        self.set_capacity(*self.spec.spec.capacity(replicas))
+
+    def set_capacity(self, throughput: float, kv: float, concurrency: float) -> None:
+        """Capacity this admitter may fill; with several admitters, the pipeline gives each its share."""
+        self.cap_tp, self.cap_kv, self.cap_conc = throughput, kv, concurrency
+        keep = 1.0 - self.spec.spec.reclaim_buffer
+        self.spot_kv = kv * keep
+        self.spot_conc = concurrency * keep
+
+    def add_entitlement(self, ent: Entitlement, now: float) -> EntitlementLive:
+        live = self.entitlements.get(ent.name)
+        if live is None:
+            live = EntitlementLive(ent, now)
+            self.entitlements[ent.name] = live
+        return live
+
+    def cost(self, prompt_tokens: int, max_tokens: int, ent: EntitlementLive) -> RequestCost:
+        return RequestCost(prompt_tokens, max_tokens, ent.outputs.estimate(max_tokens), self.w_in, self.w_out)
+
+    def hold(self, request_id: str, ent: EntitlementLive, cost: RequestCost, now: float) -> Reservation:
+        res = Reservation(request_id, ent, cost, now)
+        ent.bucket.take(cost.throughput)
+        if ent.g_bucket is not None:
+            ent.g_bucket.take(cost.throughput)
+        ent.integrate(now)
+        ent.kv_in_flight += cost.kv
+        ent.seqs_in_flight += 1.0
+        ent.used_tp += cost.throughput
+        if ent.kv_in_flight > ent.demand_kv_peak:
+            ent.demand_kv_peak = ent.kv_in_flight
+        if ent.seqs_in_flight > ent.demand_conc_peak:
+            ent.demand_conc_peak = ent.seqs_in_flight
+        self.kv_in_flight += cost.kv
+        self.seqs_in_flight += 1.0
+        self.reservations[request_id] = res
+        if ent.rank == SPOT:
+            self.spot[request_id] = res
+            self.spot_kv_in_flight += cost.kv
+            self.spot_seqs += 1.0
+        return res
+
+    def release(self, request_id: str, now: float, prompt_tokens: int | None = None,
+                output_tokens: int | None = None) -> Reservation | None:
+        """End a reservation, charging the real usage when known (reserve-then-correct).
+
+        Unknown usage (a cancel before the backend said anything) keeps the reserved charge, which
+        errs on the side of the limit. Returns None if the request holds nothing (already ended).
+        """
+        res = self.reservations.pop(request_id, None)
+        if res is None:
+            return None
+        ent = res.entitlement
+        if prompt_tokens is not None or output_tokens is not None:
+            p = res.prompt_tokens if prompt_tokens is None else prompt_tokens
+            o = 0 if output_tokens is None else output_tokens
+            refund = res.throughput - (self.w_in * p + self.w_out * o)
+            ent.bucket.give_back(refund)
+            if ent.g_bucket is not None:
+                ent.g_bucket.give_back(refund)
+            ent.used_tp -= refund
+            if output_tokens is not None:
+                ent.outputs.observe(output_tokens)
+        ent.integrate(now)
+        ent.kv_in_flight -= res.kv
+        ent.seqs_in_flight -= 1.0
+        self.kv_in_flight -= res.kv
+        self.seqs_in_flight -= 1.0
+        if self.spot.pop(request_id, None) is not None:
+            self.spot_kv_in_flight -= res.kv
+            self.spot_seqs -= 1.0
+        return res
+
+    def newest_spot(self) -> Iterator[Reservation]:
+        return reversed(self.spot.values())

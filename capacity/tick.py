@@ -1,0 +1,69 @@
+"""Run the allocator over live admission state: the one-admitter loop (simulator, single edge).
+
+With several admitters the pipeline (streams/) builds the same ``TickInput`` from aggregated
+events instead, and each admitter applies the shares it is sent.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from capacity.allocator import AllocatorPolicy, TickInput, TickResult, allocate
+from capacity.live import EntitlementLive, PoolLive
+
+
+def policy_for(pool: PoolLive, use_debt: bool = True) -> AllocatorPolicy:
+    spec = pool.spec.spec
+    return AllocatorPolicy(
+        reclaim_buffer=spec.reclaim_buffer,
+        debt_half_life=spec.debt.half_life_seconds,
+        debt_scale=spec.debt.scale_seconds,
+        use_debt=use_debt,
+    )
+
+
+def collect(pool: PoolLive, now: float, dt: float) -> tuple[list[EntitlementLive], TickInput]:
+    """Read and reset the per-tick accumulators into columnar allocator input."""
+    ents = list(pool.entitlements.values())
+    n = len(ents)
+    demand = np.empty((n, 3))
+    usage = np.empty((n, 3))
+    span = dt if dt > 0 else 1.0
+    for i, e in enumerate(ents):
+        e.integrate(now)
+        demand[i] = (e.demand_tp / span, max(e.demand_kv_peak, e.kv_in_flight),
+                     max(e.demand_conc_peak, e.seqs_in_flight))
+        usage[i] = (e.used_tp / span, e.kv_seconds / span, e.seq_seconds / span)
+        e.reset_accumulators(now)
+    inp = TickInput(
+        capacity=np.array([pool.cap_tp, pool.cap_kv, pool.cap_conc]),
+        rank=np.fromiter((e.rank for e in ents), dtype=np.int64, count=n),
+        weight=np.fromiter((e.weight for e in ents), dtype=float, count=n),
+        guarantee=np.array([e.spec.spec.guarantee.as_tuple() for e in ents]).reshape(n, 3),
+        burst=np.array([e.burst for e in ents]).reshape(n, 3),
+        demand=demand,
+        usage=usage,
+        debt=np.fromiter((e.debt for e in ents), dtype=float, count=n),
+        dt=dt,
+    )
+    return ents, inp
+
+
+def apply(ents: list[EntitlementLive], result: TickResult, now: float) -> None:
+    limits = result.limits.tolist()
+    debt = result.debt.tolist()
+    weight = result.effective_weight.tolist()
+    fair = result.fair_share.tolist()
+    for i, e in enumerate(ents):
+        tp, kv, conc = limits[i]
+        e.set_limits(tp, kv, conc, now)
+        e.debt = debt[i]
+        e.effective_weight = weight[i]
+        e.fair_share = fair[i]
+
+
+def tick(pool: PoolLive, now: float, dt: float, policy: AllocatorPolicy | None = None) -> TickResult:
+    ents, inp = collect(pool, now, dt)
+    result = allocate(inp, policy or policy_for(pool))
+    apply(ents, result, now)
+    return result

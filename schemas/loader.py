@@ -1,0 +1,262 @@
+"""Load multi-document YAML configs into validated specs, with errors a human can act on.
+
+Every problem becomes one line naming the file, the document, the field and what to fix, so
+`tokenpools config check` can print it and a CI job can grep it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from schemas.specs import API_VERSION, DIMENSIONS, Entitlement, Manifest, Tier, TokenPool
+from schemas.workload import WorkloadSpec
+
+
+class Workload(Manifest):
+    kind: Literal["Workload"] = "Workload"
+    spec: WorkloadSpec
+
+
+KINDS: dict[str, type[Manifest]] = {"TokenPool": TokenPool, "Entitlement": Entitlement, "Workload": Workload}
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a document came from: file and 1-based document index."""
+
+    file: str
+    document: int
+
+    def __str__(self) -> str:
+        return f"{self.file}: document {self.document}"
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    source: Source | None
+    label: str  # e.g. 'Entitlement "acme"'
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = str(self.source) if self.source else "<config>"
+        label = f" ({self.label})" if self.label else ""
+        fld = f"{self.field}: " if self.field else ""
+        return f"{where}{label}: {fld}{self.message}"
+
+
+class ConfigError(ValueError):
+    """One or more config problems; str() is one line per problem."""
+
+    def __init__(self, problems: Sequence[ConfigProblem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+@dataclass
+class PlatformConfig:
+    pools: dict[str, TokenPool] = field(default_factory=dict)
+    entitlements: dict[str, Entitlement] = field(default_factory=dict)
+    workloads: dict[str, Workload] = field(default_factory=dict)
+    sources: dict[tuple[str, str], Source] = field(default_factory=dict)
+
+    def entitlements_of(self, pool: str) -> list[Entitlement]:
+        return [e for e in self.entitlements.values() if e.spec.pool == pool]
+
+    def pool_for_model(self, model: str) -> TokenPool | None:
+        for pool in self.pools.values():
+            if pool.spec.model == model or pool.name == model:
+                return pool
+        return None
+
+
+def load_config(*paths: str | Path) -> PlatformConfig:
+    """Load files and folders (``*.yaml``/``*.yml``, sorted) into one validated config."""
+    problems: list[ConfigProblem] = []
+    config = PlatformConfig()
+    files = list(_expand(paths, problems))
+    for file in files:
+        for source, doc in _documents(file, problems):
+            manifest = _parse_manifest(source, doc, problems)
+            if manifest is not None:
+                _register(config, manifest, source, problems)
+    problems.extend(cross_check(config))
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def parse_manifest(doc: Any, source: Source | None = None) -> Manifest:
+    """Validate one already-decoded document (for the admin API and the config topic)."""
+    problems: list[ConfigProblem] = []
+    manifest = _parse_manifest(source or Source("<request>", 1), doc, problems)
+    if manifest is None:
+        raise ConfigError(problems)
+    return manifest
+
+
+def cross_check(config: PlatformConfig) -> list[ConfigProblem]:
+    """Checks that need more than one document: references and provisionability."""
+    problems: list[ConfigProblem] = []
+    for ent in config.entitlements.values():
+        if ent.spec.pool not in config.pools:
+            problems.append(_problem(config, ent, "spec.pool", _unknown("pool", ent.spec.pool, config.pools)))
+    for wl in config.workloads.values():
+        if wl.spec.pool not in config.pools:
+            problems.append(_problem(config, wl, "spec.pool", _unknown("pool", wl.spec.pool, config.pools)))
+        for i, tenant in enumerate(wl.spec.tenants):
+            if tenant.entitlement not in config.entitlements:
+                problems.append(
+                    _problem(
+                        config, wl, f"spec.tenants.{i}.entitlement",
+                        _unknown("entitlement", tenant.entitlement, config.entitlements),
+                    )
+                )
+    for pool in config.pools.values():
+        problems.extend(
+            _problem(config, ent, fld, msg)
+            for ent, fld, msg in provisioning_problems(pool, config.entitlements_of(pool.name))
+        )
+    return problems
+
+
+def provisioning_problems(
+    pool: TokenPool, entitlements: Iterable[Entitlement]
+) -> list[tuple[Entitlement, str, str]]:
+    """Guarantees the pool could never provision, even at max replicas.
+
+    What is promised must always be provisionable, so the entitlement that tips a dimension over
+    is refused (here at load time, and with 409 at the admin API).
+    """
+    ceiling = pool.spec.capacity(pool.spec.replicas.max)
+    per = pool.spec.sellable_per_replica()
+    totals = [0.0, 0.0, 0.0]
+    out: list[tuple[Entitlement, str, str]] = []
+    for ent in sorted(entitlements, key=lambda e: e.name):
+        if ent.spec.tier is not Tier.GUARANTEED:
+            continue
+        for i, dim in enumerate(DIMENSIONS):
+            g = ent.spec.guarantee.get(dim)
+            totals[i] += g
+            if g > 0 and totals[i] > ceiling[i] * (1 + 1e-9):
+                needed = math.ceil(totals[i] / per[i])
+                out.append(
+                    (
+                        ent,
+                        f"spec.guarantee.{dim.value}",
+                        f"guarantees on pool '{pool.name}' total {totals[i]:g} {dim.value} but the pool can "
+                        f"provision at most {ceiling[i]:g} at maxReplicas={pool.spec.replicas.max}; "
+                        f"lower the guarantee or raise maxReplicas to {needed}",
+                    )
+                )
+    return out
+
+
+def _expand(paths: Iterable[str | Path], problems: list[ConfigProblem]) -> Iterator[Path]:
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix in YAML_SUFFIXES and p.is_file())
+            if not found:
+                problems.append(ConfigProblem(Source(str(path), 0), "", "", "folder holds no .yaml or .yml files"))
+            yield from found
+        elif path.is_file():
+            yield path
+        else:
+            problems.append(ConfigProblem(Source(str(path), 0), "", "", "no such file or folder"))
+
+
+def _documents(file: Path, problems: list[ConfigProblem]) -> Iterator[tuple[Source, Any]]:
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(ConfigProblem(Source(str(file), 0), "", "", f"cannot read: {exc}"))
+        return
+    index = 0
+    try:
+        for doc in yaml.safe_load_all(text):
+            index += 1
+            if doc is not None:
+                yield Source(str(file), index), doc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        problems.append(ConfigProblem(Source(str(file), index + 1), "", "", f"invalid YAML{line}: {reason}"))
+
+
+def _parse_manifest(source: Source, doc: Any, problems: list[ConfigProblem]) -> Manifest | None:
+    if not isinstance(doc, dict):
+        got = type(doc).__name__
+        problems.append(ConfigProblem(source, "", "", f"expected a mapping with apiVersion/kind, got {got}"))
+        return None
+    kind = doc.get("kind")
+    name = (doc.get("metadata") or {}).get("name") if isinstance(doc.get("metadata"), dict) else None
+    label = f'{kind} "{name}"' if kind and name else str(kind or "")
+    if doc.get("apiVersion") != API_VERSION:
+        problems.append(
+            ConfigProblem(source, label, "apiVersion", f"must be '{API_VERSION}', got {doc.get('apiVersion')!r}")
+        )
+        return None
+    model = KINDS.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        problems.append(ConfigProblem(source, label, "kind", f"unknown kind {kind!r}; expected one of {sorted(KINDS)}"))
+        return None
+    try:
+        return model.model_validate(doc)
+    except ValidationError as exc:
+        problems.extend(ConfigProblem(source, label, _loc(err["loc"]), _message(err)) for err in exc.errors())
+        return None
+
+
+def _register(config: PlatformConfig, manifest: Manifest, source: Source, problems: list[ConfigProblem]) -> None:
+    kind = manifest.kind  # type: ignore[attr-defined]
+    table: dict[str, Any] = {
+        "TokenPool": config.pools, "Entitlement": config.entitlements, "Workload": config.workloads
+    }[kind]
+    previous = config.sources.get((kind, manifest.name))
+    if previous is not None:
+        problems.append(
+            ConfigProblem(
+                source, f'{kind} "{manifest.name}"', "metadata.name",
+                f"duplicate {kind} name '{manifest.name}' (first defined in {previous}); names must be unique",
+            )
+        )
+        return
+    table[manifest.name] = manifest
+    config.sources[(kind, manifest.name)] = source
+
+
+def _problem(config: PlatformConfig, manifest: Manifest, fld: str, msg: str) -> ConfigProblem:
+    kind = manifest.kind  # type: ignore[attr-defined]
+    return ConfigProblem(config.sources.get((kind, manifest.name)), f'{kind} "{manifest.name}"', fld, msg)
+
+
+def _unknown(what: str, name: str, known: dict[str, BaseModel]) -> str:
+    listing = ", ".join(sorted(known)) or "none defined"
+    return f"unknown {what} '{name}' (known: {listing})"
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def _message(err: Any) -> str:
+    msg = str(err["msg"])
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if err.get("type") == "extra_forbidden":
+        msg = "unknown field (check the spelling; fields are camelCase)"
+    elif err.get("type") == "missing":
+        msg = "required field is missing"
+    elif "input" in err and err.get("type") not in {"model_type"} and not isinstance(err["input"], dict | list):
+        msg = f"{msg} (got {err['input']!r})"
+    return msg

@@ -1,0 +1,50 @@
+"""`tokenpools config check` and `tokenpools schemas export`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(help="Validate pool, entitlement and workload configs.", no_args_is_help=True)
+schemas_app = typer.Typer(help="JSON Schema files generated from the models.", no_args_is_help=True)
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+EXIT_BAD_CONFIG = 2
+
+
+@app.command("check")
+def check(paths: list[Path] = typer.Argument(..., help="YAML files or folders of them.")) -> None:
+    """Validate configs; print one line per problem and exit 2 if there is any."""
+    from schemas.loader import ConfigError, load_config
+
+    try:
+        config = load_config(*paths)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            err.print(f"error: {problem}", markup=False)
+        raise typer.Exit(EXIT_BAD_CONFIG) from None
+    out.print(
+        f"ok: {len(config.pools)} pool(s), {len(config.entitlements)} entitlement(s), "
+        f"{len(config.workloads)} workload(s)"
+    )
+
+
+@schemas_app.command("export")
+def export_schemas(
+    check_only: bool = typer.Option(False, "--check", help="Exit 1 if the committed files are stale."),
+) -> None:
+    """Write schemas/jsonschema/*.json from the pydantic models."""
+    from schemas import export
+
+    if check_only:
+        stale = export.stale()
+        if stale:
+            err.print(f"stale JSON Schema files: {', '.join(stale)}; run `tokenpools schemas export`")
+            raise typer.Exit(1)
+        out.print("JSON Schema files are up to date")
+        return
+    for path in export.export():
+        out.print(f"wrote {path}")
