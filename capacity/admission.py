@@ -91,8 +91,10 @@ def decide(
             return _hold(pool, ent, Dimension.CONCURRENCY, _held_wait(pool, ent.limit_conc >= 1), now, deadline)
     if ent.rank == SPOT:
         kv_ceiling, seq_ceiling = pool.spot_kv, pool.spot_conc
-    else:
+    elif within_guarantee:
         kv_ceiling, seq_ceiling = pool.cap_kv, pool.cap_conc
+    else:  # elastic and guaranteed burst may not take guarantees their owners are not using
+        kv_ceiling, seq_ceiling = pool.cap_kv - pool.unused_g_kv, pool.cap_conc - pool.unused_g_conc
     kv_over = pool.kv_in_flight + cost.kv - kv_ceiling
     seq_over = pool.seqs_in_flight + 1.0 - seq_ceiling
     if kv_over <= 0 and seq_over <= 0:

@@ -107,11 +107,8 @@ class EntitlementLive:
             self.seq_seconds += self.seqs_in_flight * dt
             self.last_change = now
 
-    def set_limits(self, throughput: float, kv: float, concurrency: float, now: float,
-                   guarantee: tuple[float, float, float] | None = None) -> None:
+    def set_limits(self, throughput: float, kv: float, concurrency: float, now: float) -> None:
         """Apply new limits; a guaranteed entitlement never drops below its guarantee."""
-        if guarantee is not None:
-            self.guarantee = guarantee
         g = self.guarantee
         self.limit_tp = throughput if throughput > g[0] else g[0]
         self.limit_kv = kv if kv > g[1] else g[1]
@@ -143,6 +140,8 @@ class PoolLive:
         "spot_max_wait",
         "spot_seqs",
         "tick_seconds",
+        "unused_g_conc",
+        "unused_g_kv",
         "w_in",
         "w_out",
     )
@@ -161,6 +160,9 @@ class PoolLive:
         self.seqs_in_flight = 0.0
         self.spot_kv_in_flight = 0.0
         self.spot_seqs = 0.0
+        # Guarantees not in use, reserved against elastic and burst on the held dimensions.
+        self.unused_g_kv = 0.0
+        self.unused_g_conc = 0.0
         self.reservations: dict[str, Reservation] = {}
         self.spot: dict[str, Reservation] = {}
         self.entitlements: dict[str, EntitlementLive] = {}
@@ -184,7 +186,30 @@ class PoolLive:
         if live is None:
             live = EntitlementLive(ent, now)
             self.entitlements[ent.name] = live
+            self.recount_unused_guarantees()
         return live
+
+    def set_guarantee_share(self, name: str, guarantee: tuple[float, float, float], now: float) -> None:
+        """This admitter's share of an entitlement's guarantee (the pipeline splits it across admitters)."""
+        ent = self.entitlements[name]
+        ent.guarantee = guarantee
+        ent.set_limits(ent.limit_tp, ent.limit_kv, ent.limit_conc, now)
+        self.recount_unused_guarantees()
+
+    def recount_unused_guarantees(self) -> None:
+        """Full recount, for the rare changes (entitlements added, guarantee shares moved)."""
+        kv = conc = 0.0
+        for e in self.entitlements.values():
+            if e.rank == GUARANTEED:
+                kv += max(0.0, e.guarantee[1] - e.kv_in_flight)
+                conc += max(0.0, e.guarantee[2] - e.seqs_in_flight)
+        self.unused_g_kv, self.unused_g_conc = kv, conc
+
+    def _track_guarantee(self, ent: EntitlementLive, kv_delta: float, seq_delta: float) -> None:
+        g_kv, g_conc = ent.guarantee[1], ent.guarantee[2]
+        kv_before, seq_before = ent.kv_in_flight, ent.seqs_in_flight
+        self.unused_g_kv += max(0.0, g_kv - kv_before - kv_delta) - max(0.0, g_kv - kv_before)
+        self.unused_g_conc += max(0.0, g_conc - seq_before - seq_delta) - max(0.0, g_conc - seq_before)
 
     def cost(self, prompt_tokens: int, max_tokens: int, ent: EntitlementLive) -> RequestCost:
         return RequestCost(prompt_tokens, max_tokens, ent.outputs.estimate(max_tokens), self.w_in, self.w_out)
@@ -195,6 +220,8 @@ class PoolLive:
         if ent.g_bucket is not None:
             ent.g_bucket.take(cost.throughput)
         ent.integrate(now)
+        if ent.rank == GUARANTEED:
+            self._track_guarantee(ent, cost.kv, 1.0)
         ent.kv_in_flight += cost.kv
         ent.seqs_in_flight += 1.0
         ent.used_tp += cost.throughput
@@ -233,6 +260,8 @@ class PoolLive:
             if output_tokens is not None:
                 ent.outputs.observe(output_tokens)
         ent.integrate(now)
+        if ent.rank == GUARANTEED:
+            self._track_guarantee(ent, -res.kv, -1.0)
         ent.kv_in_flight -= res.kv
         ent.seqs_in_flight -= 1.0
         self.kv_in_flight -= res.kv

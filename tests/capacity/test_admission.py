@@ -109,15 +109,26 @@ def test_guaranteed_within_guarantee_preempts_newest_spot():
     assert live.seqs_in_flight == 4
 
 
-def test_guaranteed_is_queued_first_not_refused_when_elastic_holds_the_pool():
+def test_elastic_cannot_take_unused_guarantees_on_held_dimensions():
     g = ent("g", tier="guaranteed", guarantee=(1e5, 1e5, 2), burst=(1e5, 1e5, 2))
-    live = make(g, ent("e"), per=(1e6, 1e6, 2))
+    live = make(g, ent("e"), per=(1e6, 1e6, 3))
     e, c = cost(live, "e")
     e.set_limits(1e6, 1e6, 100, now=0)
-    decide(live, e, "e1", c, now=0)
-    decide(live, e, "e2", c, now=0)
+    assert decide(live, e, "e1", c, now=0).admitted
+    d = decide(live, e, "e2", c, now=0)
+    assert not d.admitted and d.dimension is Dimension.CONCURRENCY
     ge, gc = cost(live, "g")
-    d = decide(live, ge, "g1", gc, now=0)
+    assert decide(live, ge, "g1", gc, now=0).verdict is Verdict.ADMIT
+    assert decide(live, ge, "g2", gc, now=0).verdict is Verdict.ADMIT
+
+
+def test_guaranteed_queues_first_not_refused_when_the_pool_shrank_below_guarantees():
+    g = ent("g", tier="guaranteed", guarantee=(1e5, 1e5, 2), burst=(1e5, 1e5, 2))
+    live = make(g, per=(1e6, 1e6, 2))
+    live.set_capacity(1e6, 1e6, 1)  # a replica was lost
+    ge, gc = cost(live, "g")
+    assert decide(live, ge, "g1", gc, now=0).verdict is Verdict.ADMIT
+    d = decide(live, ge, "g2", gc, now=0)
     assert d.verdict is Verdict.QUEUE and d.priority[0] == 0
 
 

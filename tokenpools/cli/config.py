@@ -9,7 +9,6 @@ from rich.console import Console
 
 app = typer.Typer(help="Validate pool, entitlement and workload configs.", no_args_is_help=True)
 schemas_app = typer.Typer(help="JSON Schema files generated from the models.", no_args_is_help=True)
-err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
 
 EXIT_BAD_CONFIG = 2
@@ -24,7 +23,7 @@ def check(paths: list[Path] = typer.Argument(..., help="YAML files or folders of
         config = load_config(*paths)
     except ConfigError as exc:
         for problem in exc.problems:
-            err.print(f"error: {problem}", markup=False)
+            typer.echo(f"error: {problem}", err=True)  # one unwrapped line each, for grep and CI logs
         raise typer.Exit(EXIT_BAD_CONFIG) from None
     out.print(
         f"ok: {len(config.pools)} pool(s), {len(config.entitlements)} entitlement(s), "
@@ -42,7 +41,7 @@ def export_schemas(
     if check_only:
         stale = export.stale()
         if stale:
-            err.print(f"stale JSON Schema files: {', '.join(stale)}; run `tokenpools schemas export`")
+            typer.echo(f"stale JSON Schema files: {', '.join(stale)}; run `tokenpools schemas export`", err=True)
             raise typer.Exit(1)
         out.print("JSON Schema files are up to date")
         return
