@@ -124,7 +124,7 @@ Arrivals = Annotated[PoissonArrivals | OnOffArrivals, Field(discriminator="proce
 
 
 class LengthDistribution(WorkloadModel):
-    """Token lengths: lognormal with the given mean and shape, clipped to [min, max] and rounded.
+    """Token lengths: lognormal with the given mean and shape, rounded and clipped to [min, max].
 
     Parametrised by its mean (mu = ln(meanTokens) - sigma^2 / 2) because the mean is what sizing
     needs; `sigma` sets the tail (0 gives a constant length, 0.7-1.0 is typical of chat traffic).
