@@ -1,0 +1,228 @@
+"""The admin API (``/admin``, its own bearer token) and the tenant-facing ``/v1/usage``.
+
+Admin sees every pool and entitlement with live state and may create or update entitlements;
+a tenant key gets 401 there. A tenant sees only its own entitlements' usage through its own key:
+the tenant is derived from the key, never taken from the request.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import yaml
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from admitter.auth import KeyOwner, bearer_token
+from admitter.errors import OpenAIError
+from admitter.gate import PoolGate
+from admitter.state import AdmitterState, EntitlementRejected
+from capacity.live import EntitlementLive
+from schemas.loader import ConfigError, Source, parse_manifest
+from schemas.specs import Entitlement
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+def _state(request: Request) -> AdmitterState:
+    return request.app.state.admitter  # type: ignore[no-any-return]
+
+
+def require_admin(request: Request) -> AdmitterState:
+    state = _state(request)
+    if not state.admin_key.check(bearer_token(request.headers.get("authorization"))):
+        raise OpenAIError(401, "admin credential missing or invalid", "invalid_admin_key",
+                          headers={"www-authenticate": "Bearer"})
+    return state
+
+
+def require_tenant(request: Request) -> tuple[AdmitterState, KeyOwner]:
+    state = _state(request)
+    owner = state.keyring.lookup(bearer_token(request.headers.get("authorization")))
+    if owner is None:
+        raise OpenAIError(401, "missing or invalid API key; send it as 'Authorization: Bearer <key>'",
+                          "invalid_api_key")
+    return state, owner
+
+
+def _amounts(t: tuple[float, float, float]) -> dict[str, float]:
+    return {"throughput": t[0], "kv": t[1], "concurrency": t[2]}
+
+
+def limits_view(live: EntitlementLive) -> dict[str, float]:
+    return {"throughput": live.limit_tp, "kv": live.limit_kv, "concurrency": live.limit_conc}
+
+
+def in_flight_view(live: EntitlementLive) -> dict[str, float]:
+    return {"kv": live.kv_in_flight, "concurrency": live.seqs_in_flight}
+
+
+def entitlement_view(gate: PoolGate, live: EntitlementLive) -> dict[str, Any]:
+    bucket = live.bucket
+    view: dict[str, Any] = {
+        "name": live.name,
+        "tenant": live.tenant,
+        "pool": gate.name,
+        "tier": live.tier.value,
+        "weight": live.weight,
+        "effective_weight": live.effective_weight,
+        "debt": live.debt,
+        "fair_share": live.fair_share,
+        "guarantee": _amounts(live.guarantee),
+        "burst": _amounts(live.burst),
+        "limits": limits_view(live),
+        "in_flight": in_flight_view(live),
+        "bucket": {"level": bucket.level, "depth": bucket.depth, "rate": bucket.rate},
+        "guarantee_bucket": None,
+    }
+    if live.g_bucket is not None:
+        g = live.g_bucket
+        view["guarantee_bucket"] = {"level": g.level, "depth": g.depth, "rate": g.rate}
+    return view
+
+
+def pool_view(state: AdmitterState, gate: PoolGate) -> dict[str, Any]:
+    live = gate.live
+    spec = live.spec.spec
+    replicas = state.upstream.replicas.get(gate.name)
+    return {
+        "name": gate.name,
+        "model": spec.model,
+        "region": spec.region,
+        "context_length": spec.context_length,
+        "replicas": live.replicas,
+        "capacity": {"throughput": live.cap_tp, "kv": live.cap_kv, "concurrency": live.cap_conc},
+        "in_flight": {"kv": live.kv_in_flight, "concurrency": live.seqs_in_flight},
+        "spot_in_flight": {"kv": live.spot_kv_in_flight, "concurrency": live.spot_seqs},
+        "unused_guarantees": {"kv": live.unused_g_kv, "concurrency": live.unused_g_conc},
+        "queue_length": gate.waiting,
+        "preemptions": gate.preemptions,
+        "bytes_per_token": gate.estimator.bytes_per_token,
+        "entitlements": sorted(live.entitlements),
+        "backends": [
+            {"url": r.url, "outstanding": r.outstanding, "requests": r.requests, "failures": r.failures}
+            for r in (replicas or ())
+        ],
+    }
+
+
+def usage_view(state: AdmitterState, ent: Entitlement, admin: bool) -> dict[str, Any]:
+    found = state.entitlement_live(ent.name)
+    view: dict[str, Any] = {
+        "entitlement": ent.name,
+        "pool": ent.spec.pool,
+        "tier": ent.spec.tier.value,
+        **state.usage.of(ent.name).as_dict(),
+    }
+    if found is not None:
+        gate, live = found
+        view["model"] = gate.live.spec.spec.model
+        view["limits"] = limits_view(live)
+        view["in_flight"] = in_flight_view(live)
+        if admin:
+            view["debt"] = live.debt
+            view["effective_weight"] = live.effective_weight
+    return view
+
+
+def build_router() -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/admin/pools")
+    async def admin_pools(request: Request) -> Response:
+        state = require_admin(request)
+        return json_response({"pools": [pool_view(state, g) for g in state.gates.values()]})
+
+    @router.get("/admin/entitlements")
+    async def admin_entitlements(request: Request) -> Response:
+        state = require_admin(request)
+        views = [entitlement_view(g, e) for g in state.gates.values() for e in g.live.entitlements.values()]
+        return json_response({"entitlements": sorted(views, key=lambda v: v["name"])})
+
+    @router.get("/admin/entitlements/{name}")
+    async def admin_entitlement(name: str, request: Request) -> Response:
+        state = require_admin(request)
+        found = state.entitlement_live(name)
+        if found is None:
+            raise OpenAIError(404, f"no entitlement named '{name}'", "not_found")
+        return json_response(entitlement_view(*found))
+
+    @router.put("/admin/entitlements/{name}")
+    async def admin_put_entitlement(name: str, request: Request) -> Response:
+        state = require_admin(request)
+        raw = await request.body()
+        if len(raw) > state.settings.max_body_bytes:
+            raise OpenAIError(413, f"request body exceeds the limit of {state.settings.max_body_bytes} bytes",
+                              "request_too_large")
+        doc = _decode_manifest(raw, request.headers.get("content-type"))
+        try:
+            manifest = parse_manifest(doc, Source(f"PUT /admin/entitlements/{name}", 1))
+        except ConfigError as exc:
+            return _unprocessable([str(p) for p in exc.problems])
+        if not isinstance(manifest, Entitlement):
+            return _unprocessable([f"kind: expected 'Entitlement', got '{manifest.kind}'"])  # type: ignore[attr-defined]
+        if manifest.name != name:
+            return _unprocessable([f"metadata.name: '{manifest.name}' does not match the URL's '{name}'"])
+        try:
+            created = state.apply_entitlement(manifest)
+        except EntitlementRejected as exc:
+            if exc.status == 422:
+                return _unprocessable(exc.problems)
+            return _problems(409, "conflict", exc.problems)
+        found = state.entitlement_live(name)
+        assert found is not None
+        return json_response(entitlement_view(*found), status=201 if created else 200)
+
+    @router.get("/admin/tenants/{tenant}/usage")
+    async def admin_tenant_usage(tenant: str, request: Request) -> Response:
+        state = require_admin(request)
+        ents = state.tenant_entitlements(tenant)
+        if not ents:
+            raise OpenAIError(404, f"no entitlements for tenant '{tenant}'", "not_found")
+        return json_response({"tenant": tenant, "entitlements": [usage_view(state, e, admin=True) for e in ents]})
+
+    @router.get("/v1/usage")
+    async def tenant_usage(request: Request) -> Response:
+        state, owner = require_tenant(request)
+        ents = state.tenant_entitlements(owner.tenant)
+        return json_response({"tenant": owner.tenant,
+                              "entitlements": [usage_view(state, e, admin=False) for e in ents]})
+
+    @router.get("/v1/models")
+    async def models(request: Request) -> Response:
+        state, owner = require_tenant(request)
+        data = [
+            {"id": state.config.pools[p].spec.model, "object": "model", "owned_by": "tokenpools", "pool": p}
+            for p in sorted(owner.by_pool) if p in state.config.pools
+        ]
+        return json_response({"object": "list", "data": data})
+
+    return router
+
+
+def _decode_manifest(raw: bytes, content_type: str | None) -> Any:
+    media = (content_type or "application/json").split(";", 1)[0].strip().lower()
+    try:
+        if media in {"application/yaml", "application/x-yaml", "text/yaml"}:
+            return yaml.safe_load(raw)
+        if media == "application/json":
+            return orjson.loads(raw)
+    except (orjson.JSONDecodeError, yaml.YAMLError) as exc:
+        raise OpenAIError(400, f"body is not valid {'YAML' if 'yaml' in media else 'JSON'}: "
+                          f"{str(exc).splitlines()[0]}", "invalid_body") from None
+    raise OpenAIError(415, f"Content-Type must be application/json or application/yaml, got {media!r}",
+                      "unsupported_media_type")
+
+
+def _unprocessable(problems: list[str]) -> Response:
+    return _problems(422, "invalid_manifest", problems)
+
+
+def _problems(status: int, code: str, problems: list[str]) -> Response:
+    err = OpenAIError(status, "\n".join(problems), code)
+    payload = err.payload()
+    payload["problems"] = problems
+    return json_response(payload, status=status)

@@ -1,0 +1,67 @@
+"""``create_app``: the admitter as one FastAPI application.
+
+The completion routes are raw ASGI endpoints (``handler.py``) mounted on the FastAPI router, so
+they skip FastAPI's per-request dependency and model machinery; everything else (admin, usage,
+metrics, health) is ordinary FastAPI. The lifespan starts the upstream client and the limit source
+(the allocator ticker in local mode) and stops them, and the event sink, on shutdown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.routing import Route
+
+from admitter.admin import build_router, json_response, require_admin
+from admitter.body import CHAT, COMPLETIONS
+from admitter.errors import install_handlers
+from admitter.events import EventSink
+from admitter.handler import CompletionEndpoint
+from admitter.limits import LimitSource
+from admitter.settings import AdmitterSettings
+from admitter.state import AdmitterState
+from schemas.loader import PlatformConfig, load_config
+
+
+def create_app(settings: AdmitterSettings, config: PlatformConfig | None = None, sink: EventSink | None = None,
+               limits: LimitSource | None = None) -> FastAPI:
+    """Build the admitter; ``config`` defaults to loading ``settings.config_paths``.
+
+    ``sink`` defaults to an ``InMemorySink``; ``limits`` to a ``LocalAllocator`` (in-process ticks).
+    The state is on ``app.state.admitter`` (tests and embedding code read it).
+    """
+    if config is None:
+        config = load_config(*settings.config_paths)
+    state = AdmitterState(settings, config, sink=sink, limits=limits)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await state.start()
+        try:
+            yield
+        finally:
+            await state.stop()
+
+    app = FastAPI(title="tokenpools admitter", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.admitter = state
+    install_handlers(app)
+    for path, kind in (("/v1/chat/completions", CHAT), ("/v1/completions", COMPLETIONS)):
+        app.router.routes.append(Route(path, CompletionEndpoint(state, kind, path), methods=["POST"]))
+    app.include_router(build_router())
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        if not settings.public_metrics:
+            require_admin(request)
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return json_response({"status": "ok", "admitter_id": settings.admitter_id, "passthrough": settings.passthrough,
+                              "pools": sorted(state.gates)})
+
+    return app

@@ -1,0 +1,169 @@
+"""Reading and checking an OpenAI request body before anything is reserved for it.
+
+Every check answers with the 4xx an OpenAI client expects (415, 413, 400) instead of letting a bad
+body reach a replica. The body is read off the raw ASGI channel with a running size cap, so a
+client that lies about (or omits) Content-Length cannot make the admitter buffer more than the limit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.types import Receive
+
+from admitter.errors import OpenAIError
+
+CHAT = "chat"
+COMPLETIONS = "completions"
+
+
+async def read_body(receive: Receive, content_length: int | None, limit: int) -> bytes:
+    """The whole request body, or 413 as soon as it (declared or actual) exceeds ``limit`` bytes."""
+    if content_length is not None and content_length > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class ClientGone(Exception):
+    """The client went away while we were still reading its request."""
+
+
+def _too_large(limit: int) -> OpenAIError:
+    return OpenAIError(413, f"request body exceeds the limit of {limit} bytes", "request_too_large")
+
+
+def check_content_type(content_type: str | None) -> None:
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media != "application/json":
+        raise OpenAIError(
+            415, f"Content-Type must be application/json, got {media or 'nothing'!r}", "unsupported_media_type"
+        )
+
+
+@dataclass(slots=True)
+class ParsedRequest:
+    """What the admitter needs to know about a body; ``data`` is forwarded (possibly rewritten)."""
+
+    data: dict[str, Any]
+    model: str
+    stream: bool
+    client_wants_usage: bool
+    max_tokens: int | None
+    prompt_bytes: int
+    prompt_tokens: int | None = None  # exact when the prompt is given as token ids
+
+
+def parse_body(raw: bytes, kind: str) -> ParsedRequest:
+    """Decode and check one chat or completions body (400 with the offending field otherwise)."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise OpenAIError(400, f"request body is not valid JSON: {exc.msg}", "invalid_json") from None
+    if not isinstance(data, dict):
+        raise OpenAIError(400, "request body must be a JSON object", "invalid_json")
+    model = data.get("model")
+    if model is None:
+        raise _missing("model")
+    if not isinstance(model, str) or not model:
+        raise _invalid("model", "must be a non-empty string")
+    exact_tokens: int | None = None
+    if kind == CHAT:
+        prompt_bytes = _messages_bytes(data.get("messages"))
+        max_tokens = data.get("max_completion_tokens")
+        max_field = "max_completion_tokens"
+        if max_tokens is None:
+            max_tokens, max_field = data.get("max_tokens"), "max_tokens"
+    else:
+        prompt = data.get("prompt")
+        if isinstance(prompt, list) and prompt and all(type(p) is int for p in prompt):
+            exact_tokens = len(prompt)
+        prompt_bytes = _prompt_bytes(prompt)
+        max_tokens, max_field = data.get("max_tokens"), "max_tokens"
+    if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1):
+        raise _invalid(max_field, "must be an integer >= 1")
+    stream = data.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise _invalid("stream", "must be true or false")
+    options = data.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise _invalid("stream_options", "must be an object")
+    wants_usage = bool(options.get("include_usage")) if options else False
+    for field in ("n", "best_of"):
+        value = data.get(field)
+        if value is not None and value != 1:
+            raise _invalid(field, "only 1 is supported here (each choice would need its own reservation)")
+    return ParsedRequest(data, model, stream, wants_usage, max_tokens, prompt_bytes, exact_tokens)
+
+
+def _messages_bytes(messages: Any) -> int:
+    if messages is None:
+        raise _missing("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _invalid("messages", "must be a non-empty array of messages")
+    size = 0
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            raise _invalid(f"messages.{i}", "must be an object with role and content")
+        role = msg.get("role")
+        if not isinstance(role, str):
+            raise _invalid(f"messages.{i}.role", "is required and must be a string")
+        size += len(role) + _content_bytes(msg.get("content"), f"messages.{i}.content")
+    return size
+
+
+def _content_bytes(content: Any, where: str) -> int:
+    if content is None:
+        return 0
+    if isinstance(content, str):
+        return len(content.encode("utf-8"))
+    if isinstance(content, list):
+        size = 0
+        for part in content:
+            if isinstance(part, dict):
+                text = part.get("text")
+                if isinstance(text, str):
+                    size += len(text.encode("utf-8"))
+            elif isinstance(part, str):
+                size += len(part.encode("utf-8"))
+        return size
+    raise _invalid(where, "must be a string or an array of content parts")
+
+
+def _prompt_bytes(prompt: Any) -> int:
+    if prompt is None:
+        raise _missing("prompt")
+    if isinstance(prompt, str):
+        return len(prompt.encode("utf-8"))
+    if isinstance(prompt, list) and prompt:
+        if all(isinstance(p, int) and not isinstance(p, bool) for p in prompt):
+            return 0  # token ids: counted exactly by the caller, nothing for the bytes estimator to learn
+        if len(prompt) == 1 and isinstance(prompt[0], str):
+            return len(prompt[0].encode("utf-8"))
+        raise _invalid("prompt", "batched prompts are not supported through this gateway; send one prompt per request")
+    raise _invalid("prompt", "must be a string or an array of token ids")
+
+
+def _missing(field: str) -> OpenAIError:
+    return OpenAIError(400, f"'{field}' is a required property", "missing_required_parameter", param=field)
+
+
+def _invalid(field: str, why: str) -> OpenAIError:
+    return OpenAIError(400, f"'{field}' {why}", "invalid_value", param=field)

@@ -1,0 +1,312 @@
+"""The upstream side: pick a replica, send the request over a pooled httpx client, relay the answer.
+
+- Replica choice: fewest outstanding requests from this admitter; ties rotate so sequential
+  traffic spreads. A replica that refused a connection is tried last for a short cool-down.
+- Retries only where they are safe: the connection was refused (nothing was sent) or the
+  replica answered 5xx before any byte reached the client. A timeout is not retried (the replica
+  may still be working on it): the client gets 504.
+- Streams are relayed event by event as they arrive (never buffered whole). Upstream is always
+  asked for ``stream_options.include_usage`` so the admitter learns the real usage; the usage-only
+  chunk is dropped for clients that did not ask for it.
+
+``relay`` raises ``OpenAIError`` only before the response has started; after that, trouble is
+reported in-band (an SSE error event) and recorded on the ``Exchange``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Protocol
+
+import anyio
+import httpx
+import orjson
+from starlette.types import Send
+
+from admitter.body import ParsedRequest
+from admitter.errors import OpenAIError
+from schemas.records import Outcome
+
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+DONE = b"data: [DONE]"
+_USAGE = b'"usage"'
+_NULL_USAGE = (b'"usage":null', b'"usage": null')
+
+
+class Replica:
+    __slots__ = ("base", "down_until", "failures", "outstanding", "requests", "url")
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        base = url.rstrip("/")
+        self.base = base[:-3] if base.endswith("/v1") else base  # paths below start with /v1
+        self.outstanding = 0
+        self.requests = 0
+        self.failures = 0
+        self.down_until = 0.0
+
+
+class ReplicaSet:
+    """A pool's replicas with this admitter's outstanding count each."""
+
+    def __init__(self, urls: Sequence[str], cooldown: float = 2.0) -> None:
+        self.replicas = [Replica(u) for u in urls]
+        self.cooldown = cooldown
+        self._turn = 0
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.replicas)
+
+    def __len__(self) -> int:
+        return len(self.replicas)
+
+    def pick(self, tried: Sequence[Replica] = ()) -> Replica | None:
+        """Least outstanding among replicas not yet tried, cooling-down ones last; ties rotate."""
+        n = len(self.replicas)
+        if n == 0:
+            return None
+        now = time.monotonic()
+        start = self._turn
+        self._turn = (start + 1) % n
+        best: Replica | None = None
+        best_key = (True, 0)
+        for i in range(n):
+            r = self.replicas[(start + i) % n]
+            if r in tried:
+                continue
+            key = (r.down_until > now, r.outstanding)
+            if best is None or key < best_key:
+                best, best_key = r, key
+        return best
+
+    def mark_down(self, replica: Replica) -> None:
+        replica.failures += 1
+        replica.down_until = time.monotonic() + self.cooldown
+
+
+class Closable(Protocol):
+    closing: bool
+
+
+class Exchange:
+    """Per-request proxy state, filled as the request goes (read by events and metrics at the end)."""
+
+    __slots__ = (
+        "chunks", "failure", "flight", "output_tokens", "parsed", "path", "prompt_tokens", "replica", "request_id",
+        "saw_done", "send", "started", "status", "t_client_first", "t_upstream_first", "t_upstream_start",
+        "upstream_time",
+    )
+
+    def __init__(self, request_id: str, path: str, parsed: ParsedRequest, send: Send, flight: Closable) -> None:
+        self.request_id = request_id
+        self.flight = flight  # its ``closing`` is set just before the last bytes go out
+        self.path = path
+        self.parsed = parsed
+        self.send = send
+        self.started = False  # response headers sent to the client
+        self.status: int | None = None
+        self.prompt_tokens: int | None = None  # from the replica's usage
+        self.output_tokens: int | None = None
+        self.chunks = 0  # content events relayed (a lower bound on output tokens if usage never comes)
+        self.saw_done = False
+        self.failure: Outcome | None = None
+        self.replica: Replica | None = None
+        self.t_upstream_start = 0.0
+        self.t_upstream_first = 0.0
+        self.t_client_first = 0.0
+        self.upstream_time = 0.0  # replica's share of the time to the first byte
+
+    @property
+    def usage_known(self) -> bool:
+        return self.output_tokens is not None
+
+
+class Upstream:
+    """The pooled httpx client and each pool's replicas."""
+
+    def __init__(self, replicas: dict[str, ReplicaSet], timeout: httpx.Timeout, limits: httpx.Limits) -> None:
+        self.replicas = replicas
+        self._timeout = timeout
+        self._limits = limits
+        self.client: httpx.AsyncClient | None = None
+
+    async def start(self) -> None:
+        self.client = httpx.AsyncClient(timeout=self._timeout, limits=self._limits, http2=False, trust_env=False)
+
+    async def stop(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+            self.client = None
+
+    async def relay(self, ex: Exchange, pool: str, body: bytes, headers: list[tuple[bytes, bytes]],
+                    reply_headers: list[tuple[bytes, bytes]]) -> None:
+        """Forward to a replica (retrying where safe) and relay its answer to ``ex.send``."""
+        client = self.client
+        assert client is not None, "Upstream.start() was not awaited"
+        replicas = self.replicas.get(pool)
+        if not replicas:
+            raise OpenAIError(503, f"no replica is configured for pool '{pool}'", "no_backend")
+        tried: list[Replica] = []
+        last_error: OpenAIError | None = None
+        while True:
+            replica = replicas.pick(tried)
+            if replica is None:
+                assert last_error is not None
+                raise last_error
+            tried.append(replica)
+            ex.replica = replica
+            replica.outstanding += 1
+            replica.requests += 1
+            try:
+                ex.t_upstream_start = time.perf_counter()
+                request = client.build_request("POST", replica.base + ex.path, content=body, headers=headers)
+                try:
+                    response = await client.send(request, stream=True)
+                except httpx.ConnectTimeout:
+                    replicas.mark_down(replica)
+                    last_error = OpenAIError(504, "timed out connecting to a model replica", "upstream_timeout")
+                    continue
+                except httpx.ConnectError:
+                    replicas.mark_down(replica)
+                    last_error = OpenAIError(502, "could not connect to a model replica", "upstream_unavailable")
+                    continue
+                except httpx.TimeoutException:
+                    raise OpenAIError(504, "the model replica did not answer in time", "upstream_timeout") from None
+                except httpx.HTTPError:
+                    raise OpenAIError(502, "the connection to the model replica failed", "upstream_error") from None
+                try:
+                    if response.status_code >= 500:
+                        replica.failures += 1
+                        last_error = OpenAIError(
+                            502, f"the model replica failed (HTTP {response.status_code})", "upstream_error")
+                        continue
+                    if ex.parsed.stream and response.status_code == 200:
+                        await _relay_stream(ex, response, reply_headers)
+                    else:
+                        await _relay_whole(ex, response, reply_headers)
+                    return
+                finally:
+                    # Unread streams close their connection: that is what tells a replica to stop.
+                    with anyio.CancelScope(shield=True):
+                        await response.aclose()
+            finally:
+                replica.outstanding -= 1
+
+
+async def _relay_whole(ex: Exchange, response: httpx.Response, reply_headers: list[tuple[bytes, bytes]]) -> None:
+    try:
+        data = await response.aread()
+    except httpx.TimeoutException:
+        raise OpenAIError(504, "the model replica did not answer in time", "upstream_timeout") from None
+    except httpx.HTTPError:
+        raise OpenAIError(502, "the connection to the model replica failed", "upstream_error") from None
+    now = time.perf_counter()
+    ex.t_upstream_first = now
+    ex.upstream_time = now - ex.t_upstream_start
+    status = response.status_code
+    if status == 200:
+        _usage_from(ex, data)
+    content_type = response.headers.get("content-type", "application/json").encode("latin-1")
+    headers = [(b"content-type", content_type), (b"content-length", str(len(data)).encode()), *reply_headers]
+    ex.status = status
+    ex.t_client_first = time.perf_counter()
+    ex.started = True
+    ex.flight.closing = True
+    await ex.send({"type": "http.response.start", "status": status, "headers": headers})
+    await ex.send({"type": "http.response.body", "body": data})
+    if status >= 400:
+        ex.failure = Outcome.FAILED
+
+
+def _usage_from(ex: Exchange, data: bytes) -> None:
+    try:
+        usage = orjson.loads(data).get("usage")
+    except (orjson.JSONDecodeError, AttributeError):
+        return
+    _take_usage(ex, usage)
+
+
+def _take_usage(ex: Exchange, usage: object) -> None:
+    if isinstance(usage, dict):
+        prompt, output = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if isinstance(prompt, int):
+            ex.prompt_tokens = prompt
+        if isinstance(output, int):
+            ex.output_tokens = output
+
+
+async def _relay_stream(ex: Exchange, response: httpx.Response, reply_headers: list[tuple[bytes, bytes]]) -> None:
+    send = ex.send
+    ex.status = 200
+    ex.started = True
+    await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *reply_headers]})
+    wants_usage = ex.parsed.client_wants_usage
+    buffer = b""
+    try:
+        async for chunk in response.aiter_raw():
+            if not ex.t_upstream_first:
+                ex.t_upstream_first = time.perf_counter()
+                ex.upstream_time = ex.t_upstream_first - ex.t_upstream_start
+            if b"\r" in chunk:
+                chunk = chunk.replace(b"\r\n", b"\n")
+            buffer = buffer + chunk if buffer else chunk
+            out: list[bytes] = []
+            while (end := buffer.find(b"\n\n")) >= 0:
+                event = buffer[: end + 2]
+                buffer = buffer[end + 2:]
+                if _keep_event(ex, event, wants_usage):
+                    out.append(event)
+            if out:
+                if not ex.t_client_first:
+                    ex.t_client_first = time.perf_counter()
+                await send({"type": "http.response.body", "body": out[0] if len(out) == 1 else b"".join(out),
+                            "more_body": True})
+    except httpx.TimeoutException:
+        ex.failure = Outcome.FAILED
+        ex.flight.closing = True
+        await send_stream_error(send, OpenAIError(504, "the model replica stopped answering", "upstream_timeout"))
+        return
+    except httpx.HTTPError:
+        ex.failure = Outcome.FAILED
+        ex.flight.closing = True
+        await send_stream_error(send, OpenAIError(502, "the model replica's stream broke off", "upstream_error"))
+        return
+    if not ex.saw_done:
+        ex.failure = Outcome.FAILED
+        ex.flight.closing = True
+        await send_stream_error(send, OpenAIError(502, "the model replica's stream ended early", "upstream_error"))
+        return
+    ex.flight.closing = True
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _keep_event(ex: Exchange, event: bytes, wants_usage: bool) -> bool:
+    """Inspect one SSE event cheaply (substring tests; JSON is parsed only for the usage chunk)."""
+    if event.startswith(DONE):
+        ex.saw_done = True
+        return True
+    if _USAGE in event and _NULL_USAGE[0] not in event and _NULL_USAGE[1] not in event:
+        payload = event[5:].strip() if event.startswith(b"data:") else b""
+        try:
+            obj = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return True
+        if isinstance(obj, dict):
+            _take_usage(ex, obj.get("usage"))
+            # Drop the usage-only chunk when the client did not ask for it.
+            return wants_usage or bool(obj.get("choices"))
+    if event.startswith(b'data: {"error"'):
+        ex.failure = Outcome.FAILED
+        return True
+    ex.chunks += 1
+    return True
+
+
+async def send_stream_error(send: Send, err: OpenAIError) -> None:
+    """End a stream that already started with an error event and ``[DONE]``."""
+    await send({"type": "http.response.body", "body": err.sse(), "more_body": False})

@@ -1,0 +1,95 @@
+"""Admitter settings: one validated pydantic model, filled from the CLI, the environment or tests.
+
+Kept apart from the platform config (pools, entitlements): these are per-process knobs (where to
+listen, how long to wait for a replica), the config is what is sold.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+ENV_PREFIX = "TOKENPOOLS_"
+MIB = 1024 * 1024
+
+
+def default_admitter_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class AdmitterSettings(BaseModel):
+    """Everything one admitter process needs besides the platform config."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    config_paths: list[Path] = Field(default_factory=list, description="YAML files or folders (pools, entitlements)")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    admitter_id: str = Field(default_factory=default_admitter_id, min_length=1)
+    admin_key_sha256: str | None = Field(
+        default=None, pattern=r"^[0-9a-f]{64}$",
+        description="SHA-256 (hex) of the admin bearer token; without it the admin API answers 401 to everyone",
+    )
+    passthrough: bool = Field(default=False, description="Admit everything (still authenticate, route, emit events)")
+    max_body_bytes: int = Field(default=MIB, gt=0)
+    connect_timeout: float = Field(default=2.0, gt=0)
+    read_timeout: float = Field(default=300.0, gt=0, description="Longest silence from a replica, seconds")
+    write_timeout: float = Field(default=10.0, gt=0)
+    pool_timeout: float = Field(default=10.0, gt=0, description="Longest wait for a free upstream connection")
+    max_connections: int = Field(default=4096, gt=0)
+    max_keepalive_connections: int = Field(default=1024, ge=0)
+    backends: dict[str, list[str]] = Field(
+        default_factory=dict, description="Replica base URLs per pool; a pool not listed uses spec.backends"
+    )
+    backend_cooldown_seconds: float = Field(
+        default=2.0, ge=0, description="How long a replica that refused a connection is tried last"
+    )
+    max_queue: int = Field(default=10_000, ge=0, description="Waiting requests per pool before new ones get 429")
+    public_metrics: bool = Field(
+        default=False,
+        description="Serve /metrics without the admin token (it names tenants and their limits)",
+    )
+
+    @field_validator("backends")
+    @classmethod
+    def _urls(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for pool, urls in value.items():
+            for url in urls:
+                if not url.startswith(("http://", "https://")):
+                    raise ValueError(f"backend for pool '{pool}' must be an http(s) URL, got {url!r}")
+        return value
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> AdmitterSettings:
+        """Settings from ``TOKENPOOLS_*`` variables (e.g. ``TOKENPOOLS_ADMIN_KEY_SHA256``), then overrides."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for name in ("host", "admitter_id", "admin_key_sha256"):
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw:
+                values[name] = raw
+        for name in ("port", "max_body_bytes"):
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw:
+                values[name] = int(raw)
+        raw = env.get(ENV_PREFIX + "PASSTHROUGH")
+        if raw:
+            values["passthrough"] = raw.lower() in {"1", "true", "yes", "on"}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.model_validate(values)
+
+
+def parse_backend_options(options: list[str]) -> dict[str, list[str]]:
+    """``POOL=URL`` (repeatable, or ``POOL=URL1,URL2``) into ``{pool: [urls]}``, for the CLI."""
+    out: dict[str, list[str]] = {}
+    for option in options:
+        pool, sep, urls = option.partition("=")
+        if not sep or not pool or not urls:
+            raise ValueError(f"--backend expects POOL=URL, got {option!r}")
+        out.setdefault(pool, []).extend(u for u in urls.split(",") if u)
+    return out
