@@ -109,11 +109,11 @@ class AdmitterState:
             raise EntitlementRejected(422, [f"spec.pool: unknown pool '{ent.spec.pool}' (known: {known})"])
         previous = self.config.entitlements.get(ent.name)
         others = [e for e in self.config.entitlements_of(pool.name) if e.name != ent.name]
-        problems = [
-            f"{fld}: {msg}" for e, fld, msg in provisioning_problems(pool, [*others, ent]) if e.name == ent.name
-        ]
-        if problems:
-            raise EntitlementRejected(409, problems)
+        # The loader names whichever entitlement tips a dimension over (in name order); here the
+        # existing ones were provisionable, so any new problem is this entitlement's doing.
+        after = provisioning_problems(pool, [*others, ent])
+        if len(after) > len(provisioning_problems(pool, others)):
+            raise EntitlementRejected(409, list(dict.fromkeys(f"{fld}: {msg}" for _, fld, msg in after)))
         entitlements = dict(self.config.entitlements)
         entitlements[ent.name] = ent
         try:

@@ -141,9 +141,10 @@ class FakeReplica:
     def release(self, name: str) -> None:
         self.hold(name).set()
 
-    async def wait_reached(self, name: str, timeout: float = 5.0) -> None:
-        """Wait until a request holding on ``name`` got there (it has sent its first token, if streaming)."""
-        await asyncio.wait_for(self.reached.setdefault(name, asyncio.Event()).wait(), timeout)
+    async def wait_reached(self, name: str) -> None:
+        """Wait (5 s at most) until a request holding on ``name`` got there (its first token is out, if streaming)."""
+        async with asyncio.timeout(5):
+            await self.reached.setdefault(name, asyncio.Event()).wait()
 
     def app(self) -> FastAPI:
         app = FastAPI()
@@ -284,10 +285,13 @@ def chat(max_tokens: int = 16, stream: bool = False, model: str = "p", text: str
     return body
 
 
-async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll a condition that follows a response asynchronously (e.g. the release after the last byte)."""
-    async with asyncio.timeout(timeout):
-        while not check():
+async def eventually(check: Callable[[], bool], within: float = 5.0) -> None:
+    """Poll a condition that follows a response asynchronously (e.g. the release after the last byte).
+
+    Polling because the conditions are plain state (counters, dicts) with no event to wait on.
+    """
+    async with asyncio.timeout(within):
+        while not check():  # noqa: ASYNC110 - see above
             await asyncio.sleep(0.005)
 
 

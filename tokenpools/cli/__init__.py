@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import typer
 
+from tokenpools.cli import admitter as admitter_cli
 from tokenpools.cli import config as config_cli
 
 app = typer.Typer(
@@ -17,6 +18,7 @@ app = typer.Typer(
 )
 app.add_typer(config_cli.app, name="config")
 app.add_typer(config_cli.schemas_app, name="schemas")
+app.command("admitter")(admitter_cli.admitter)
 
 
 def main() -> None:
