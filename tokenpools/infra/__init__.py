@@ -1,0 +1,1 @@
+"""Real infrastructure (Kafka, ...) that the project starts itself for development and tests."""
