@@ -47,6 +47,9 @@ class ReplicaCostModel:
     block_size: int = 16
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 8192
+    # vLLM's --scheduling-policy: "fcfs" (default) or "priority" (waiting queue ordered by the
+    # request's priority, lower first, then arrival).
+    scheduling_policy: str = "fcfs"
     name: str = "h200-llama3-8b"
 
     def __post_init__(self) -> None:
@@ -56,6 +59,8 @@ class ReplicaCostModel:
             raise ValueError("kv_capacity_tokens must hold at least one block")
         if self.max_num_seqs <= 0:
             raise ValueError("max_num_seqs must be positive")
+        if self.scheduling_policy not in ("fcfs", "priority"):
+            raise ValueError("scheduling_policy must be 'fcfs' or 'priority'")
         # vLLM refuses this configuration too: every running sequence must be able to decode in
         # every step, which is what lets the engine advance decodes lazily.
         if self.max_num_batched_tokens < self.max_num_seqs:

@@ -70,6 +70,7 @@ class Request:
     output_tokens: int
     max_tokens: int | None = None
     payload: Any = None
+    priority: int = 0  # used only under scheduling_policy="priority"; lower is served first
 
     @property
     def target_tokens(self) -> int:
@@ -213,7 +214,7 @@ class Engine:
     __slots__ = ("_K", "_a", "_b", "_bs", "_buckets", "_busy", "_c", "_decoding", "_fin", "_finished",
                  "_gen_total", "_k", "_last_time", "_max_batched", "_max_seqs", "_n_waiting",
                  "_p", "_preempt_total", "_prefill_total", "_prefilling", "_running", "_seqs", "_steps",
-                 "_total_blocks", "_used", "_waiting", "cost", "replica_id", "stream_tokens")
+                 "_total_blocks", "_used", "_waiting", "_waiting_levels", "cost", "replica_id", "stream_tokens")
 
     def __init__(self, cost: ReplicaCostModel | None = None, *, replica_id: int = 0,
                  stream_tokens: bool = False) -> None:
@@ -237,6 +238,10 @@ class Engine:
         self._decoding: dict[RequestId, _Seq] = {}
         self._prefilling: dict[RequestId, _Seq] = {}
         self._waiting: deque[_Seq] = deque()  # may hold aborted entries (skipped lazily)
+        # Priority policy: one FCFS deque per priority level, served lowest level first.
+        self._waiting_levels: dict[int, deque[_Seq]] | None = (
+            {} if cost.scheduling_policy == "priority" else None
+        )
         self._n_waiting = 0
         self._buckets: list[set[_Seq]] = [set() for _ in range(self._bs)]
         # finishers by step counter; dicts (not sets) so results come in a reproducible order
@@ -335,8 +340,18 @@ class Engine:
                 f"request {rid!r} needs {seq.prompt + seq.target - 1} KV tokens, more than the "
                 f"replica's {self._total_blocks * self._bs}")
         self._seqs[rid] = seq
-        self._waiting.append(seq)
+        self._queue_of(seq).append(seq)
         self._n_waiting += 1
+
+    def _queue_of(self, seq: _Seq) -> deque[_Seq]:
+        levels = self._waiting_levels
+        if levels is None:
+            return self._waiting
+        queue = levels.get(seq.req.priority)
+        if queue is None:
+            queue = levels[seq.req.priority] = deque()
+            self._waiting_levels = dict(sorted(levels.items()))
+        return queue
 
     def abort(self, request_id: RequestId, now: float | None = None) -> RequestResult | None:
         """Cancel a request wherever it is and free its blocks.
@@ -391,7 +406,7 @@ class Engine:
         seq.computed = 0
         seq.preemptions += 1
         self._preempt_total += 1
-        self._waiting.appendleft(seq)
+        self._queue_of(seq).appendleft(seq)
         self._n_waiting += 1
         return seq
 
@@ -457,33 +472,38 @@ class Engine:
         # unless nothing at all could be scheduled).
         if self._n_waiting and budget > 0 and (
                 preempted is None or (not self._decoding and prefill_tokens == 0)):
-            waiting = self._waiting
             running = self._running
             max_seqs = self._max_seqs
-            while waiting and budget > 0 and len(running) < max_seqs:
-                seq = waiting[0]
-                if seq.state != _WAITING:
-                    waiting.popleft()  # aborted while waiting
-                    continue
-                n = seq.prompt + seq.generated
-                chunk = n if n < budget else budget
-                nb = -(-chunk // bs)
-                if self._used + nb > total:
+            levels = (self._waiting,) if self._waiting_levels is None else tuple(self._waiting_levels.values())
+            blocked = False
+            for waiting in levels:
+                while waiting and budget > 0 and len(running) < max_seqs:
+                    seq = waiting[0]
+                    if seq.state != _WAITING:
+                        waiting.popleft()  # aborted while waiting
+                        continue
+                    n = seq.prompt + seq.generated
+                    chunk = n if n < budget else budget
+                    nb = -(-chunk // bs)
+                    if self._used + nb > total:
+                        blocked = True
+                        break
+                    waiting.popleft()
+                    self._n_waiting -= 1
+                    self._used += nb
+                    seq.state = _PREFILL
+                    seq.computed = chunk
+                    running[seq.rid] = seq
+                    budget -= chunk
+                    prefill_tokens += chunk
+                    if chunk == n:
+                        if completed is None:
+                            completed = []
+                        completed.append(seq)
+                    else:
+                        self._prefilling[seq.rid] = seq
+                if blocked or budget <= 0 or len(running) >= max_seqs:
                     break
-                waiting.popleft()
-                self._n_waiting -= 1
-                self._used += nb
-                seq.state = _PREFILL
-                seq.computed = chunk
-                running[seq.rid] = seq
-                budget -= chunk
-                prefill_tokens += chunk
-                if chunk == n:
-                    if completed is None:
-                        completed = []
-                    completed.append(seq)
-                else:
-                    self._prefilling[seq.rid] = seq
 
         # 4. Duration.
         num_decode = len(self._decoding)

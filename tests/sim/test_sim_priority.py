@@ -1,0 +1,34 @@
+"""vLLM's --scheduling-policy priority: the waiting queue serves lower priority values first."""
+
+from sim.costmodel import ReplicaCostModel
+from sim.engine import Engine, Request
+
+
+def first_token_order(policy: str) -> list[str]:
+    cost = ReplicaCostModel(max_num_seqs=1, max_num_batched_tokens=256, scheduling_policy=policy)
+    eng = Engine(cost)
+    eng.add(Request("busy", prompt_tokens=10, output_tokens=3), 0.0)
+    eng.add(Request("spot", prompt_tokens=10, output_tokens=1, priority=2), 0.0)
+    eng.add(Request("guaranteed", prompt_tokens=10, output_tokens=1, priority=0), 0.0)
+    order: list[str] = []
+    now = 0.0
+    while eng.has_work:
+        res = eng.step(now)
+        order.extend(r.request_id for r in res.first_token if r.request_id not in order)
+        now = res.end
+    return order
+
+
+def test_fcfs_ignores_priority():
+    assert first_token_order("fcfs") == ["busy", "spot", "guaranteed"]
+
+
+def test_priority_policy_serves_lower_values_first():
+    assert first_token_order("priority") == ["busy", "guaranteed", "spot"]
+
+
+def test_unknown_policy_is_rejected():
+    import pytest
+
+    with pytest.raises(ValueError, match="scheduling_policy"):
+        ReplicaCostModel(scheduling_policy="lifo")
