@@ -9,6 +9,7 @@ import typer
 
 from tokenpools.cli import admitter as admitter_cli
 from tokenpools.cli import config as config_cli
+from tokenpools.cli import emulate as emulate_cli
 
 app = typer.Typer(
     name="tokenpools",
@@ -19,6 +20,7 @@ app = typer.Typer(
 app.add_typer(config_cli.app, name="config")
 app.add_typer(config_cli.schemas_app, name="schemas")
 app.command("admitter")(admitter_cli.admitter)
+app.command("emulate")(emulate_cli.emulate)
 
 
 def main() -> None:
