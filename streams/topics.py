@@ -19,6 +19,13 @@ REQUESTS = "tokenpools.requests"
 CONFIG = "tokenpools.config"
 ENTITLEMENT_STATE = "tokenpools.entitlement-state"
 POOL_STATE = "tokenpools.pool-state"
+# The scaler's report of ready replicas per pool (compacted, key = pool name): the pipeline's
+# capacity belief. Without a report a pool counts ``spec.replicas.initial`` (else ``min``).
+REPLICAS = "tokenpools.replicas"
+# Internal: stage 1 (partitioned by entitlement) sends per-entitlement window summaries keyed by
+# pool, so stage 2 (partitioned by pool) sees a whole pool on one worker. Short retention: only the
+# latest summary per entitlement matters, and stage 1 re-sends every tick.
+ENTITLEMENT_USAGE = "tokenpools.entitlement-usage"
 
 COMPACTED = {
     "cleanup.policy": "compact",
@@ -43,6 +50,8 @@ def topic_specs(partitions: int = 6, replication: int = 1, prefix: str = "") -> 
         TopicSpec(prefix + CONFIG, 1, dict(COMPACTED)),
         TopicSpec(prefix + ENTITLEMENT_STATE, partitions, dict(COMPACTED)),
         TopicSpec(prefix + POOL_STATE, 1, dict(COMPACTED)),
+        TopicSpec(prefix + REPLICAS, 1, dict(COMPACTED)),
+        TopicSpec(prefix + ENTITLEMENT_USAGE, partitions, {"retention.ms": str(3600 * 1000)}),
     ]
 
 

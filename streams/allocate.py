@@ -1,0 +1,173 @@
+"""Stage 2: one pool's allocator tick over the latest per-entitlement summaries (pure, clock injected).
+
+Stage 2 owns a pool because the internal usage topic is keyed by pool: every summary of a pool's
+entitlements reaches the one worker that holds that partition. Each tick it runs the capacity
+model's allocator for the whole pool (water-filling with debt carried from the previous tick), splits
+every limit across admitters by their recent demand (``capacity.split.split_by_demand``), and emits
+one ``EntitlementState`` per entitlement and one ``PoolState``.
+
+Inputs per entitlement come from the latest *closed tumbling window* of its summary: demand (which
+includes refused and queued work) and usage rates. A window's rate is then applied to every tick
+until the next window closes, so debt, which integrates ``usage * dt``, sums to the window's real
+usage. Summaries older than ``stale_after_s`` count as no traffic (a silent entitlement's last
+summary is all zeros anyway; this only guards against a stage-1 worker that vanished).
+
+``dt`` is the wall time since the pool's previous tick, persisted with the debt, clamped to
+``max_dt_s`` so a long outage does not integrate one window's rate over minutes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+
+from capacity.allocator import AllocatorPolicy, TickInput, TickResult, allocate
+from capacity.split import split_by_demand
+from schemas.records import Amounts, EntitlementState, PoolState
+from schemas.specs import DIMENSIONS, TIER_RANK, Entitlement, Tier, TokenPool
+from streams.records import EntitlementUsage
+
+
+@dataclass
+class PoolTick:
+    """What one pool carries from tick to tick (persisted in stage 2's table)."""
+
+    seq: int = 0
+    ts: float = 0.0
+    debt: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({"seq": self.seq, "ts": self.ts, "debt": self.debt})
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> PoolTick:
+        d = orjson.loads(raw)
+        return cls(seq=int(d["seq"]), ts=float(d["ts"]), debt={k: float(v) for k, v in d.get("debt", {}).items()})
+
+
+@dataclass(frozen=True)
+class EntitlementInput:
+    """One entitlement's allocator input, summed over the requests partitions that reported it."""
+
+    demand: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    usage: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    admitter_demand: Mapping[str, tuple[float, float, float]] = field(default_factory=dict)
+
+
+@dataclass
+class PoolOutput:
+    entitlements: list[EntitlementState]
+    pool: PoolState
+    tick: PoolTick
+    result: TickResult | None
+
+
+def _add(a: tuple[float, float, float], b: Amounts) -> tuple[float, float, float]:
+    return (a[0] + b.throughput, a[1] + b.kv, a[2] + b.concurrency)
+
+
+def _amounts(v: Iterable[float]) -> Amounts:
+    tp, kv, conc = (float(x) for x in v)
+    return Amounts(throughput=tp, kv=kv, concurrency=conc)
+
+
+def combine(summaries: Iterable[EntitlementUsage], now: float, stale_after_s: float) -> EntitlementInput:
+    """Sum the fresh summaries of one entitlement (one per requests partition that saw it)."""
+    demand = usage = (0.0, 0.0, 0.0)
+    admitters: dict[str, tuple[float, float, float]] = {}
+    for s in summaries:
+        if s.ts < now - stale_after_s:
+            continue
+        demand = _add(demand, s.tumbling.demand)
+        usage = _add(usage, s.tumbling.usage)
+        for admitter, amounts in s.admitter_demand.items():
+            admitters[admitter] = _add(admitters.get(admitter, (0.0, 0.0, 0.0)), amounts)
+    return EntitlementInput(demand, usage, admitters)
+
+
+def policy_for(pool: TokenPool) -> AllocatorPolicy:
+    spec = pool.spec
+    return AllocatorPolicy(
+        reclaim_buffer=spec.reclaim_buffer,
+        debt_half_life=spec.debt.half_life_seconds,
+        debt_scale=spec.debt.scale_seconds,
+    )
+
+
+def admitter_shares(limits: tuple[float, float, float],
+                    demand: Mapping[str, tuple[float, float, float]]) -> dict[str, Amounts]:
+    """Each admitter's share of every limit, by its recent demand on that dimension."""
+    if not demand:
+        return {}
+    per_dim = [split_by_demand(limits[d], {a: v[d] for a, v in demand.items()}) for d in range(3)]
+    return {a: Amounts(throughput=per_dim[0][a], kv=per_dim[1][a], concurrency=per_dim[2][a]) for a in demand}
+
+
+def allocate_pool(
+    pool: TokenPool,
+    entitlements: list[Entitlement],
+    inputs: Mapping[str, EntitlementInput],
+    prev: PoolTick,
+    ready_replicas: int,
+    now: float,
+    *,
+    max_dt_s: float = 60.0,
+) -> PoolOutput:
+    """Run one tick for ``pool``: limits, shares, debt, and the state records to publish."""
+    spec = pool.spec
+    dt = spec.tick_seconds if prev.ts <= 0 else min(max(now - prev.ts, 0.0), max_dt_s)
+    seq = prev.seq + 1
+    capacity = spec.capacity(ready_replicas)
+    ents = list(entitlements)
+    n = len(ents)
+    none = EntitlementInput()
+    ins = [inputs.get(e.name, none) for e in ents]
+    result: TickResult | None = None
+    states: list[EntitlementState] = []
+    if n:
+        inp = TickInput(
+            capacity=np.array(capacity, dtype=float),
+            rank=np.array([TIER_RANK[e.spec.tier] for e in ents], dtype=np.int64),
+            weight=np.array([e.spec.weight for e in ents], dtype=float),
+            guarantee=np.array([e.spec.guarantee.as_tuple() for e in ents], dtype=float).reshape(n, 3),
+            burst=np.array([e.spec.burst.as_tuple() for e in ents], dtype=float).reshape(n, 3),
+            demand=np.array([i.demand for i in ins], dtype=float).reshape(n, 3),
+            usage=np.array([i.usage for i in ins], dtype=float).reshape(n, 3),
+            debt=np.array([prev.debt.get(e.name, 0.0) for e in ents], dtype=float),
+            dt=dt,
+        )
+        result = allocate(inp, policy_for(pool))
+        limits = result.limits.tolist()
+        for i, e in enumerate(ents):
+            lim = (limits[i][0], limits[i][1], limits[i][2])
+            states.append(EntitlementState(
+                id=e.name, pool=pool.name, tier=e.spec.tier, seq=seq, ts=now,
+                limits=_amounts(lim),
+                admitter_shares=admitter_shares(lim, ins[i].admitter_demand),
+                demand=_amounts(ins[i].demand), usage=_amounts(ins[i].usage),
+                debt=float(result.debt[i]), effective_weight=float(result.effective_weight[i]),
+                fair_share=float(result.fair_share[i]), dominant_share=float(result.dominant_share[i]),
+            ))
+    debt = {s.id: s.debt for s in states if s.debt > 0}
+    pool_state = PoolState(
+        id=pool.name, seq=seq, ts=now, ready_replicas=ready_replicas,
+        capacity=_amounts(capacity),
+        guarantees=_amounts(np.sum(
+            [e.spec.guarantee.as_tuple() for e in ents if e.spec.tier is Tier.GUARANTEED] or [(0.0, 0.0, 0.0)],
+            axis=0)),
+        demand=_by_tier(ents, [i.demand for i in ins]),
+        usage=_by_tier(ents, [i.usage for i in ins]),
+    )
+    return PoolOutput(states, pool_state, PoolTick(seq=seq, ts=now, debt=debt), result)
+
+
+def _by_tier(ents: list[Entitlement], values: list[tuple[float, float, float]]) -> dict[Tier, Amounts]:
+    sums = {tier: [0.0, 0.0, 0.0] for tier in Tier}
+    for e, v in zip(ents, values, strict=True):
+        acc = sums[e.spec.tier]
+        for d in range(len(DIMENSIONS)):
+            acc[d] += v[d]
+    return {tier: _amounts(v) for tier, v in sums.items()}

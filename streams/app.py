@@ -1,0 +1,244 @@
+"""The Faust app: agents, tables and timers of the two-stage metering pipeline.
+
+Topology (every name gets ``--topic-prefix``; ``<app>`` is the prefixed app id)::
+
+  tokenpools.requests (key entitlement, N partitions)
+     -> agent ``ingest`` (stage 1): windows + dedup      tables <app>-entitlement-windows, <app>-seen-ids
+     -> timer ``emit_summaries`` every summary interval
+  tokenpools.entitlement-usage (key pool, M partitions, internal)
+     -> agent ``collect`` (stage 2): latest summary      table  <app>-pool-inputs
+     -> timer ``run_ticks``: allocator per owned pool    table  <app>-pool-ticks (seq, debt)
+  -> tokenpools.entitlement-state (key entitlement, compacted)
+  -> tokenpools.pool-state (key pool, compacted)
+
+  tokenpools.config + tokenpools.replicas (compacted, 1 partition) are read whole by every worker
+  (``streams.config_table``), outside the consumer group.
+
+Processing guarantee: at-least-once (Faust's default), made exact by the pipeline itself: window
+records carry the last applied offset (replays are skipped) and event ids are remembered (duplicates
+are skipped); see ``streams.dedup`` and docs/pipeline.md for why Faust's ``exactly_once`` is not used
+(it can be selected with ``processing_guarantee="exactly_once"`` for experiments).
+
+All topics are consumed with raw serializers and decoded by our code (``schemas.wire.decode``), so a
+bad record is counted by topic and reason and skipped, never fatal. Each worker's web server binds
+127.0.0.1 on its own port (Faust's default 0.0.0.0:6066 makes two workers collide).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+
+from schemas.wire import BadRecords
+from streams.allocate import PoolTick
+from streams.codec import RawMessage, partition_for
+from streams.config_table import ConfigView, TopicFollower
+from streams.dedup import SeenBatch
+from streams.metrics import PipelineMetrics
+from streams.records import EntitlementUsage
+from streams.settings import PipelineSettings
+from streams.sink import HistorySink, no_history
+from streams.stage1 import Stage1
+from streams.stage2 import Stage2
+from streams.store import FaustTableStore
+from streams.windows import EntitlementWindows
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Pipeline:
+    """The Faust app plus the pieces tests and the CLI reach for."""
+
+    app: faust.App
+    settings: PipelineSettings
+    bad: BadRecords
+    metrics: PipelineMetrics
+    config: ConfigView
+    follower: TopicFollower
+    stage1: Stage1
+    stage2: Stage2
+    requests_partitions: int
+    usage_partitions: int
+
+    def ready(self) -> bool:
+        """Partitions assigned and tables recovered: safe to read state and act on it."""
+        recovery = self.app.tables.recovery
+        return not self.app.rebalancing and recovery.completed.is_set()
+
+    def active_partitions(self, topic: str) -> set[int]:
+        return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic}
+
+    def owned_pools(self) -> dict[str, int]:
+        """Pools whose usage-topic partition this worker holds: name -> partition."""
+        mine = self.active_partitions(self.settings.usage_topic)
+        out = {}
+        for name in self.config.platform.pools:
+            p = partition_for(name, self.usage_partitions)
+            if p in mine:
+                out[name] = p
+        return out
+
+
+def _raw(events: Sequence[Any]) -> list[RawMessage]:
+    return [RawMessage(e.message.partition, e.message.offset, e.message.key, e.message.value) for e in events]
+
+
+def create_app(
+    settings: PipelineSettings,
+    *,
+    requests_partitions: int,
+    usage_partitions: int,
+    sink: HistorySink = no_history,
+) -> Pipeline:
+    """Build the worker's Faust app. Topics must exist (``streams.worker.prepare`` creates them)."""
+    s = settings
+    app = faust.App(
+        s.full_app_id,
+        broker=[f"kafka://{h.strip()}" for h in s.bootstrap_servers.split(",") if h.strip()],
+        store="memory://",  # tables recover from their changelogs at start: no RocksDB needed
+        processing_guarantee=s.processing_guarantee,
+        autodiscover=False,
+        web_enabled=True,
+        web_bind="127.0.0.1",
+        web_host="127.0.0.1",
+        web_port=s.web_port,
+        table_standby_replicas=0,  # a standby copy would be iterated as if it were ours
+        topic_disable_leader=True,
+        topic_replication_factor=s.replication,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=s.commit_interval_s,
+        broker_session_timeout=s.session_timeout_s,
+        broker_heartbeat_interval=max(0.5, s.session_timeout_s / 5),
+        stream_recovery_delay=0.2,
+        stream_buffer_maxsize=8192,
+        broker_max_poll_records=2000,
+    )
+    bad = BadRecords()
+    metrics = PipelineMetrics(bad)
+    config = ConfigView(bad, s.config_topic, s.replicas_topic)
+    follower = TopicFollower(
+        s.bootstrap_servers, {s.config_topic: config.apply_config, s.replicas_topic: config.apply_replicas}, bad,
+        client_id=f"{s.full_app_id}-config",
+    )
+
+    raw = {"key_serializer": "raw", "value_serializer": "raw"}
+    requests = app.topic(s.requests_topic, partitions=requests_partitions, **raw)
+    usage = app.topic(s.usage_topic, partitions=usage_partitions, **raw)
+    entitlement_state = app.topic(s.entitlement_state_topic, **raw)
+    pool_state = app.topic(s.pool_state_topic, **raw)
+    table_args: dict[str, Any] = {"key_type": bytes, "value_type": bytes}
+    windows_table = app.Table("entitlement-windows", partitions=requests_partitions, **table_args)
+    horizon_ms = int(s.dedup_horizon_s * 1000)
+    seen_table = app.Table(
+        "seen-ids", partitions=requests_partitions, **table_args,
+        # Keys are unique per batch: nothing to compact; the broker deletes ids past the horizon.
+        extra_topic_configs={
+            "cleanup.policy": "delete",
+            "retention.ms": str(int(horizon_ms * 1.5) + 60_000),
+            "segment.ms": str(max(60_000, horizon_ms // 2)),
+        },
+    )
+    inputs_table = app.Table("pool-inputs", partitions=usage_partitions, **table_args)
+    ticks_table = app.Table("pool-ticks", partitions=usage_partitions, **table_args)
+
+    stage1 = Stage1(
+        windows=FaustTableStore(windows_table, lambda _k, v: EntitlementWindows.from_json(v)),
+        seen=FaustTableStore(seen_table, SeenBatch.from_json),
+        config=config, spec=s.windows, topic=s.requests_topic, bad=bad, metrics=metrics,
+        dedup_horizon_s=s.dedup_horizon_s, dedup_max_ids=s.dedup_max_ids, sink=sink,
+    )
+
+    async def publish(topic: str, key: str, value: bytes) -> None:
+        channel = entitlement_state if topic == s.entitlement_state_topic else pool_state
+        await channel.send(key=key.encode(), value=value)
+
+    stage2 = Stage2(
+        inputs=FaustTableStore(inputs_table, lambda _k, v: EntitlementUsage.model_validate_json(v)),
+        ticks=FaustTableStore(ticks_table, lambda _k, v: PoolTick.from_json(v)),
+        config=config, topic=s.usage_topic, entitlement_state_topic=s.entitlement_state_topic,
+        pool_state_topic=s.pool_state_topic, publish=publish, bad=bad, metrics=metrics,
+        stale_after_s=s.stale_after, max_dt_s=s.max_dt,
+    )
+    pipeline = Pipeline(app, s, bad, metrics, config, follower, stage1, stage2, requests_partitions,
+                        usage_partitions)
+
+    for table in (windows_table, seen_table):
+        table.on_recover(_async(stage1.reset))
+    for table in (inputs_table, ticks_table):
+        table.on_recover(_async(stage2.reset))
+
+    @app.agent(requests, name="ingest")
+    async def ingest(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(s.batch_max, within=s.batch_within_s):
+            await stage1.process(_raw(events))
+
+    @app.agent(usage, name="collect")
+    async def collect(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(s.batch_max, within=s.batch_within_s):
+            await stage2.process(_raw(events))
+
+    @app.timer(s.summary_interval_s, name="emit_summaries")
+    async def emit_summaries() -> None:
+        if not pipeline.ready():
+            return
+        now = time.time()
+        stage1.expire(now)
+        for summary in stage1.summaries(now, pipeline.active_partitions(s.requests_topic)):
+            await usage.send(key=summary.pool.encode(), value=summary.model_dump_json().encode())
+            metrics.summaries_sent.inc()
+
+    @app.timer(s.scheduler_interval_s, name="run_ticks")
+    async def run_ticks() -> None:
+        metrics.config_ready.set(1 if follower.ready.is_set() else 0)
+        if not (follower.ready.is_set() and pipeline.ready()):
+            return
+        owned = pipeline.owned_pools()
+        metrics.owned_pools.set(len(owned))
+        now = time.time()
+        due = stage2.due(sorted(owned), now)
+        if not due:
+            return
+        grouped = stage2.inputs_by_entitlement(now)
+        for name in due:
+            try:
+                await stage2.tick(name, owned[name], now, grouped.get(name, {}))
+            except Exception:  # one pool's failure must not stop the others (or the worker)
+                log.exception("allocator tick failed for pool %s", name)
+
+    @app.task
+    async def follow_config() -> None:
+        await follower.run()
+
+    @app.page("/metrics")
+    async def metrics_page(web: Any, request: Any) -> Any:
+        return web.bytes(metrics.render(), content_type="text/plain; version=0.0.4")
+
+    @app.page("/streams/status")
+    async def status_page(web: Any, request: Any) -> Any:
+        return web.json({
+            "ready": pipeline.ready(),
+            "config_ready": follower.ready.is_set(),
+            "pools": sorted(config.platform.pools),
+            "owned_pools": sorted(pipeline.owned_pools()),
+            "requests_partitions": sorted(pipeline.active_partitions(s.requests_topic)),
+            "usage_partitions": sorted(pipeline.active_partitions(s.usage_topic)),
+            "bad_records": {f"{t}|{r}": n for (t, r), n in bad.counts.items()},
+        })
+
+    del ingest, collect, emit_summaries, run_ticks, follow_config, metrics_page, status_page
+    return pipeline
+
+
+def _async(fn: Any) -> Any:
+    async def call() -> None:
+        fn()
+        await asyncio.sleep(0)
+
+    return call

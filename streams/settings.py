@@ -1,0 +1,82 @@
+"""Settings of one pipeline worker (the CLI fills them; tests and the benchmark build them directly)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from streams import topics
+from streams.windows import WindowSpec
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+GUARANTEES = ("at_least_once", "exactly_once")
+
+
+def bootstrap_from_env() -> str:
+    return os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or DEFAULT_BOOTSTRAP
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    bootstrap_servers: str = field(default_factory=bootstrap_from_env)
+    app_id: str = "tokenpools-streams"
+    topic_prefix: str = ""  # isolates a test run: every topic name and the app id get it
+    partitions: int = 6  # for topics this worker creates; existing topics keep theirs
+    replication: int = 1
+    web_port: int = 6066
+    metrics_port: int | None = None
+    processing_guarantee: str = "at_least_once"
+    windows: WindowSpec = field(default_factory=WindowSpec)
+    summary_interval_s: float = 1.0
+    scheduler_interval_s: float = 0.1
+    dedup_horizon_s: float = 600.0
+    dedup_max_ids: int = 1_000_000
+    stale_after_s: float | None = None  # default: the hopping window size
+    max_dt_s: float | None = None  # default: the hopping window size
+    batch_max: int = 1000
+    batch_within_s: float = 0.05
+    commit_interval_s: float = 1.0
+    session_timeout_s: float = 10.0
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if self.processing_guarantee not in GUARANTEES:
+            raise ValueError(f"processing_guarantee must be one of {GUARANTEES}")
+        if self.partitions < 1:
+            raise ValueError("partitions must be >= 1")
+
+    @property
+    def full_app_id(self) -> str:
+        return self.topic_prefix + self.app_id
+
+    @property
+    def requests_topic(self) -> str:
+        return self.topic_prefix + topics.REQUESTS
+
+    @property
+    def config_topic(self) -> str:
+        return self.topic_prefix + topics.CONFIG
+
+    @property
+    def replicas_topic(self) -> str:
+        return self.topic_prefix + topics.REPLICAS
+
+    @property
+    def usage_topic(self) -> str:
+        return self.topic_prefix + topics.ENTITLEMENT_USAGE
+
+    @property
+    def entitlement_state_topic(self) -> str:
+        return self.topic_prefix + topics.ENTITLEMENT_STATE
+
+    @property
+    def pool_state_topic(self) -> str:
+        return self.topic_prefix + topics.POOL_STATE
+
+    @property
+    def stale_after(self) -> float:
+        return self.stale_after_s if self.stale_after_s is not None else self.windows.hop_size_s
+
+    @property
+    def max_dt(self) -> float:
+        return self.max_dt_s if self.max_dt_s is not None else self.windows.hop_size_s

@@ -1,0 +1,151 @@
+"""Stage 1 (partitioned by entitlement): count request events into windows, exactly once per id.
+
+For each batch of raw records from ``tokenpools.requests``: decode (bad ones are counted and skipped),
+decide new / replay / duplicate (``streams.dedup``), add new events to their entitlement's window
+record (``streams.windows``), then persist every touched record and the batch's new ids with one
+changelog write each, on the requests partition they came from. Only after that does the caller
+acknowledge the batch, so Faust never commits an offset ahead of the state it produced.
+
+Every summary interval, the worker turns each record it owns into an ``EntitlementUsage`` for
+stage 2 (``summaries``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from schemas.records import Phase, RequestEvent
+from schemas.wire import BadRecords, decode
+from streams.codec import RawMessage, windows_key
+from streams.config_table import ConfigView
+from streams.dedup import SeenBatch, SeenIds, Verdict, batch_key, partition_of_key
+from streams.metrics import PipelineMetrics
+from streams.records import EntitlementUsage
+from streams.sink import HistorySink, no_history
+from streams.store import KeyValueStore
+from streams.windows import DECISION_OUTCOMES, FINISH_OUTCOMES, EntitlementWindows, WindowSpec
+
+
+def shape_problem(ev: RequestEvent) -> str | None:
+    """A decision must have a decision outcome and a finish a finish outcome."""
+    allowed = DECISION_OUTCOMES if ev.phase is Phase.DECISION else FINISH_OUTCOMES
+    if ev.outcome not in allowed:
+        return f"outcome {ev.outcome.value!r} is not a {ev.phase.value} outcome"
+    return None
+
+
+class Stage1:
+    def __init__(
+        self,
+        *,
+        windows: KeyValueStore[EntitlementWindows],
+        seen: KeyValueStore[SeenBatch],
+        config: ConfigView,
+        spec: WindowSpec,
+        topic: str,
+        bad: BadRecords,
+        metrics: PipelineMetrics,
+        dedup_horizon_s: float = 600.0,
+        dedup_max_ids: int = 1_000_000,
+        sink: HistorySink = no_history,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.windows = windows
+        self.seen = seen
+        self.config = config
+        self.spec = spec
+        self.topic = topic
+        self.bad = bad
+        self.metrics = metrics
+        self.dedup_horizon_s = dedup_horizon_s
+        self.dedup_max_ids = dedup_max_ids
+        self.sink = sink
+        self.clock = clock
+        self._seen: dict[int, SeenIds] = {}
+        self._idle_sent: set[str] = set()
+
+    def reset(self) -> None:
+        """After a rebalance: the stores were recovered, so rebuild the derived id index lazily."""
+        self._seen.clear()
+        self._idle_sent.clear()
+
+    def seen_ids(self, partition: int, now: float) -> SeenIds:
+        seen = self._seen.get(partition)
+        if seen is None:
+            batches = [b for k, b in self.seen.items() if partition_of_key(k) == partition]
+            seen = self._seen[partition] = SeenIds.from_batches(
+                batches, self.dedup_horizon_s, self.dedup_max_ids, now)
+        return seen
+
+    async def process(self, messages: Sequence[RawMessage]) -> None:
+        now = self.clock()
+        started = time.perf_counter()
+        touched: dict[str, EntitlementWindows] = {}
+        new_ids: dict[int, list[tuple[str, int]]] = {}
+        first_offset: dict[int, int] = {}
+        for m in messages:
+            ev = decode(RequestEvent, m.value, self.topic, self.bad)
+            if ev is None:
+                if m.value is None:
+                    self.bad.note(self.topic, "tombstone", f"partition {m.partition} offset {m.offset}")
+                continue
+            problem = shape_problem(ev)
+            if problem is not None:
+                self.bad.note(self.topic, "invalid_outcome", f"event {ev.id}: {problem}")
+                continue
+            key = windows_key(m.partition, ev.entitlement)
+            rec = touched.get(key) or self.windows.get(key)
+            if rec is None:
+                rec = EntitlementWindows(ev.entitlement, ev.pool, ev.tier.value, m.partition)
+            seen = self.seen_ids(m.partition, now)
+            verdict = seen.verdict(ev.id, m.offset, rec.offset)
+            if seen.remember(ev.id, m.offset):
+                new_ids.setdefault(m.partition, []).append((ev.id, m.offset))
+                first_offset.setdefault(m.partition, m.offset)
+            if verdict is Verdict.REPLAY:
+                self.metrics.replays.inc()
+                continue
+            if verdict is Verdict.DUPLICATE:
+                self.metrics.duplicates.inc()
+                rec.note_duplicate(m.offset)
+            else:
+                self.metrics.new.inc()
+                if not rec.apply(ev, m.offset, self.spec, now):
+                    self.metrics.late.inc()
+                self.sink(ev)
+            touched[key] = rec
+        for key, rec in touched.items():
+            rec.prune(self.spec, now)
+            await self.windows.put(key, rec, rec.partition)
+        for partition, ids in new_ids.items():
+            batch = SeenBatch(batch_key(partition, first_offset[partition]), now, ids)
+            self._seen[partition].batches.append(batch)
+            await self.seen.put(batch.key, batch, partition)
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    def expire(self, now: float) -> None:
+        """Forget ids past the dedup horizon (locally; the changelog's retention deletes them there)."""
+        total = evicted = 0
+        for seen in self._seen.values():
+            for key in seen.expire(now):
+                self.seen.forget(key)
+            total += len(seen.ids)
+            evicted += seen.evicted_early
+        self.metrics.dedup_ids.set(total)
+        self.metrics.dedup_evicted.set(evicted)
+
+    def summaries(self, now: float, partitions: set[int]) -> list[EntitlementUsage]:
+        """Summaries of the records on ``partitions`` (this worker's); an idle record is sent once more."""
+        out: list[EntitlementUsage] = []
+        for key, rec in self.windows.items():
+            if rec.partition not in partitions:
+                continue
+            if rec.is_idle(self.spec, now):
+                if key in self._idle_sent:
+                    continue
+                self._idle_sent.add(key)
+            else:
+                self._idle_sent.discard(key)
+            out.append(rec.summary(self.spec, now, self.config.weights(rec.pool)))
+        return out

@@ -1,0 +1,123 @@
+"""Stage 2 (partitioned by pool): keep the latest summary per entitlement, tick each owned pool.
+
+Summaries arrive on the internal usage topic keyed by pool, so the worker holding a pool's partition
+sees all of that pool's entitlements. It stores the latest summary per (pool, entitlement, requests
+partition) in a changelogged table and, every ``tickSeconds`` of each pool it owns, runs
+``streams.allocate.allocate_pool`` with the debt and tick number persisted by the previous tick
+(recovered from the changelog after a restart, so debt continues instead of restarting from zero),
+then publishes the states.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+from schemas.wire import BadRecords, decode, encode
+from streams.allocate import EntitlementInput, PoolOutput, PoolTick, allocate_pool, combine
+from streams.codec import RawMessage, inputs_key
+from streams.config_table import ConfigView
+from streams.metrics import PipelineMetrics
+from streams.records import EntitlementUsage
+from streams.store import KeyValueStore
+
+Publish = Callable[[str, str, bytes], Awaitable[None]]  # (topic, key, value)
+
+
+class Stage2:
+    def __init__(
+        self,
+        *,
+        inputs: KeyValueStore[EntitlementUsage],
+        ticks: KeyValueStore[PoolTick],
+        config: ConfigView,
+        topic: str,
+        entitlement_state_topic: str,
+        pool_state_topic: str,
+        publish: Publish,
+        bad: BadRecords,
+        metrics: PipelineMetrics,
+        stale_after_s: float = 60.0,
+        max_dt_s: float = 60.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.inputs = inputs
+        self.ticks = ticks
+        self.config = config
+        self.topic = topic
+        self.entitlement_state_topic = entitlement_state_topic
+        self.pool_state_topic = pool_state_topic
+        self.publish = publish
+        self.bad = bad
+        self.metrics = metrics
+        self.stale_after_s = stale_after_s
+        self.max_dt_s = max_dt_s
+        self.clock = clock
+        self._last_run: dict[str, float] = {}
+
+    def reset(self) -> None:
+        self._last_run.clear()
+
+    async def process(self, messages: Sequence[RawMessage]) -> None:
+        latest: dict[str, tuple[EntitlementUsage, int]] = {}
+        for m in messages:
+            summary = decode(EntitlementUsage, m.value, self.topic, self.bad)
+            if summary is None:
+                if m.value is None:
+                    self.bad.note(self.topic, "tombstone", f"partition {m.partition} offset {m.offset}")
+                continue
+            if m.key is None or m.key.decode("utf-8", "replace") != summary.pool:
+                self.bad.note(self.topic, "key_mismatch", f"key {m.key!r} holds a summary of pool {summary.pool!r}")
+                continue
+            self.metrics.summaries_received.inc()
+            latest[inputs_key(summary.pool, summary.entitlement, summary.partition)] = (summary, m.partition)
+        for key, (summary, partition) in latest.items():
+            previous = self.inputs.get(key)
+            if previous is None or previous.ts <= summary.ts:
+                await self.inputs.put(key, summary, partition)
+
+    def due(self, pools: Sequence[str], now: float) -> list[str]:
+        """The pools (among those owned) whose ``tickSeconds`` has passed since this worker last ticked them."""
+        out = []
+        for name in pools:
+            pool = self.config.pool(name)
+            if pool is None:
+                continue
+            last = self._last_run.get(name)
+            if last is None or now - last >= pool.spec.tick_seconds * 0.999:
+                out.append(name)
+        return out
+
+    def inputs_by_entitlement(self, now: float) -> dict[str, dict[str, EntitlementInput]]:
+        """Fresh summaries grouped by pool, then entitlement (partitions summed)."""
+        grouped: dict[str, dict[str, list[EntitlementUsage]]] = {}
+        for _, s in self.inputs.items():
+            grouped.setdefault(s.pool, {}).setdefault(s.entitlement, []).append(s)
+        return {
+            pool: {ent: combine(summaries, now, self.stale_after_s) for ent, summaries in ents.items()}
+            for pool, ents in grouped.items()
+        }
+
+    async def tick(self, pool_name: str, partition: int, now: float,
+                   inputs: dict[str, EntitlementInput] | None = None) -> PoolOutput | None:
+        pool = self.config.pool(pool_name)
+        if pool is None:
+            return None
+        started = time.perf_counter()
+        self._last_run[pool_name] = now
+        if inputs is None:
+            inputs = self.inputs_by_entitlement(now).get(pool_name, {})
+        prev = self.ticks.get(pool_name) or PoolTick()
+        out = allocate_pool(
+            pool, self.config.entitlements_of(pool_name), inputs, prev, self.config.ready_replicas(pool), now,
+            max_dt_s=self.max_dt_s,
+        )
+        await self.ticks.put(pool_name, out.tick, partition)
+        for state in out.entitlements:
+            await self.publish(self.entitlement_state_topic, state.id, encode(state))
+        await self.publish(self.pool_state_topic, out.pool.id, encode(out.pool))
+        self.metrics.states_published.labels("entitlement").inc(len(out.entitlements))
+        self.metrics.states_published.labels("pool").inc()
+        self.metrics.ticks.labels(pool_name).inc()
+        self.metrics.tick_seconds.labels(pool_name).observe(time.perf_counter() - started)
+        return out

@@ -1,0 +1,78 @@
+"""Start one pipeline worker: create missing topics, seed the config, run the Faust worker.
+
+Faust apps are usually started with ``faust -A module worker``; here the app is built from settings
+(topic names and partition counts are only known at run time) and handed to ``faust.Worker``
+directly, which is what the ``faust worker`` command does after parsing its options. Any number of
+workers with the same app id share the partitions; each needs its own ``web_port``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import faust
+from aiokafka.admin import AIOKafkaAdminClient
+
+from schemas.loader import load_config
+from streams.app import Pipeline, create_app
+from streams.config_table import seed_config
+from streams.settings import PipelineSettings
+from streams.topics import create_topics, topic_specs
+
+log = logging.getLogger(__name__)
+
+
+async def partition_counts(bootstrap_servers: str, topics: Sequence[str], wait_s: float = 30.0) -> dict[str, int]:
+    """Partitions of each topic, waiting for freshly created topics to show up in metadata."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="tokenpools-streams-setup")
+    await admin.start()
+    try:
+        async with asyncio.timeout(wait_s):
+            while True:
+                described = await admin.describe_topics(list(topics))
+                counts = {t["topic"]: len(t.get("partitions") or []) for t in described if t.get("error_code", 0) == 0}
+                if all(counts.get(t, 0) > 0 for t in topics):
+                    return counts
+                await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+
+
+async def prepare(settings: PipelineSettings, config_paths: Sequence[Path] = ()) -> dict[str, int]:
+    """Create missing topics, publish absent config documents; returns partitions per topic."""
+    specs = topic_specs(settings.partitions, settings.replication, settings.topic_prefix)
+    created = await create_topics(settings.bootstrap_servers, specs, settings.replication)
+    if created:
+        log.info("created topics: %s", ", ".join(created))
+    counts = await partition_counts(settings.bootstrap_servers, [spec.name for spec in specs])
+    if config_paths:
+        platform = load_config(*config_paths)
+        manifests = [*platform.pools.values(), *platform.entitlements.values()]
+        published = await seed_config(settings.bootstrap_servers, settings.config_topic, manifests)
+        log.info("config: published %d absent document(s) to %s", len(published), settings.config_topic)
+    return counts
+
+
+def build(settings: PipelineSettings, counts: dict[str, int]) -> Pipeline:
+    return create_app(
+        settings,
+        requests_partitions=counts[settings.requests_topic],
+        usage_partitions=counts[settings.usage_topic],
+    )
+
+
+def run_worker(settings: PipelineSettings, config_paths: Sequence[Path] = ()) -> None:
+    """Blocks until the worker stops (SIGINT/SIGTERM)."""
+    counts = asyncio.run(prepare(settings, config_paths))
+    asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed its loop; Faust needs a fresh one
+    pipeline = build(settings, counts)
+    if settings.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port, addr="127.0.0.1", registry=pipeline.metrics.registry)
+    pipeline.app.finalize()
+    worker = faust.Worker(pipeline.app, loglevel=settings.log_level, quiet=True)
+    worker.execute_from_commandline()

@@ -1,0 +1,71 @@
+"""`tokenpools streams worker`: one worker of the metering pipeline (Faust).
+
+Run several with the same ``--app-id`` (and distinct ``--web-port``) to share the partitions. Faust
+and the pipeline are imported inside the command so other subcommands start quickly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="The metering pipeline: windows, debt and limits from request events (Faust).",
+                  no_args_is_help=True)
+
+EXIT_BAD_OPTIONS = 2
+
+
+@app.command("worker")
+def worker(
+    bootstrap: str | None = typer.Option(
+        None, "--bootstrap", "-b", envvar="KAFKA_BOOTSTRAP_SERVERS",
+        help="Kafka bootstrap servers HOST:PORT[,HOST:PORT] (default $KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092)."),
+    config: list[Path] = typer.Option(
+        [], "--config", "-c", help="Pool/entitlement YAML files or folders to publish to the config topic if absent."),
+    web_port: int = typer.Option(6066, "--web-port", min=1, max=65535,
+                                 help="Faust web port on 127.0.0.1 (/metrics, /streams/status); one per worker."),
+    metrics_port: int | None = typer.Option(None, "--metrics-port", min=1, max=65535,
+                                            help="Also serve Prometheus metrics on 127.0.0.1 at this port."),
+    app_id: str = typer.Option("tokenpools-streams", "--app-id", help="Faust app id (group) shared by workers."),
+    topic_prefix: str = typer.Option("", "--topic-prefix", help="Prefix of every topic name and of the app id."),
+    partitions: int = typer.Option(6, "--partitions", min=1, help="Partitions of topics this worker creates."),
+    tumbling: float = typer.Option(10.0, "--tumbling-seconds", help="Tumbling window size."),
+    hop_size: float = typer.Option(60.0, "--hop-size-seconds", help="Hopping window size."),
+    hop_step: float = typer.Option(10.0, "--hop-step-seconds", help="Hopping window step."),
+    grace: float = typer.Option(1.0, "--grace-seconds", help="A window closes this long after its end."),
+    summary_interval: float = typer.Option(1.0, "--summary-interval", help="Stage 1 summary period, seconds."),
+    dedup_horizon: float = typer.Option(600.0, "--dedup-horizon", help="How long event ids are remembered, seconds."),
+    commit_interval: float = typer.Option(1.0, "--commit-interval", help="Offset commit period, seconds."),
+    session_timeout: float = typer.Option(10.0, "--session-timeout",
+                                          help="Consumer group session timeout, seconds (a dead worker's partitions "
+                                               "move after this long)."),
+    processing_guarantee: str = typer.Option(
+        "at_least_once", "--processing-guarantee",
+        help="at_least_once (default; exact through offset and id dedup) or exactly_once (experimental)."),
+    log_level: str = typer.Option("info", "--log-level", help="crit, error, warn, info or debug."),
+) -> None:
+    """Run one pipeline worker until Ctrl-C."""
+    from schemas.loader import ConfigError
+    from streams.settings import PipelineSettings, bootstrap_from_env
+    from streams.windows import WindowSpec
+    from streams.worker import run_worker
+
+    try:
+        settings = PipelineSettings(
+            bootstrap_servers=bootstrap or bootstrap_from_env(), app_id=app_id, topic_prefix=topic_prefix,
+            partitions=partitions, web_port=web_port, metrics_port=metrics_port,
+            processing_guarantee=processing_guarantee,
+            windows=WindowSpec(tumbling_s=tumbling, hop_size_s=hop_size, hop_step_s=hop_step, grace_s=grace),
+            summary_interval_s=summary_interval, dedup_horizon_s=dedup_horizon, commit_interval_s=commit_interval,
+            session_timeout_s=session_timeout, log_level=log_level,
+        )
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_BAD_OPTIONS) from None
+    try:
+        run_worker(settings, config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(EXIT_BAD_OPTIONS) from None
