@@ -113,6 +113,7 @@ class SeenIds:
     def from_batches(cls, batches: Iterable[SeenBatch], horizon_s: float, max_ids: int, now: float) -> SeenIds:
         seen = cls(horizon_s=horizon_s, max_ids=max_ids)
         for batch in sorted(batches, key=lambda b: (b.seen_at, b.key)):
-            seen.add_batch(batch)
+            if batch.seen_at >= now - horizon_s:  # an id may come back after its first sighting expired
+                seen.add_batch(batch)
         seen.expire(now)
         return seen

@@ -70,7 +70,9 @@ class Stage2:
                 self.bad.note(self.topic, "key_mismatch", f"key {m.key!r} holds a summary of pool {summary.pool!r}")
                 continue
             self.metrics.summaries_received.inc()
-            latest[inputs_key(summary.pool, summary.entitlement, summary.partition)] = (summary, m.partition)
+            key = inputs_key(summary.pool, summary.entitlement, summary.partition)
+            if key not in latest or latest[key][0].ts <= summary.ts:
+                latest[key] = (summary, m.partition)
         for key, (summary, partition) in latest.items():
             previous = self.inputs.get(key)
             if previous is None or previous.ts <= summary.ts:
