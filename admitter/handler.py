@@ -27,7 +27,7 @@ from admitter.state import AdmitterState
 from capacity.admission import Decision, Verdict
 from capacity.cost import RequestCost
 from capacity.live import EntitlementLive
-from schemas.records import Amounts, Outcome, Phase, RequestEvent
+from schemas.records import SCHEMA_VERSION, Amounts, Outcome, Phase, RequestEvent
 from schemas.specs import TokenPool
 
 log = logging.getLogger("tokenpools.admitter")
@@ -37,8 +37,8 @@ class Call:
     """What one request's events are made of, gathered along the way."""
 
     __slots__ = (
-        "admitted", "arrival", "cost", "decision_outcome", "ent", "ex", "flight", "gate", "max_tokens", "pool",
-        "prompt_est", "queue_wait", "queued", "refusal",
+        "_reserved", "admitted", "arrival", "cost", "decision_outcome", "ent", "ex", "flight", "gate", "max_tokens",
+        "pool", "prompt_est", "queue_wait", "queued", "refusal",
     )
 
     def __init__(self, pool: TokenPool, gate: PoolGate, ent: EntitlementLive, flight: Flight, ex: Exchange,
@@ -57,6 +57,13 @@ class Call:
         self.admitted = False
         self.decision_outcome = Outcome.ADMITTED
         self.refusal: Decision | None = None
+        self._reserved: Amounts | None = None
+
+    def reserved(self) -> Amounts:
+        if self._reserved is None:
+            cost = self.cost
+            self._reserved = Amounts.model_construct(throughput=cost.throughput, kv=cost.kv, concurrency=1.0)
+        return self._reserved
 
 
 class CompletionEndpoint:
@@ -232,10 +239,15 @@ class CompletionEndpoint:
 
     def _event(self, call: Call, phase: Phase, outcome: Outcome, *, status: int | None = None,
                prompt_tokens: int | None = None, output_tokens: int = 0, finished: bool = False) -> RequestEvent:
-        ex, ent, cost, refusal = call.ex, call.ent, call.cost, call.refusal
+        ex, ent, refusal = call.ex, call.ent, call.refusal
         now = time.perf_counter()
         ttft = ex.t_client_first - call.arrival if finished and ex.t_client_first else None
-        return RequestEvent(
+        # Built without validation (every field is typed here and tests validate emitted events);
+        # the id is derived from the request and phase, so a re-sent event keeps its id and
+        # idempotent consumers drop the duplicate.
+        return RequestEvent.model_construct(
+            id=f"{ex.request_id}-{phase.value}",
+            schema_version=SCHEMA_VERSION,
             request_id=ex.request_id,
             phase=phase,
             outcome=outcome,
@@ -250,7 +262,7 @@ class CompletionEndpoint:
             prompt_tokens=call.prompt_est if prompt_tokens is None else prompt_tokens,
             max_tokens=call.max_tokens,
             output_tokens=output_tokens,
-            reserved=Amounts(throughput=cost.throughput, kv=cost.kv, concurrency=1.0),
+            reserved=call.reserved(),
             queue_wait_s=call.queue_wait,
             ttft_s=ttft,
             latency_s=now - call.arrival if finished else None,

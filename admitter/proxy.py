@@ -1,7 +1,9 @@
-"""The upstream side: pick a replica, send the request over a pooled httpx client, relay the answer.
+"""The upstream side: pick a replica, send the request, relay the answer.
 
 - Replica choice: fewest outstanding requests from this admitter; ties rotate so sequential
   traffic spreads. A replica that refused a connection is tried last for a short cool-down.
+- Connections: ``clients.HttpxClient`` by default (pooled keep-alive httpx connections), or
+  ``clients.AiohttpClient``; see ``clients.py`` for why and what each costs.
 - Retries only where they are safe: the connection was refused (nothing was sent) or the
   replica answered 5xx before any byte reached the client. A timeout is not retried (the replica
   may still be working on it): the client gets 504.
@@ -20,11 +22,17 @@ from collections.abc import Sequence
 from typing import Protocol
 
 import anyio
-import httpx
 import orjson
 from starlette.types import Send
 
 from admitter.body import ParsedRequest
+from admitter.clients import (
+    UpstreamBroken,
+    UpstreamClient,
+    UpstreamConnectError,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
 from admitter.errors import OpenAIError
 from schemas.records import Outcome
 
@@ -127,30 +135,25 @@ class Exchange:
 
 
 class Upstream:
-    """The pooled httpx client and each pool's replicas."""
+    """The replica client and each pool's replicas."""
 
-    def __init__(self, replicas: dict[str, ReplicaSet], timeout: httpx.Timeout, limits: httpx.Limits) -> None:
+    def __init__(self, replicas: dict[str, ReplicaSet], client: UpstreamClient) -> None:
         self.replicas = replicas
-        self._timeout = timeout
-        self._limits = limits
-        self.client: httpx.AsyncClient | None = None
+        self.client = client
 
     async def start(self) -> None:
-        self.client = httpx.AsyncClient(timeout=self._timeout, limits=self._limits, http2=False, trust_env=False)
+        await self.client.start()
 
     async def stop(self) -> None:
-        if self.client is not None:
-            await self.client.aclose()
-            self.client = None
+        await self.client.stop()
 
     async def relay(self, ex: Exchange, pool: str, body: bytes, headers: list[tuple[bytes, bytes]],
                     reply_headers: list[tuple[bytes, bytes]]) -> None:
         """Forward to a replica (retrying where safe) and relay its answer to ``ex.send``."""
-        client = self.client
-        assert client is not None, "Upstream.start() was not awaited"
         replicas = self.replicas.get(pool)
         if not replicas:
             raise OpenAIError(503, f"no replica is configured for pool '{pool}'", "no_backend")
+        client = self.client
         tried: list[Replica] = []
         last_error: OpenAIError | None = None
         while True:
@@ -164,54 +167,53 @@ class Upstream:
             replica.requests += 1
             try:
                 ex.t_upstream_start = time.perf_counter()
-                request = client.build_request("POST", replica.base + ex.path, content=body, headers=headers)
                 try:
-                    response = await client.send(request, stream=True)
-                except httpx.ConnectTimeout:
+                    response = await client.send(replica, ex.path, body, headers)
+                except UpstreamConnectError as exc:
                     replicas.mark_down(replica)
-                    last_error = OpenAIError(504, "timed out connecting to a model replica", "upstream_timeout")
+                    last_error = (
+                        OpenAIError(504, "timed out connecting to a model replica", "upstream_timeout")
+                        if exc.timeout else
+                        OpenAIError(502, "could not connect to a model replica", "upstream_unavailable"))
                     continue
-                except httpx.ConnectError:
-                    replicas.mark_down(replica)
-                    last_error = OpenAIError(502, "could not connect to a model replica", "upstream_unavailable")
-                    continue
-                except httpx.TimeoutException:
+                except UpstreamTimeout:
                     raise OpenAIError(504, "the model replica did not answer in time", "upstream_timeout") from None
-                except httpx.HTTPError:
+                except UpstreamBroken:
                     raise OpenAIError(502, "the connection to the model replica failed", "upstream_error") from None
                 try:
-                    if response.status_code >= 500:
+                    if response.status >= 500:
                         replica.failures += 1
                         last_error = OpenAIError(
-                            502, f"the model replica failed (HTTP {response.status_code})", "upstream_error")
+                            502, f"the model replica failed (HTTP {response.status})", "upstream_error")
                         continue
-                    if ex.parsed.stream and response.status_code == 200:
+                    if ex.parsed.stream and response.status == 200:
                         await _relay_stream(ex, response, reply_headers)
                     else:
                         await _relay_whole(ex, response, reply_headers)
                     return
                 finally:
-                    # Unread streams close their connection: that is what tells a replica to stop.
+                    # Closing an unread response drops its connection: that tells a replica to stop.
+                    # Shielded: this runs while the request's scope is being cancelled.
                     with anyio.CancelScope(shield=True):
-                        await response.aclose()
+                        await response.close()
             finally:
                 replica.outstanding -= 1
 
 
-async def _relay_whole(ex: Exchange, response: httpx.Response, reply_headers: list[tuple[bytes, bytes]]) -> None:
+async def _relay_whole(ex: Exchange, response: UpstreamResponse, reply_headers: list[tuple[bytes, bytes]]) -> None:
     try:
-        data = await response.aread()
-    except httpx.TimeoutException:
+        data = await response.read()
+    except UpstreamTimeout:
         raise OpenAIError(504, "the model replica did not answer in time", "upstream_timeout") from None
-    except httpx.HTTPError:
+    except UpstreamBroken:
         raise OpenAIError(502, "the connection to the model replica failed", "upstream_error") from None
     now = time.perf_counter()
     ex.t_upstream_first = now
     ex.upstream_time = now - ex.t_upstream_start
-    status = response.status_code
+    status = response.status
     if status == 200:
         _usage_from(ex, data)
-    content_type = response.headers.get("content-type", "application/json").encode("latin-1")
+    content_type = response.content_type.encode("latin-1")
     headers = [(b"content-type", content_type), (b"content-length", str(len(data)).encode()), *reply_headers]
     ex.status = status
     ex.t_client_first = time.perf_counter()
@@ -240,7 +242,7 @@ def _take_usage(ex: Exchange, usage: object) -> None:
             ex.output_tokens = output
 
 
-async def _relay_stream(ex: Exchange, response: httpx.Response, reply_headers: list[tuple[bytes, bytes]]) -> None:
+async def _relay_stream(ex: Exchange, response: UpstreamResponse, reply_headers: list[tuple[bytes, bytes]]) -> None:
     send = ex.send
     ex.status = 200
     ex.started = True
@@ -248,7 +250,7 @@ async def _relay_stream(ex: Exchange, response: httpx.Response, reply_headers: l
     wants_usage = ex.parsed.client_wants_usage
     buffer = b""
     try:
-        async for chunk in response.aiter_raw():
+        async for chunk in response.chunks():
             if not ex.t_upstream_first:
                 ex.t_upstream_first = time.perf_counter()
                 ex.upstream_time = ex.t_upstream_first - ex.t_upstream_start
@@ -266,12 +268,12 @@ async def _relay_stream(ex: Exchange, response: httpx.Response, reply_headers: l
                     ex.t_client_first = time.perf_counter()
                 await send({"type": "http.response.body", "body": out[0] if len(out) == 1 else b"".join(out),
                             "more_body": True})
-    except httpx.TimeoutException:
+    except UpstreamTimeout:
         ex.failure = Outcome.FAILED
         ex.flight.closing = True
         await send_stream_error(send, OpenAIError(504, "the model replica stopped answering", "upstream_timeout"))
         return
-    except httpx.HTTPError:
+    except UpstreamBroken:
         ex.failure = Outcome.FAILED
         ex.flight.closing = True
         await send_stream_error(send, OpenAIError(502, "the model replica's stream broke off", "upstream_error"))

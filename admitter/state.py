@@ -14,6 +14,7 @@ import time
 import httpx
 
 from admitter.auth import AdminKey, KeyConflict, KeyRing
+from admitter.clients import make_client
 from admitter.events import EventSink, InMemorySink
 from admitter.gate import PoolGate
 from admitter.limits import LimitSource, LocalAllocator
@@ -67,13 +68,10 @@ class AdmitterState:
             name: ReplicaSet(settings.backends.get(name, pool.spec.backends), settings.backend_cooldown_seconds)
             for name, pool in config.pools.items()
         }
-        self.upstream = Upstream(
-            replica_sets,
-            timeout=httpx.Timeout(connect=settings.connect_timeout, read=settings.read_timeout,
-                                  write=settings.write_timeout, pool=settings.pool_timeout),
-            limits=httpx.Limits(max_connections=settings.max_connections,
-                                max_keepalive_connections=settings.max_keepalive_connections),
-        )
+        timeout = httpx.Timeout(connect=settings.connect_timeout, read=settings.read_timeout,
+                                write=settings.write_timeout, pool=settings.connect_timeout)
+        client = make_client(settings.upstream_client, timeout, settings.max_idle_connections_per_replica)
+        self.upstream = Upstream(replica_sets, client)
         self.metrics = AdmitterMetrics(lambda: self.gates, lambda: self.upstream.replicas)
 
     async def start(self) -> None:

@@ -80,7 +80,9 @@ def pool(name: str = "p", **kw: Any) -> TokenPool:
 
 
 def free_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets that say so, and without it
+    # uvicorn's separate header and body writes meet delayed ACKs (40 ms per response on loopback).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     return sock
@@ -257,11 +259,18 @@ async def replicas() -> AsyncIterator[Callable[..., Any]]:
 
 
 @pytest.fixture
-async def admitter() -> AsyncIterator[Callable[..., Any]]:
+def upstream_client() -> str:
+    """Which replica client the admitter uses; modules covering the relay run with both."""
+    return "httpx"
+
+
+@pytest.fixture
+async def admitter(upstream_client: str) -> AsyncIterator[Callable[..., Any]]:
     """``await start(config, backends={pool: [urls]}, **settings)`` -> a running Admitter."""
     running: list[Served] = []
 
     async def start(config: PlatformConfig, backends: dict[str, list[str]] | None = None, **settings: Any) -> Admitter:
+        settings.setdefault("upstream_client", upstream_client)
         settings.setdefault("admin_key_sha256", sha(ADMIN_KEY))
         settings.setdefault("admitter_id", "test-admitter")
         s = AdmitterSettings(backends=backends or {}, **settings)

@@ -15,6 +15,11 @@ from tests.admitter.conftest import auth, chat, ent, eventually, platform, pool,
 server = pytest.importorskip("sim.server")
 
 
+@pytest.fixture(params=["httpx", "aiohttp"])
+def upstream_client(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
 @pytest.fixture
 async def emulators():
     started = []

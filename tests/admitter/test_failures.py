@@ -6,9 +6,15 @@ import asyncio
 
 import httpx
 import orjson
+import pytest
 
 from schemas.records import Outcome, Phase
 from tests.admitter.conftest import auth, chat, closed_port_url, ent, eventually, platform, pool, sse_events
+
+
+@pytest.fixture(params=["httpx", "aiohttp"])
+def upstream_client(request: pytest.FixtureRequest) -> str:
+    return request.param
 
 
 async def test_client_disconnect_mid_stream_cancels_upstream_and_releases_at_once(replicas, admitter) -> None:

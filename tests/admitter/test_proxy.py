@@ -5,9 +5,15 @@ from __future__ import annotations
 import asyncio
 
 import orjson
+import pytest
 
 from schemas.records import Outcome, Phase
 from tests.admitter.conftest import auth, chat, ent, eventually, platform, pool, sse_events
+
+
+@pytest.fixture(params=["httpx", "aiohttp"])
+def upstream_client(request: pytest.FixtureRequest) -> str:
+    return request.param
 
 
 async def test_non_streaming_is_relayed_and_the_reservation_corrected(replicas, admitter) -> None:

@@ -32,6 +32,8 @@ def admitter(
                                               help="Longest silence from a replica, seconds (300)."),
     public_metrics: bool = typer.Option(False, "--public-metrics",
                                         help="Serve /metrics without the admin token."),
+    upstream_client: str | None = typer.Option(
+        None, "--upstream-client", help="Replica client: httpx (default) or aiohttp (less CPU per request)."),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn's log level."),
     access_log: bool = typer.Option(False, "--access-log/--no-access-log", help="Log every HTTP request."),
 ) -> None:
@@ -48,7 +50,7 @@ def admitter(
             config_paths=config, host=host, port=port, backends=parse_backend_options(backend),
             passthrough=passthrough or None, admin_key_sha256=admin_key_sha256.lower() if admin_key_sha256 else None,
             admitter_id=admitter_id, max_body_bytes=max_body_bytes, read_timeout=read_timeout,
-            public_metrics=public_metrics or None,
+            public_metrics=public_metrics or None, upstream_client=upstream_client,
         )
     except (ValueError, ValidationError) as exc:
         for line in str(exc).splitlines():
