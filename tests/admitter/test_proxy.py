@@ -7,7 +7,7 @@ import asyncio
 import orjson
 import pytest
 
-from schemas.records import Outcome, Phase
+from schemas.records import Outcome, Phase, RequestEvent
 from tests.admitter.conftest import auth, chat, ent, eventually, platform, pool, sse_events
 
 
@@ -111,3 +111,25 @@ async def test_estimator_learns_from_reported_usage(replicas, admitter) -> None:
             await c.post("/v1/chat/completions", json=chat(text="x" * 396),
                          headers={**auth("acme"), "x-fake-prompt-tokens": "200"})
     await eventually(lambda: gate.estimator.bytes_per_token < before)
+
+
+async def test_every_emitted_event_is_a_valid_record(replicas, admitter) -> None:
+    """Events are built without validation on the hot path; they must still match the schema."""
+    r = await replicas()
+    adm = await admitter(platform([pool(queue={"maxWaitSeconds": 0})], [ent("acme", burst=(1e6, 1e6, 1))]),
+                         backends={"p": [r.url]})
+    async with adm.client() as c:
+        held = asyncio.create_task(c.post("/v1/chat/completions", json=chat(stream=True),
+                                          headers={**auth("acme"), "x-fake-hold": "h"}))
+        await r.wait_reached("h")
+        assert (await c.post("/v1/chat/completions", json=chat(), headers=auth("acme"))).status_code == 429
+        r.release("h")
+        await held
+        assert (await c.post("/v1/completions", json={"model": "p", "prompt": "x", "max_tokens": 2},
+                             headers=auth("acme"))).status_code == 200
+    await eventually(lambda: len(adm.sink.finished()) == 2)
+    events = list(adm.sink.events)
+    assert len(events) == 5 and len({e.id for e in events}) == 5
+    for event in events:
+        again = RequestEvent.model_validate_json(event.model_dump_json())
+        assert again == event
