@@ -55,7 +55,7 @@ class Options:
     clients: int = 2
     concurrency: int = 64
     client: str = "raw"
-    upstream_clients: list[str] = field(default_factory=lambda: ["httpx", "aiohttp"])
+    upstream_clients: list[str] = field(default_factory=lambda: ["httpx"])
 
 
 # ----------------------------------------------------------------------------- processes
@@ -350,10 +350,19 @@ def _pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
+def _codes(errors: list[int]) -> str:
+    if not errors:
+        return ""
+    counts: dict[int, int] = {}
+    for e in errors:
+        counts[e] = counts.get(e, 0) + 1
+    return " (" + ", ".join(f"{'conn' if k < 0 else k}: {v}" for k, v in sorted(counts.items())) + ")"
+
+
 def _report(title: str, trains: list[Train]) -> None:
     direct = trains[0]
-    print(f"{title}: n and errors per target: "
-          + ", ".join(f"{t.name} {len(t.latencies)}/{len(t.errors)}" for t in trains), flush=True)
+    print(f"{title}: completed/failed per target: " + ", ".join(
+        f"{t.name} {len(t.latencies)}/{len(t.errors)}{_codes(t.errors)}" for t in trains), flush=True)
     for label, q in (("p50", 0.5), ("p99", 0.99)):
         base = _pct(direct.latencies, q) * 1000
         parts = [f"direct {base:7.2f} ms"]
@@ -433,8 +442,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=Options.concurrency)
     parser.add_argument("--client", choices=("raw", "httpx"), default=Options.client,
                         help="load generator: a minimal HTTP/1.1 client (default, cheap) or httpx")
-    parser.add_argument("--upstream-clients", default="httpx,aiohttp",
-                        help="one admitter per replica client, comma-separated (httpx, aiohttp)")
+    parser.add_argument("--upstream-clients", default="httpx",
+                        help="one admitter per replica client, comma-separated: httpx (default), aiohttp")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     opts = Options(rate=args.rate, json_rate=args.json_rate, seconds=3.0 if args.quick else args.seconds,
                    tokens=args.tokens, emulators=args.emulators, speedup=args.speedup, clients=args.clients,
