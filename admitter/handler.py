@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 
 import orjson
@@ -31,6 +32,10 @@ from schemas.records import SCHEMA_VERSION, Amounts, Outcome, Phase, RequestEven
 from schemas.specs import TokenPool
 
 log = logging.getLogger("tokenpools.admitter")
+# Extension headers (x-*) go to the replica, except any that may carry a credential.
+_SECRETISH = re.compile(
+    rb"(^|[-_])(key|api[-_]?key|auth|authorization|token|access[-_]token|secret|cookie|password|passwd|session|"
+    rb"signature|credentials?)([-_]|$)")
 
 
 class Call:
@@ -95,12 +100,16 @@ class CompletionEndpoint:
                 content_type = value
             elif name == b"content-length":
                 content_length = value
-            elif name.startswith(b"x-") and name != b"x-request-id":
+            elif name.startswith(b"x-") and name != b"x-request-id" and not _SECRETISH.search(name):
                 forward.append((name, value))
-        owner = state.keyring.lookup(bearer_token(authorization.decode("latin-1") if authorization else None))
+        token = bearer_token(authorization.decode("latin-1") if authorization else None)
+        owner = state.keyring.lookup(token)
         if owner is None:
             raise OpenAIError(401, "missing or invalid API key; send it as 'Authorization: Bearer <key>'",
                               "invalid_api_key")
+        if forward and token:
+            secret = token.encode("latin-1", "replace")
+            forward = [(k, v) for k, v in forward if secret not in v]
         check_content_type(content_type.decode("latin-1") if content_type else None)
         length = int(content_length) if content_length and content_length.isdigit() else None
         raw = await read_body(receive, length, state.settings.max_body_bytes)

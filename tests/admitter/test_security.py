@@ -18,7 +18,11 @@ async def test_keys_never_appear_in_logs_events_or_upstream(replicas, admitter, 
                          backends={"p": [r.url]})
     key = key_for("acme")
     async with adm.client() as c:
-        assert (await c.post("/v1/chat/completions", json=chat(), headers=auth("acme"))).status_code == 200
+        leaky = {**auth("acme"), "x-api-key": key, "x-auth-token": "opaque", "x-trace": f"k={key}",
+                 "x-fake-tokens": "2"}
+        assert (await c.post("/v1/chat/completions", json=chat(), headers=leaky)).status_code == 200
+        assert r.headers[-1]["x-fake-tokens"] == "2"  # ordinary extension headers still pass
+        assert not {"x-api-key", "x-auth-token", "x-trace"} & set(r.headers[-1])
         assert (await c.post("/v1/chat/completions", json=chat(stream=True), headers=auth("acme"))).status_code == 200
         bad = await c.post("/v1/chat/completions", json=chat(), headers={"Authorization": f"Bearer {WRONG_KEY}"})
         assert bad.status_code == 401
