@@ -125,7 +125,7 @@ class _HttpxResponse:
 class HttpxClient:
     """Per-replica free lists of single-connection httpx transports (see the module docstring)."""
 
-    def __init__(self, timeout: httpx.Timeout, max_idle_per_replica: int = 256, keepalive_expiry: float = 30.0
+    def __init__(self, timeout: httpx.Timeout, max_idle_per_replica: int = 256, keepalive_expiry: float = 4.0
                  ) -> None:
         self._extensions = {"timeout": timeout.as_dict()}
         self.max_idle = max_idle_per_replica
@@ -236,9 +236,10 @@ class _AiohttpResponse:
 
 
 class AiohttpClient:
-    """aiohttp's connection pool (O(1) per request), same contract as ``HttpxClient``."""
+    """aiohttp's connection pool (O(1) per request), same contract as ``HttpxClient`` (no idle cap: idle
+    connections close after the keep-alive expiry)."""
 
-    def __init__(self, timeout: httpx.Timeout, max_idle_per_replica: int = 256, keepalive_expiry: float = 30.0
+    def __init__(self, timeout: httpx.Timeout, max_idle_per_replica: int = 256, keepalive_expiry: float = 4.0
                  ) -> None:
         self._timeout = timeout
         self._max_idle = max_idle_per_replica
@@ -279,7 +280,8 @@ class AiohttpClient:
         return _AiohttpResponse(response)
 
 
-def make_client(kind: str, timeout: httpx.Timeout, max_idle_per_replica: int) -> UpstreamClient:
+def make_client(kind: str, timeout: httpx.Timeout, max_idle_per_replica: int, keepalive_expiry: float = 4.0
+                ) -> UpstreamClient:
     if kind == "aiohttp":
-        return AiohttpClient(timeout, max_idle_per_replica)
-    return HttpxClient(timeout, max_idle_per_replica)
+        return AiohttpClient(timeout, max_idle_per_replica, keepalive_expiry)
+    return HttpxClient(timeout, max_idle_per_replica, keepalive_expiry)

@@ -42,6 +42,10 @@ class AdmitterSettings(BaseModel):
     write_timeout: float = Field(default=10.0, gt=0)
     upstream_client: Literal["httpx", "aiohttp"] = Field(
         default="httpx", description="Client for replicas: httpx, or aiohttp (about 4x less CPU; see clients.py)")
+    upstream_keepalive_seconds: float = Field(
+        default=4.0, gt=0,
+        description="Idle connections to replicas are closed after this; keep it below the replicas' own keep-alive "
+        "timeout (uvicorn and vLLM default to 5 s), or a reused connection may race the server closing it")
     max_idle_connections_per_replica: int = Field(default=256, ge=0, description="Keep-alive connections kept open")
     backends: dict[str, list[str]] = Field(
         default_factory=dict, description="Replica base URLs per pool; a pool not listed uses spec.backends"

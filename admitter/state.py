@@ -70,7 +70,8 @@ class AdmitterState:
         }
         timeout = httpx.Timeout(connect=settings.connect_timeout, read=settings.read_timeout,
                                 write=settings.write_timeout, pool=settings.connect_timeout)
-        client = make_client(settings.upstream_client, timeout, settings.max_idle_connections_per_replica)
+        client = make_client(settings.upstream_client, timeout, settings.max_idle_connections_per_replica,
+                             settings.upstream_keepalive_seconds)
         self.upstream = Upstream(replica_sets, client)
         self.metrics = AdmitterMetrics(lambda: self.gates, lambda: self.upstream.replicas)
 
