@@ -45,7 +45,8 @@ class AdmitterMetrics:
                                     ("pool", "tier"), buckets=WAIT_BUCKETS, registry=r)
         self.added_latency = Histogram(
             PREFIX + "added_latency_seconds",
-            "Admitter overhead to the first byte: time to first byte minus replica time and queue wait",
+            "Admitter overhead to the first byte: time to first byte minus queue wait and the replica call "
+            "(request sent to first response byte)",
             ("pool", "stream"), buckets=LATENCY_BUCKETS, registry=r)
         r.register(_LiveCollector(gates, replicas))
         self._children: dict[tuple[object, ...], object] = {}

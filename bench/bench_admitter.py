@@ -200,12 +200,22 @@ class RawClient:
         hostport, _, path = url.split("://", 1)[1].partition("/")
         host, _, port = hostport.partition(":")
         idle = self._idle.setdefault((host, int(port)), [])
-        reader, writer = idle.pop() if idle else await asyncio.open_connection(host, int(port))
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        request = (f"POST /{path} HTTP/1.1\r\nhost: {hostport}\r\ncontent-type: application/json\r\n"
+                   f"content-length: {len(body)}\r\n{head}\r\n").encode() + body
+        while True:
+            reused = bool(idle)
+            reader, writer = idle.pop() if reused else await asyncio.open_connection(host, int(port))
+            writer.write(request)
+            try:
+                status_line = await reader.readuntil(b"\r\n")
+                break
+            except (OSError, asyncio.IncompleteReadError):
+                writer.close()
+                if not reused:  # a kept-alive connection the server closed meanwhile: retry on a new one
+                    raise
         try:
-            head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-            writer.write(f"POST /{path} HTTP/1.1\r\nhost: {hostport}\r\ncontent-type: application/json\r\n"
-                         f"content-length: {len(body)}\r\n{head}\r\n".encode() + body)
-            status = int((await reader.readuntil(b"\r\n")).split(b" ", 2)[1])
+            status = int(status_line.split(b" ", 2)[1])
             length, chunked = 0, False
             while (line := await reader.readuntil(b"\r\n")) != b"\r\n":
                 name, _, value = line.partition(b":")
