@@ -40,6 +40,7 @@ from streams.allocate import PoolTick
 from streams.codec import RawMessage, partition_for
 from streams.config_table import ConfigView, TopicFollower
 from streams.dedup import SeenBatch
+from streams.gaps import KafkaGapSource
 from streams.metrics import PipelineMetrics
 from streams.records import EntitlementUsage
 from streams.settings import PipelineSettings
@@ -153,6 +154,7 @@ def create_app(
         seen=FaustTableStore(seen_table, SeenBatch.from_json),
         config=config, spec=s.windows, topic=s.requests_topic, bad=bad, metrics=metrics,
         dedup_horizon_s=s.dedup_horizon_s, dedup_max_ids=s.dedup_max_ids, sink=sink,
+        gaps=KafkaGapSource(s.bootstrap_servers, s.requests_topic, s.full_app_id),
     )
 
     async def publish(topic: str, key: str, value: bytes) -> None:

@@ -42,6 +42,8 @@ class PipelineMetrics:
         self.new = self.events.labels("new")
         self.replays = self.events.labels("replay")
         self.duplicates = self.events.labels("duplicate")
+        self.gap_records = Counter(f"{PREFIX}_gap_records", "Records Faust did not deliver, read directly from "
+                                   "Kafka and processed (see streams.gaps)", registry=r)
         self.late = Counter(f"{PREFIX}_late_events", "Events too old or too far ahead for any window "
                             "(still in the totals)", registry=r)
         self.batch_seconds = Histogram(f"{PREFIX}_batch_seconds", "Stage 1: time to process one batch of events",

@@ -12,6 +12,7 @@ stage 2 (``summaries``).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 
@@ -20,11 +21,14 @@ from schemas.wire import BadRecords, decode
 from streams.codec import RawMessage, windows_key
 from streams.config_table import ConfigView
 from streams.dedup import SeenBatch, SeenIds, Verdict, batch_key, partition_of_key
+from streams.gaps import GapSource, NoGaps
 from streams.metrics import PipelineMetrics
 from streams.records import EntitlementUsage
 from streams.sink import HistorySink, no_history
 from streams.store import KeyValueStore
 from streams.windows import DECISION_OUTCOMES, FINISH_OUTCOMES, EntitlementWindows, WindowSpec
+
+log = logging.getLogger(__name__)
 
 
 def shape_problem(ev: RequestEvent) -> str | None:
@@ -49,6 +53,7 @@ class Stage1:
         dedup_horizon_s: float = 600.0,
         dedup_max_ids: int = 1_000_000,
         sink: HistorySink = no_history,
+        gaps: GapSource | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.windows = windows
@@ -61,14 +66,17 @@ class Stage1:
         self.dedup_horizon_s = dedup_horizon_s
         self.dedup_max_ids = dedup_max_ids
         self.sink = sink
+        self.gaps = gaps or NoGaps()
         self.clock = clock
         self._seen: dict[int, SeenIds] = {}
+        self._last: dict[int, int] = {}  # last offset delivered per partition since the assignment
         self._idle_sent: set[str] = set()
 
     def reset(self) -> None:
         """After a rebalance: the stores were recovered, so rebuild the derived id index lazily."""
         self._seen.clear()
         self._idle_sent.clear()
+        self._last.clear()
 
     def seen_ids(self, partition: int, now: float) -> SeenIds:
         seen = self._seen.get(partition)
@@ -78,9 +86,28 @@ class Stage1:
                 batches, self.dedup_horizon_s, self.dedup_max_ids, now)
         return seen
 
+    async def without_gaps(self, messages: Sequence[RawMessage]) -> list[RawMessage]:
+        """The batch with any records Faust skipped put back in front of where they belong."""
+        out: list[RawMessage] = []
+        for m in messages:
+            last = self._last.get(m.partition)
+            if last is None:
+                start = await self.gaps.start_offset(m.partition)
+                last = (start if start is not None else m.offset) - 1
+            if m.offset > last + 1:
+                missing = await self.gaps.fetch(m.partition, last + 1, m.offset)
+                log.warning("%s[%d]: offsets %d..%d were not delivered; read %d record(s) directly",
+                            self.topic, m.partition, last + 1, m.offset - 1, len(missing))
+                self.metrics.gap_records.inc(len(missing))
+                out.extend(missing)
+            out.append(m)
+            self._last[m.partition] = max(last, m.offset)
+        return out
+
     async def process(self, messages: Sequence[RawMessage]) -> None:
         now = self.clock()
         started = time.perf_counter()
+        messages = await self.without_gaps(messages)
         touched: dict[str, EntitlementWindows] = {}
         new_ids: dict[int, list[tuple[str, int]]] = {}
         first_offset: dict[int, int] = {}

@@ -162,3 +162,36 @@ async def test_expire_forgets_old_id_batches() -> None:
 def test_seen_batch_is_what_the_table_stores() -> None:
     b = SeenBatch("0:1", 1.0, [("x", 1)])
     assert SeenBatch.from_json("0:1", b.to_json()) == b
+
+
+class HoleyDelivery:
+    """A gap source over a full log: delivery starts at ``start`` and the test drops records from batches."""
+
+    def __init__(self, log: Log, start: int = 0) -> None:
+        self.log = log
+        self.start = start
+        self.fetched: list[tuple[int, int]] = []
+
+    async def start_offset(self, partition: int) -> int | None:
+        return self.start
+
+    async def fetch(self, partition: int, start: int, end: int) -> list[Any]:
+        self.fetched.append((start, end))
+        return [m for m in self.log.messages if start <= m.offset < end]
+
+
+async def test_records_faust_skipped_are_read_back_and_counted() -> None:
+    stage = make_stage1()
+    log = Log()
+    msgs = log.add(*[decision("e1", ts=115) for _ in range(6)])
+    holes = HoleyDelivery(log)
+    stage.gaps = holes
+    await stage.process([msgs[1], msgs[2], msgs[4]])  # 0 (the first after the assignment) and 3 never delivered
+    await stage.process([msgs[5]])
+    assert holes.fetched == [(0, 1), (3, 4)]
+    assert totals(stage).events == 6
+    assert stage.metrics.gap_records._value.get() == 2
+    stage.reset()  # a rebalance: delivery restarts at the committed offset, replays are not gaps
+    holes.start = 2
+    await stage.process(msgs[2:])
+    assert holes.fetched == [(0, 1), (3, 4)] and totals(stage).events == 6
