@@ -398,9 +398,13 @@ class Engine:
         return held
 
     def _preempt_newest(self, c: int, alloc_done: bool) -> _Seq:
-        """Preempt the newest running sequence by recompute; return it."""
+        """Preempt by recompute the newest running sequence (under the priority policy, as vLLM does,
+        the lowest-priority one, newest among equals); return it."""
         running = self._running
-        seq = running[next(reversed(running))]
+        if self._waiting_levels is None:
+            seq = running[next(reversed(running))]
+        else:
+            seq = max(reversed(running.values()), key=lambda q: q.req.priority)
         self._used -= self._detach(seq, c, alloc_done)
         seq.state = _WAITING
         seq.computed = 0

@@ -32,3 +32,18 @@ def test_unknown_policy_is_rejected():
 
     with pytest.raises(ValueError, match="scheduling_policy"):
         ReplicaCostModel(scheduling_policy="lifo")
+
+
+def test_priority_policy_preempts_the_lowest_priority_running_request():
+    # Two blocks of 16 tokens: two running sequences fill them; decoding needs a third block.
+    cost = ReplicaCostModel(kv_capacity_tokens=32, block_size=16, max_num_seqs=4, max_num_batched_tokens=64,
+                            scheduling_policy="priority")
+    eng = Engine(cost)
+    eng.add(Request("spot", prompt_tokens=16, output_tokens=5, priority=2), 0.0)
+    eng.add(Request("guaranteed", prompt_tokens=16, output_tokens=5, priority=0), 0.0)
+    now, preempted = 0.0, []
+    for _ in range(4):
+        res = eng.step(now)
+        preempted.extend(r.request_id for r in res.preempted)
+        now = res.end
+    assert preempted and preempted[0] == "spot"
