@@ -20,12 +20,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import cast
 
 import numpy as np
 import orjson
 
 from capacity.allocator import AllocatorPolicy, TickInput, TickResult, allocate
+from capacity.live import PoolLive
 from capacity.split import split_by_demand
+from capacity.tick import policy_for as tick_policy_for
+from capacity.waterfill import Array
 from schemas.records import Amounts, EntitlementState, PoolState
 from schemas.specs import DIMENSIONS, TIER_RANK, Entitlement, Tier, TokenPool
 from streams.records import EntitlementUsage
@@ -89,12 +94,22 @@ def combine(summaries: Iterable[EntitlementUsage], now: float, stale_after_s: fl
 
 
 def policy_for(pool: TokenPool) -> AllocatorPolicy:
-    spec = pool.spec
-    return AllocatorPolicy(
-        reclaim_buffer=spec.reclaim_buffer,
-        debt_half_life=spec.debt.half_life_seconds,
-        debt_scale=spec.debt.scale_seconds,
-    )
+    """The pool's allocator policy, mapped from its spec by the capacity model itself.
+
+    ``capacity.tick.policy_for`` only reads ``.spec.spec`` (the TokenPool's spec), so a stand-in
+    object lets the pipeline reuse it: one mapping from spec to policy, whatever fields it grows.
+    """
+    return tick_policy_for(cast(PoolLive, SimpleNamespace(spec=pool)))
+
+
+def published_debt(result: TickResult) -> Array:
+    """The debt to report: ``over_use`` where the capacity model separates it from the carried state.
+
+    ``TickResult.debt`` is what the next tick needs (it is persisted as ``PoolTick.debt``); newer
+    capacity models carry a usage memory there and report the debt proper as ``over_use``.
+    """
+    over_use = getattr(result, "over_use", None)
+    return result.debt if over_use is None else over_use
 
 
 def admitter_shares(limits: tuple[float, float, float],
@@ -141,6 +156,7 @@ def allocate_pool(
         )
         result = allocate(inp, policy_for(pool))
         limits = result.limits.tolist()
+        reported = published_debt(result)
         for i, e in enumerate(ents):
             lim = (limits[i][0], limits[i][1], limits[i][2])
             states.append(EntitlementState(
@@ -148,10 +164,11 @@ def allocate_pool(
                 limits=_amounts(lim),
                 admitter_shares=admitter_shares(lim, ins[i].admitter_demand),
                 demand=_amounts(ins[i].demand), usage=_amounts(ins[i].usage),
-                debt=float(result.debt[i]), effective_weight=float(result.effective_weight[i]),
+                debt=float(reported[i]), effective_weight=float(result.effective_weight[i]),
                 fair_share=float(result.fair_share[i]), dominant_share=float(result.dominant_share[i]),
             ))
-    debt = {s.id: s.debt for s in states if s.debt > 0}
+    carried = result.debt.tolist() if result is not None else []
+    debt = {e.name: float(d) for e, d in zip(ents, carried, strict=True) if d > 0}
     pool_state = PoolState(
         id=pool.name, seq=seq, ts=now, ready_replicas=ready_replicas,
         capacity=_amounts(capacity),

@@ -120,6 +120,9 @@ def create_app(
         stream_recovery_delay=0.2,
         stream_buffer_maxsize=8192,
         broker_max_poll_records=2000,
+        # Changelog writes of a batch go to few partitions: large producer batches keep `await send`
+        # from waiting for a full batch to drain (16 KiB by default, about ten window records).
+        producer_max_batch_size=1024 * 1024,
     )
     bad = BadRecords()
     metrics = PipelineMetrics(bad)

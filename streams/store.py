@@ -66,7 +66,10 @@ class FaustTableStore(Generic[V]):
         kb = key.encode()
         self._data[kb] = value
         self.table.data._key_partition[kb] = partition  # lets Faust drop it when the partition moves away
-        await self.table.changelog_topic.send(key=kb, value=_encode(value), partition=partition)
+        app = self.table.app
+        # Straight to the transport producer: Faust's Channel.send adds ~0.5 ms of bookkeeping per record.
+        producer = app.consumer.transactions if app.in_transaction else app.producer
+        await producer.send(self.table.changelog_topic.get_topic_name(), kb, _encode(value), partition, None, None)
 
     def forget(self, key: str) -> None:
         kb = key.encode()

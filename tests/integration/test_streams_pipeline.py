@@ -51,7 +51,6 @@ spec:
   tokenWeights: {input: 0.5, output: 1.0}
   reclaimBuffer: 0.0
   tickSeconds: %(tick)s
-  debt: {halfLifeSeconds: 600, scaleSeconds: 30}
 """
 ENT_YAML = """\
 apiVersion: tokenpools.dev/v1alpha1

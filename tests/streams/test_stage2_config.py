@@ -60,14 +60,15 @@ async def test_tick_uses_the_latest_summary_and_persists_debt() -> None:
     a = next(s for s in out.entitlements if s.id == "a")
     assert a.demand.throughput == 2000 and a.usage.throughput == 1500 and a.debt > 0
     tick = stage.ticks.get("p")
-    assert tick is not None and tick.debt["a"] == a.debt and tick.seq == 1
+    assert tick is not None and tick.debt["a"] > 0 and tick.seq == 1  # the state the next tick continues from
     states = [EntitlementState.model_validate_json(v) for t, _, v in published.records if t == "es"]
     pools = [PoolState.model_validate_json(v) for t, _, v in published.records if t == "ps"]
     assert sorted(s.id for s in states) == ["a", "b"] and [p.id for p in pools] == ["p"]
     assert [k for t, k, _ in published.records if t == "es"] == ["a", "b"]
 
     out2 = await stage.tick("p", 0, now=101.5)
-    assert out2 is not None and out2.tick.seq == 2 and out2.tick.debt["a"] > a.debt
+    assert out2 is not None and out2.tick.seq == 2 and out2.tick.debt["a"] > tick.debt["a"]
+    assert next(s for s in out2.entitlements if s.id == "a").debt > a.debt
 
 
 async def test_bad_summaries_are_counted_and_skipped() -> None:
