@@ -15,9 +15,14 @@ Topology (every name gets ``--topic-prefix``; ``<app>`` is the prefixed app id):
   (``streams.config_table``), outside the consumer group.
 
 Processing guarantee: at-least-once (Faust's default), made exact by the pipeline itself: window
-records carry the last applied offset (replays are skipped) and event ids are remembered (duplicates
-are skipped); see ``streams.dedup`` and docs/pipeline.md for why Faust's ``exactly_once`` is not used
-(it can be selected with ``processing_guarantee="exactly_once"`` for experiments).
+records carry the last applied offset (replays are skipped), event ids are remembered (duplicates
+are skipped, ``streams.dedup``), and records Faust fails to deliver after a rebalance are read back
+(``streams.gaps``). Faust's ``exactly_once`` was tried (faust-streaming 0.15.3, aiokafka 0.14,
+Kafka 4.1.1) and does not work here: Faust picks the transactional producer by the *destination*
+partition, so as soon as two workers share the partitions, stage 1's send of a summary to a usage
+partition the other worker owns crashes the worker (``ProducerSendError: No transaction producer
+found``). It can still be selected (``processing_guarantee="exactly_once"``) for experiments with
+one worker. Details in docs/pipeline.md.
 
 All topics are consumed with raw serializers and decoded by our code (``schemas.wire.decode``), so a
 bad record is counted by topic and reason and skipped, never fatal. Each worker's web server binds

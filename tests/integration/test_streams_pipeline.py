@@ -411,6 +411,9 @@ async def test_worker_killed_and_restarted_loses_and_doubles_nothing_and_keeps_d
     assert max(s.debt for s in after) > last_before.debt  # and still growing: hog keeps over-using
     metrics = await second.metrics()
     assert metrics[("tokenpools_streams_events_total", (("verdict", "replay"),))] > 0  # redelivered, not recounted
+    # --config publishes documents only if absent: the restarted worker added nothing.
+    assert sorted(k for k, _ in await kafka_io.read_all(topics.CONFIG)) == [
+        b"Entitlement/hog", b"Entitlement/idle", b"TokenPool/p"]
 
 
 async def test_two_workers_share_the_partitions_and_count_exactly(
