@@ -187,22 +187,36 @@ def create_app(
     @app.agent(requests, name="ingest")
     async def ingest(stream: faust.StreamT) -> None:
         async for events in stream.take_events(s.batch_max, within=s.batch_within_s):
-            await stage1.process(_raw(events))
+            batch = _raw(events)
+            # The batch is acknowledged when this body returns: never return before it is persisted.
+            while True:
+                try:
+                    await stage1.process(batch)
+                    break
+                except Exception:
+                    log.exception("stage 1 could not persist a batch; retrying in 1 s")
+                    await asyncio.sleep(1.0)
 
     @app.agent(usage, name="collect")
     async def collect(stream: faust.StreamT) -> None:
         async for events in stream.take_events(s.batch_max, within=s.batch_within_s):
-            await stage2.process(_raw(events))
+            try:
+                await stage2.process(_raw(events))
+            except Exception:  # summaries are re-sent every interval: losing a batch costs one tick
+                log.exception("stage 2 could not store a batch of summaries")
 
     @app.timer(s.summary_interval_s, name="emit_summaries")
     async def emit_summaries() -> None:
         if not pipeline.ready():
             return
         now = time.time()
-        stage1.expire(now)
-        for summary in stage1.summaries(now, pipeline.active_partitions(s.requests_topic)):
-            await usage.send(key=summary.pool.encode(), value=summary.model_dump_json().encode())
-            metrics.summaries_sent.inc()
+        try:
+            stage1.expire(now)
+            for summary in stage1.summaries(now, pipeline.active_partitions(s.requests_topic)):
+                await usage.send(key=summary.pool.encode(), value=summary.model_dump_json().encode())
+                metrics.summaries_sent.inc()
+        except Exception:  # the next interval sends them all again
+            log.exception("sending window summaries failed")
 
     @app.timer(s.scheduler_interval_s, name="run_ticks")
     async def run_ticks() -> None:

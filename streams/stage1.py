@@ -70,13 +70,21 @@ class Stage1:
         self.clock = clock
         self._seen: dict[int, SeenIds] = {}
         self._last: dict[int, int] = {}  # last offset delivered per partition since the assignment
+        self._pending_windows: dict[str, EntitlementWindows] = {}
+        self._pending_seen: dict[str, tuple[SeenBatch, int]] = {}
         self._idle_sent: set[str] = set()
 
     def reset(self) -> None:
-        """After a rebalance: the stores were recovered, so rebuild the derived id index lazily."""
+        """After a rebalance: the stores were recovered, so rebuild the derived id index lazily.
+
+        Pending writes are dropped: their partitions may belong to another worker now, and the
+        events behind them were never acknowledged, so they are delivered again.
+        """
         self._seen.clear()
         self._idle_sent.clear()
         self._last.clear()
+        self._pending_windows.clear()
+        self._pending_seen.clear()
 
     def seen_ids(self, partition: int, now: float) -> SeenIds:
         seen = self._seen.get(partition)
@@ -140,16 +148,36 @@ class Stage1:
                 self.metrics.new.inc()
                 if not rec.apply(ev, m.offset, self.spec, now):
                     self.metrics.late.inc()
-                self.sink(ev)
+                try:
+                    self.sink(ev)
+                except Exception:  # history is best effort; counting must go on
+                    log.exception("history sink failed for event %s", ev.id)
             touched[key] = rec
         for key, rec in touched.items():
             rec.prune(self.spec, now)
-            await self.windows.put(key, rec, rec.partition)
+            self._pending_windows[key] = rec
         for partition, ids in new_ids.items():
             batch = SeenBatch(batch_key(partition, first_offset[partition]), now, ids)
             self._seen[partition].batches.append(batch)
-            await self.seen.put(batch.key, batch, partition)
+            self._pending_seen[batch.key] = (batch, partition)
+        await self.flush()
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    async def flush(self) -> None:
+        """Persist the pending writes; what fails stays pending for the next call.
+
+        If a write fails (the broker is unreachable for longer than the producer's timeout), the
+        caller retries the same batch: the events already applied are then replays and apply
+        nothing, and the records they touched are still written from here.
+        """
+        while self._pending_windows:
+            key, rec = next(iter(self._pending_windows.items()))
+            await self.windows.put(key, rec, rec.partition)
+            del self._pending_windows[key]
+        while self._pending_seen:
+            key, (batch, partition) = next(iter(self._pending_seen.items()))
+            await self.seen.put(key, batch, partition)
+            del self._pending_seen[key]
 
     def expire(self, now: float) -> None:
         """Forget ids past the dedup horizon (locally; the changelog's retention deletes them there)."""

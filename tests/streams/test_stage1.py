@@ -195,3 +195,29 @@ async def test_records_faust_skipped_are_read_back_and_counted() -> None:
     holes.start = 2
     await stage.process(msgs[2:])
     assert holes.fetched == [(0, 1), (3, 4)] and totals(stage).events == 6
+
+
+class FlakyStore(MemoryStore[Any]):
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def put(self, key: str, value: Any, partition: int) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise ConnectionError("broker away")
+        await super().put(key, value, partition)
+
+
+async def test_a_failed_write_is_retried_with_the_same_batch_without_double_counting() -> None:
+    windows = FlakyStore(failures=0)
+    stage = make_stage1(windows=windows)
+    log = Log()
+    await stage.process(log.add(decision("e1", ts=115)))
+    windows.failures = 1
+    batch = log.add(decision("e1", ts=115), finish("e1", ts=116))
+    with pytest.raises(ConnectionError):
+        await stage.process(batch)
+    await stage.process(batch)  # what the agent does: the same batch again, until it is persisted
+    assert totals(stage).events == 3
+    assert EntitlementWindows.from_json(windows.writes[-1][2]).totals_record().events == 3
