@@ -21,9 +21,9 @@ from collections.abc import Callable
 
 import anyio
 
-from capacity.admission import Decision, Verdict, decide
+from capacity.admission import Decision, Verdict, decide, queue_bound
 from capacity.cost import BytesPerTokenEstimator, RequestCost
-from capacity.live import SPOT, EntitlementLive, PoolLive
+from capacity.live import EntitlementLive, PoolLive
 
 
 class Flight:
@@ -117,7 +117,7 @@ class PoolGate:
                 handle.preempt(flight.request_id)
 
     def max_wait(self, ent: EntitlementLive) -> float:
-        return self.live.spot_max_wait if ent.rank == SPOT else self.live.queue_max_wait
+        return queue_bound(self.live, ent)
 
     async def wait(self, flight: Flight, cost: RequestCost, deadline: float, first: Decision) -> Decision:
         """Wait for room after a QUEUE decision: the admitting decision, or REFUSE once the bound passes."""

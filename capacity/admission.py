@@ -134,8 +134,17 @@ def _held_wait(pool: PoolLive, fits_at_all: bool) -> float:
 
 def _hold(pool: PoolLive, ent: EntitlementLive, dim: Dimension, wait: float, now: float,
           deadline: float) -> Decision:
-    max_wait = pool.spot_max_wait if ent.rank == SPOT else pool.queue_max_wait
+    max_wait = queue_bound(pool, ent)
     if wait <= max_wait:
         return Decision(Verdict.QUEUE, dimension=dim, retry_after=wait, priority=(ent.rank, deadline))
     retry_after = wait if math.isfinite(wait) else max(pool.tick_seconds, 1.0)
     return Decision(Verdict.REFUSE, dimension=dim, retry_after=retry_after)
+
+
+def queue_bound(pool: PoolLive, ent: EntitlementLive) -> float:
+    """How long a request may wait in the queue: the pool's bound, and never past its SLO's TTFT
+    (a request served after its deadline has failed anyway; better to say so with a 429 at once)."""
+    bound = pool.spot_max_wait if ent.rank == SPOT else pool.queue_max_wait
+    if ent.slo_ttft is not None and ent.slo_ttft < bound:
+        return ent.slo_ttft
+    return bound

@@ -9,9 +9,13 @@ guaranteed tenant must find its reservation free or held by preemptible spot. On
 rate, unused guarantees are lent to elastic too. Capacity nobody demands is then handed out as
 headroom (same order, up to burst), so a tenant can grow before the next tick notices it.
 
-Debt (elastic fairness over time) is the decayed integral of dominant-share usage minus the
-entitlement's configured fair share; only over-use is remembered (debt >= 0), and it lowers the
-effective weight exponentially.
+Debt (elastic fairness over time): each elastic entitlement's usage is remembered as a decayed
+integral of its dominant share (max over dimensions of usage / capacity), with a configurable
+half-life. Its debt is that memory minus its configured share (weight / sum of elastic weights) of
+everything the pool's elastic tenants are remembered to have used. The effective weight falls
+exponentially with the ratio of remembered to configured share, as in Slurm's fair-share factor,
+so a tenant that used idle capacity yields first when capacity is scarce and shares converge to
+weights; tenants that were idle start with the full factor (no banked credit beyond it).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ MIN_WEIGHT_FACTOR = 1e-3
 class AllocatorPolicy:
     reclaim_buffer: float = 0.05
     debt_half_life: float = 600.0
-    debt_scale: float = 30.0
+    debt_sharpness: float = 1.0
     use_debt: bool = True
 
 
@@ -47,7 +51,7 @@ class TickInput:
     burst: Array  # (n, 3)
     demand: Array  # (n, 3) rate for throughput, peak held for kv/concurrency
     usage: Array  # (n, 3) mean over the tick
-    debt: Array  # (n,)
+    debt: Array  # (n,) usage memory: decayed dominant-share-seconds, carried from the previous tick
     dt: float
 
 
@@ -55,10 +59,11 @@ class TickInput:
 class TickResult:
     allocation: Array  # (n, 3) demand-capped fair allocation
     limits: Array  # (n, 3) allocation plus headroom, never above burst
-    debt: Array  # (n,)
+    debt: Array  # (n,) usage memory to carry into the next tick
     effective_weight: Array  # (n,)
-    fair_share: Array  # (n,) configured dominant share of elastic capacity
+    fair_share: Array  # (n,) configured share of elastic capacity: weight / sum of elastic weights
     dominant_share: Array  # (n,) dominant share of usage over the tick
+    over_use: Array  # (n,) debt: remembered usage minus the configured share of all remembered usage
 
 
 
@@ -75,7 +80,6 @@ def allocate(inp: TickInput, policy: AllocatorPolicy) -> TickResult:
     mid_weight = np.where(elastic, eff_weight, inp.weight)
     allocation = np.zeros((n, 3))
     limits = np.zeros((n, 3))
-    level2_room = np.zeros(3)
     for d in range(3):
         c = float(cap[d])
         level1 = np.minimum(wanted[:, d], g[:, d])
@@ -83,7 +87,6 @@ def allocate(inp: TickInput, policy: AllocatorPolicy) -> TickResult:
             level1 = waterfill(c, level1, np.maximum(g[:, d], 1e-12))
         reserved = g[:, d].sum() if d in HELD_DIMS else level1.sum()
         room2 = max(0.0, c - max(reserved, level1.sum()))
-        level2_room[d] = room2
         mid = guaranteed | elastic
         caps2 = np.where(mid, wanted[:, d] - level1, 0.0)
         level2 = waterfill(room2, caps2, mid_weight)
@@ -100,10 +103,11 @@ def allocate(inp: TickInput, policy: AllocatorPolicy) -> TickResult:
         head3 = waterfill(free3, np.where(spot, inp.burst[:, d] - alloc, 0.0), inp.weight)
         limits[:, d] = np.minimum(alloc + head2 + head3, inp.burst[:, d])
 
-    fair, dominant, debt = _update_debt(inp, elastic, level2_room, cap, policy)
-    new_weight = _effective_weight_from(debt, inp.weight, fair_weight_share(inp.weight, elastic), policy)
-    eff = np.where(elastic, new_weight, inp.weight)
-    return TickResult(allocation, limits, debt, eff, fair, dominant)
+    fair, dominant, memory, over_use = _update_debt(inp, elastic, cap, policy)
+    after = TickInput(inp.capacity, inp.rank, inp.weight, inp.guarantee, inp.burst, inp.demand, inp.usage,
+                      memory, inp.dt)
+    return TickResult(allocation, limits, memory, _effective_weight(after, elastic, policy), fair, dominant,
+                      over_use)
 
 
 def fair_weight_share(weight: Array, elastic: Mask) -> Array:
@@ -112,34 +116,34 @@ def fair_weight_share(weight: Array, elastic: Mask) -> Array:
 
 
 def _effective_weight(inp: TickInput, elastic: Mask, policy: AllocatorPolicy) -> Array:
-    if not policy.use_debt:
-        return inp.weight.copy()
-    return _effective_weight_from(inp.debt, inp.weight, fair_weight_share(inp.weight, elastic), policy)
+    """Slurm-style fair-share factor: ``weight * 2^(-sharpness * U / S)``.
 
-
-def _effective_weight_from(debt: Array, weight: Array, share: Array, policy: AllocatorPolicy) -> Array:
-    """Weight halves for every ``debt_scale`` seconds of one's own fair share owed.
-
-    Normalising by the share keeps weights in proportion when every active tenant over-uses by
-    the same factor (for example while some tenants are idle).
+    ``U`` is the entitlement's part of all elastic usage remembered in the pool (decayed), ``S``
+    its configured share. Because ``U`` is a ratio, a tenant paying back does not push debt onto
+    the others while they use what it yields; ``U`` relaxes to ``S`` from above, without overshoot.
     """
     if not policy.use_debt:
-        return weight.copy()
-    safe_share = np.where(share > 0, share, 1.0)
-    factor = np.exp2(-debt / (safe_share * policy.debt_scale))
-    return weight * np.maximum(factor, MIN_WEIGHT_FACTOR)
+        return inp.weight.copy()
+    share = fair_weight_share(inp.weight, elastic)
+    memory = np.where(elastic, np.maximum(inp.debt, 0.0), 0.0)
+    total = max(float(memory.sum()), inp.dt)
+    ratio = np.where(share > 0, (memory / total) / np.where(share > 0, share, 1.0), 0.0)
+    factor = np.exp2(-policy.debt_sharpness * ratio)
+    return np.where(elastic, inp.weight * np.maximum(factor, MIN_WEIGHT_FACTOR), inp.weight)
 
 
 def _update_debt(
-    inp: TickInput, elastic: Mask, level2_room: Array, cap: Array, policy: AllocatorPolicy
-) -> tuple[Array, Array, Array]:
+    inp: TickInput, elastic: Mask, cap: Array, policy: AllocatorPolicy
+) -> tuple[Array, Array, Array, Array]:
+    """New usage memory (decayed dominant-share-seconds) and the over-use it implies."""
     safe_cap = np.where(cap > 0, cap, 1.0)
     shares = inp.usage / safe_cap
-    dominant_dim = np.argmax(shares, axis=1)
-    dominant = shares[np.arange(shares.shape[0]), dominant_dim]
-    fair = fair_weight_share(inp.weight, elastic) * (level2_room / safe_cap)[dominant_dim]
+    dominant = shares.max(axis=1) if shares.size else np.zeros(0)
+    fair = fair_weight_share(inp.weight, elastic)
     if not policy.use_debt:
-        return fair, dominant, np.zeros_like(inp.debt)
+        zeros = np.zeros_like(inp.debt)
+        return fair, dominant, zeros, zeros
     decay = 0.5 ** (inp.dt / policy.debt_half_life)
-    debt = np.maximum(0.0, inp.debt * decay + (dominant - fair) * inp.dt)
-    return fair, dominant, np.where(elastic, debt, 0.0)
+    memory = np.where(elastic, np.maximum(inp.debt, 0.0) * decay + dominant * inp.dt, 0.0)
+    over_use = np.where(elastic, memory - fair * memory.sum(), 0.0)
+    return fair, dominant, memory, over_use

@@ -52,6 +52,7 @@ class EntitlementLive:
         "limit_tp",
         "name",
         "outputs",
+        "over_use",
         "rank",
         "seq_seconds",
         "seqs_in_flight",
@@ -84,7 +85,8 @@ class EntitlementLive:
         self.kv_in_flight = 0.0
         self.seqs_in_flight = 0.0
         self.outputs = OutputEstimator()
-        self.debt = 0.0
+        self.debt = 0.0  # usage memory carried between ticks (decayed dominant-share-seconds)
+        self.over_use = 0.0  # debt: remembered usage minus its configured share of all remembered usage
         self.effective_weight = self.weight
         self.fair_share = 0.0
         self.last_change = now

@@ -17,7 +17,7 @@ def policy_for(pool: PoolLive, use_debt: bool = True) -> AllocatorPolicy:
     return AllocatorPolicy(
         reclaim_buffer=spec.reclaim_buffer,
         debt_half_life=spec.debt.half_life_seconds,
-        debt_scale=spec.debt.scale_seconds,
+        debt_sharpness=spec.debt.sharpness,
         use_debt=use_debt,
     )
 
@@ -54,12 +54,14 @@ def apply(ents: list[EntitlementLive], result: TickResult, now: float) -> None:
     debt = result.debt.tolist()
     weight = result.effective_weight.tolist()
     fair = result.fair_share.tolist()
+    over_use = result.over_use.tolist()
     for i, e in enumerate(ents):
         tp, kv, conc = limits[i]
         e.set_limits(tp, kv, conc, now)
         e.debt = debt[i]
         e.effective_weight = weight[i]
         e.fair_share = fair[i]
+        e.over_use = over_use[i]
 
 
 def tick(pool: PoolLive, now: float, dt: float, policy: AllocatorPolicy | None = None) -> TickResult:

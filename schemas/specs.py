@@ -94,9 +94,9 @@ class TokenWeights(SpecModel):
 
 
 class DebtPolicy(SpecModel):
-    half_life_seconds: Annotated[float, Field(gt=0)] = 600.0
-    # A debt worth this many seconds of an entitlement's own fair share halves its effective weight.
-    scale_seconds: Annotated[float, Field(gt=0)] = 30.0
+    half_life_seconds: Annotated[float, Field(gt=0)] = 300.0
+    # Effective weight = weight * 2^(-sharpness * remembered share / configured share).
+    sharpness: Annotated[float, Field(gt=0, le=10)] = 1.0
 
 
 class QueuePolicy(SpecModel):

@@ -119,18 +119,19 @@ def dominant_shares(cols: Columns, result: SimResult, tenants: Sequence[str], en
                     capacity: Sequence[float]) -> tuple[Array, dict[str, Array]]:
     """Each tenant's dominant share per window: max over dimensions of its usage / pool capacity.
 
-    A request's usage is spread evenly over its life on a replica (submitted to finish): weighted
-    tokens as a rate, prompt + output KV tokens held, and one sequence.
+    A request's usage is spread evenly over the time it runs (first token to finish; time spent in a
+    replica's waiting queue holds nothing): weighted tokens as a rate, prompt + output KV tokens
+    held, and one sequence.
     """
     edges = np.arange(0.0, end + 1e-9, window)
     lo, hi = edges[:-1], edges[1:]
-    ran = ~np.isnan(cols.submitted) & ~np.isnan(cols.finish)
+    ran = ~np.isnan(cols.first_token) & ~np.isnan(cols.finish)
     completed = cols.outcome == Outcome.COMPLETED.value
     out: dict[str, Array] = {}
     cap = np.asarray(capacity, dtype=float)
     for tenant in tenants:
         sel = ran & (cols.tenant == tenant)
-        s, f = cols.submitted[sel], cols.finish[sel]
+        s, f = cols.first_token[sel], cols.finish[sel]
         life = np.maximum(f - s, 1e-9)
         tokens = np.where(completed[sel], result.w_in * cols.prompt[sel] + result.w_out * cols.output[sel], 0.0)
         kv = cols.prompt[sel] + cols.output[sel]

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from capacity.admission import Verdict, decide
+from capacity.admission import Verdict, decide, queue_bound
 from capacity.allocator import AllocatorPolicy, allocate
 from capacity.cost import RequestCost
 from capacity.live import EntitlementLive, PoolLive
@@ -145,7 +145,7 @@ class ControlLoop:
         self.policy = AllocatorPolicy(
             reclaim_buffer=pool.spec.reclaim_buffer,
             debt_half_life=pool.spec.debt.half_life_seconds,
-            debt_scale=pool.spec.debt.scale_seconds,
+            debt_sharpness=pool.spec.debt.sharpness,
             use_debt=mode is not Mode.NO_DEBT,
         )
         self.tick_seconds = pool.spec.tick_seconds
@@ -230,8 +230,8 @@ class ControlLoop:
         if retry:
             return False
         if d.verdict is Verdict.QUEUE:
-            max_wait = self.live.spot_max_wait if ent.rank == 2 else self.live.queue_max_wait
-            self.queues[ent.name].append(_Queued(rec, ent, cost, deadline, now + max(max_wait, d.retry_after)))
+            max_wait = queue_bound(self.live, ent)
+            self.queues[ent.name].append(_Queued(rec, ent, cost, deadline, now + max_wait))
             if math.isfinite(d.retry_after) and d.retry_after > 0:
                 self._schedule_drain(now + d.retry_after)
         else:
@@ -361,7 +361,7 @@ class ControlLoop:
             in_flight=self.cluster.outstanding,
             queued=sum(len(q) for q in self.queues.values()) + (self._vtc.size if self._vtc else 0),
             limits={n: (e.limit_tp, e.limit_kv, e.limit_conc) for n, e in live.entitlements.items()},
-            debt={n: e.debt for n, e in live.entitlements.items()},
+            debt={n: e.over_use for n, e in live.entitlements.items()},
             effective_weight={n: e.effective_weight for n, e in live.entitlements.items()},
         ))
         self.cluster.call_at(now + self.settings.sample_every, self._sample)

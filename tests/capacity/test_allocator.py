@@ -72,20 +72,29 @@ def test_under_provisioned_guarantees_are_scaled_in_proportion():
     assert np.allclose(res.allocation[:, 0], [50, 25])
 
 
-def test_debt_grows_with_overuse_and_lowers_effective_weight():
-    # tenant 0 alone uses the whole pool while its configured fair share is 1/2
+def test_usage_memory_grows_with_use_and_lowers_effective_weight():
+    # tenant 0 alone uses the whole pool while its configured share is 1/2
     inp = tick_input(rank=[1, 1], demand=[[100, 0, 0], [0, 0, 0]], usage=[[100, 0, 0], [0, 0, 0]], dt=10)
-    res = allocate(inp, AllocatorPolicy(reclaim_buffer=0.0, debt_half_life=600, debt_scale=30))
+    res = allocate(inp, AllocatorPolicy(reclaim_buffer=0.0, debt_half_life=600))
     assert res.fair_share[0] == pytest.approx(0.5)
-    assert res.debt[0] == pytest.approx(5.0)  # (1.0 - 0.5) x 10 s
+    assert res.debt[0] == pytest.approx(10.0)  # 1.0 dominant share x 10 s
     assert res.debt[1] == 0.0
-    assert res.effective_weight[0] < res.effective_weight[1]
+    assert res.over_use[0] == pytest.approx(5.0) and res.over_use[1] == pytest.approx(-5.0)
+    # remembered share 1 against configured 1/2: factor 2^-2; the idle tenant keeps 2^0
+    assert res.effective_weight[0] == pytest.approx(0.25)
+    assert res.effective_weight[1] == pytest.approx(1.0)
 
 
-def test_debt_shifts_the_split_toward_the_tenant_that_used_less():
+def test_memory_shifts_the_split_toward_the_tenant_that_used_less():
     inp = tick_input(rank=[1, 1], demand=[[100, 100, 100]] * 2, debt=[30.0, 0.0])
-    res = allocate(inp, AllocatorPolicy(reclaim_buffer=0.0, debt_scale=30))
+    res = allocate(inp, AllocatorPolicy(reclaim_buffer=0.0))
     assert res.allocation[0, 0] < res.allocation[1, 0]
+
+
+def test_equal_remembered_shares_split_by_weight():
+    inp = tick_input(rank=[1, 1, 1], weight=[1, 1, 2], demand=[[100, 100, 100]] * 3, debt=[10.0, 10.0, 20.0])
+    res = allocate(inp, AllocatorPolicy(reclaim_buffer=0.0))
+    assert np.allclose(res.allocation[:, 0], [25, 25, 50])
 
 
 def test_no_memory_policy_ignores_debt():

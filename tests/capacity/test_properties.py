@@ -79,13 +79,17 @@ def test_allocation_is_work_conserving(inp):
 def test_debt_decays_towards_zero_without_usage(inp, rounds):
     inp.usage[:] = 0.0
     policy = AllocatorPolicy()
-    debt = inp.debt.copy()
+    memory = inp.debt.copy()
     for _ in range(rounds):
-        inp.debt = debt
-        new = allocate(inp, policy).debt
-        assert np.all(new >= 0)
-        assert np.all(new <= debt * 0.5 ** (inp.dt / policy.debt_half_life) + EPS)
-        debt = new
+        inp.debt = memory
+        res = allocate(inp, policy)
+        assert np.all(res.debt >= 0)
+        assert np.all(res.debt <= memory * 0.5 ** (inp.dt / policy.debt_half_life) + EPS)
+        assert np.all(np.abs(res.over_use) <= np.abs(memory).sum() + EPS)
+        memory = res.debt
+    # with all memory decayed away, nobody owes anything
+    inp.debt = memory * 0.5 ** 200
+    assert np.all(np.abs(allocate(inp, policy).over_use) < 1e-6)
 
 
 op = st.one_of(

@@ -10,6 +10,7 @@ import typer
 from tokenpools.cli import admitter as admitter_cli
 from tokenpools.cli import config as config_cli
 from tokenpools.cli import emulate as emulate_cli
+from tokenpools.cli import experiment as experiment_cli
 from tokenpools.cli import streams as streams_cli
 
 app = typer.Typer(
@@ -23,6 +24,8 @@ app.add_typer(config_cli.schemas_app, name="schemas")
 app.command("admitter")(admitter_cli.admitter)
 app.command("emulate")(emulate_cli.emulate)
 app.add_typer(streams_cli.app, name="streams")
+app.add_typer(experiment_cli.app, name="experiment")
+app.command("demo")(experiment_cli.demo)
 
 
 def main() -> None:
