@@ -103,13 +103,11 @@ def policy_for(pool: TokenPool) -> AllocatorPolicy:
 
 
 def published_debt(result: TickResult) -> Array:
-    """The debt to report: ``over_use`` where the capacity model separates it from the carried state.
+    """The debt to report is ``over_use``; ``TickResult.debt`` is the usage memory the next tick needs.
 
-    ``TickResult.debt`` is what the next tick needs (it is persisted as ``PoolTick.debt``); newer
-    capacity models carry a usage memory there and report the debt proper as ``over_use``.
+    Only the latter is persisted (``PoolTick.debt``): over-use is derived from it every tick.
     """
-    over_use = getattr(result, "over_use", None)
-    return result.debt if over_use is None else over_use
+    return result.over_use
 
 
 def admitter_shares(limits: tuple[float, float, float],
