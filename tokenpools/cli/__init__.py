@@ -11,6 +11,7 @@ from tokenpools.cli import admitter as admitter_cli
 from tokenpools.cli import config as config_cli
 from tokenpools.cli import emulate as emulate_cli
 from tokenpools.cli import experiment as experiment_cli
+from tokenpools.cli import load as load_cli
 from tokenpools.cli import streams as streams_cli
 
 app = typer.Typer(
@@ -23,6 +24,7 @@ app.add_typer(config_cli.app, name="config")
 app.add_typer(config_cli.schemas_app, name="schemas")
 app.command("admitter")(admitter_cli.admitter)
 app.command("emulate")(emulate_cli.emulate)
+app.command("load")(load_cli.load)
 app.add_typer(streams_cli.app, name="streams")
 app.add_typer(experiment_cli.app, name="experiment")
 app.command("demo")(experiment_cli.demo)
