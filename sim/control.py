@@ -16,7 +16,6 @@ Modes are the policies compared in the experiments:
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -371,7 +370,8 @@ class _VirtualTokenCounter:
     """VTC: serve the backlogged client with the least weighted service; lift newcomers' counters.
 
     Counters charge ``w_in * prompt`` at dispatch and ``w_out * output`` at completion (the paper
-    charges output per generated token; per request is close at these request lengths).
+    charges output per generated token; per request is close at these request lengths). Clients
+    are few (tenants), so the least-served one is found by a scan rather than a heap.
     """
 
     def __init__(self, live: PoolLive) -> None:
@@ -379,7 +379,6 @@ class _VirtualTokenCounter:
         self.counter: dict[str, float] = {}
         self.weight: dict[str, float] = {}
         self.queues: dict[str, deque[_Queued]] = {}
-        self.heap: list[tuple[float, str]] = []
         self.size = 0
 
     def enqueue(self, rec: RequestRecord, ent: EntitlementLive, cost: RequestCost, now: float) -> None:
@@ -390,20 +389,15 @@ class _VirtualTokenCounter:
             backlogged = [self.counter[c] for c, q in self.queues.items() if q and c != client]
             lifted = min(backlogged) if backlogged else 0.0
             self.counter[client] = max(self.counter.get(client, 0.0), lifted)
-            heapq.heappush(self.heap, (self.counter[client], client))
         queue.append(_Queued(rec, ent, cost, math.inf, math.inf))
         self.size += 1
 
     def _head_client(self) -> str | None:
-        while self.heap:
-            value, client = self.heap[0]
-            if not self.queues[client] or value != self.counter[client]:
-                heapq.heappop(self.heap)
-                if self.queues[client] and value != self.counter[client]:
-                    heapq.heappush(self.heap, (self.counter[client], client))
-                continue
-            return client
-        return None
+        best: str | None = None
+        for client, queue in self.queues.items():
+            if queue and (best is None or self.counter[client] < self.counter[best]):
+                best = client
+        return best
 
     def peek(self) -> _Queued | None:
         client = self._head_client()
@@ -412,17 +406,11 @@ class _VirtualTokenCounter:
     def pop(self) -> _Queued:
         client = self._head_client()
         assert client is not None
-        heapq.heappop(self.heap)
         item = self.queues[client].popleft()
         self.size -= 1
         self.counter[client] += self.live.w_in * item.record.prompt_tokens / self.weight[client]
-        if self.queues[client]:
-            heapq.heappush(self.heap, (self.counter[client], client))
         return item
 
     def charge_output(self, client: str, output_tokens: int) -> None:
-        if client not in self.counter:
-            return
-        self.counter[client] += self.live.w_out * output_tokens / self.weight[client]
-        if self.queues.get(client):
-            heapq.heappush(self.heap, (self.counter[client], client))
+        if client in self.counter:
+            self.counter[client] += self.live.w_out * output_tokens / self.weight[client]
