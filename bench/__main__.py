@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["bench.bench_capacity", "bench.bench_engine"]
+BENCHMARKS = ["bench.bench_capacity", "bench.bench_engine", "bench.bench_sim", "bench.bench_streams",
+              "bench.bench_admitter"]
 
 
 def main(names: list[str]) -> None:
