@@ -1,0 +1,206 @@
+"""Request events to Kafka (``tokenpools.requests``) through a durable local spool.
+
+``emit`` only appends the encoded event to the spool (``admitter.spool.Spool``): it never waits for
+Kafka, so a broker outage does not slow the request path. Two background tasks do the rest:
+
+- the flusher fsyncs the spool in small batches (every ``flush_interval`` seconds at most);
+- the sender reads durable records in order and sends them with an idempotent producer
+  (``enable_idempotence=True``, ``acks="all"``), key = entitlement, and advances the spool's
+  committed offset only once the broker acknowledged the whole batch. On any error it backs off,
+  recreates the producer and re-sends from the committed offset.
+
+A new ``KafkaSink`` on the same spool directory (an admitter restart) replays what was not acked.
+Duplicates are possible (acked but not yet committed at a crash); every event has an ``id`` and the
+pipeline dedups by id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+from admitter.spool import Spool
+from schemas.records import RequestEvent
+from schemas.wire import encode
+from streams.topics import REQUESTS
+
+log = logging.getLogger("tokenpools.admitter.kafka")
+
+
+class KafkaSink:
+    """An ``EventSink`` that survives broker outages and admitter restarts (see the module doc)."""
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        spool_dir: str | Path,
+        *,
+        topic_prefix: str = "",
+        topic: str | None = None,
+        flush_interval: float = 0.005,
+        batch_records: int = 500,
+        send_timeout: float = 15.0,
+        retry_backoff: float = 0.5,
+        max_backoff: float = 5.0,
+        close_timeout: float = 5.0,
+        producer_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.topic = topic or topic_prefix + REQUESTS
+        self.spool = Spool(spool_dir)
+        self.flush_interval = flush_interval
+        self.batch_records = batch_records
+        self.send_timeout = send_timeout
+        self.retry_backoff = retry_backoff
+        self.max_backoff = max_backoff
+        self.close_timeout = close_timeout
+        self.producer_options = producer_options or {}
+        self.sent = 0  # records acked by the broker (this instance)
+        self.send_errors = 0
+        self.connected = False
+        self._producer: AIOKafkaProducer | None = None
+        self._appended = asyncio.Event()
+        self._durable = asyncio.Event()
+        self._acked = asyncio.Event()
+        self._closing = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- EventSink -----------------------------------------------------------------------------
+
+    async def emit(self, event: RequestEvent) -> None:
+        if self._closing:
+            raise RuntimeError("KafkaSink is closed")
+        self.spool.append(event.entitlement.encode(), encode(event))
+        self._appended.set()
+        self._ensure_tasks()
+
+    async def close(self) -> None:
+        """Flush the spool, try to deliver the rest for ``close_timeout``, then stop (the spool keeps it)."""
+        if self._closing:
+            return
+        self._ensure_tasks()  # a sink created and closed without emitting still drains an old spool
+        await self.spool.sync()
+        self._durable.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.close_timeout):
+                await self.drain()
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        await self._stop_producer()
+        self.spool.close()
+
+    # -- helpers for callers and tests ---------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the background tasks now (e.g. to replay an old spool before the first event)."""
+        self._ensure_tasks()
+
+    async def drain(self) -> None:
+        """Wait until everything appended so far is acked (callers bound it with ``asyncio.timeout``)."""
+        self._ensure_tasks()
+        while self.spool.pending():
+            self._acked.clear()
+            await self._acked.wait()
+
+    def backlog(self) -> bool:
+        return self.spool.pending()
+
+    # -- background ----------------------------------------------------------------------------
+
+    def _ensure_tasks(self) -> None:
+        if self._tasks or self._closing:
+            return
+        self._tasks = [
+            asyncio.create_task(self._flusher(), name="kafka-sink-flusher"),
+            asyncio.create_task(self._sender(), name="kafka-sink-sender"),
+        ]
+
+    async def _flusher(self) -> None:
+        while True:
+            await self._appended.wait()
+            self._appended.clear()
+            await asyncio.sleep(self.flush_interval)  # let a few more events join this fsync
+            try:
+                await self.spool.sync()
+            except OSError:
+                log.exception("spool fsync failed; retrying")
+                self._appended.set()
+                await asyncio.sleep(0.5)
+                continue
+            self._durable.set()
+
+    async def _sender(self) -> None:
+        backoff = self.retry_backoff
+        while True:
+            if not self.spool.has_unread():
+                self._durable.clear()
+                if not self.spool.has_unread():
+                    await self._durable.wait()
+                continue
+            batch = self.spool.read(self.batch_records)
+            if not batch:
+                continue
+            try:
+                producer = await self._get_producer()
+                async with asyncio.timeout(self.send_timeout):
+                    futures = [await producer.send(self.topic, value=r.value, key=r.key) for r in batch]
+                    await asyncio.gather(*futures)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # broker down, timeout, ...: re-send from the committed offset
+                self.send_errors += 1
+                if self.connected:
+                    log.warning("sending events to %s failed (%r); spooling until Kafka is back", self.topic, exc)
+                self.connected = False
+                self.spool.rewind()
+                await self._stop_producer()
+                await asyncio.sleep(backoff)
+                backoff = min(self.max_backoff, backoff * 2)
+                continue
+            backoff = self.retry_backoff
+            if not self.connected:
+                log.info("connected to Kafka; sending spooled events to %s", self.topic)
+            self.connected = True
+            await self.spool.commit(batch[-1].end)
+            self.sent += len(batch)
+            self._acked.set()
+
+    async def _get_producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap_servers,
+                enable_idempotence=True,
+                acks="all",
+                linger_ms=5,
+                request_timeout_ms=int(self.send_timeout * 1000),
+                client_id=f"tokenpools-admitter-{int(time.time())}",
+                **self.producer_options,
+            )
+            try:
+                async with asyncio.timeout(self.send_timeout):
+                    await producer.start()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(2):
+                        await producer.stop()
+                raise
+            self._producer = producer
+        return self._producer
+
+    async def _stop_producer(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2):
+                    await producer.stop()
