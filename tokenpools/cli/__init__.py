@@ -11,6 +11,7 @@ from tokenpools.cli import admitter as admitter_cli
 from tokenpools.cli import config as config_cli
 from tokenpools.cli import emulate as emulate_cli
 from tokenpools.cli import experiment as experiment_cli
+from tokenpools.cli import experiment_http as experiment_http_cli
 from tokenpools.cli import load as load_cli
 from tokenpools.cli import streams as streams_cli
 
@@ -27,6 +28,7 @@ app.command("emulate")(emulate_cli.emulate)
 app.command("load")(load_cli.load)
 app.add_typer(streams_cli.app, name="streams")
 app.add_typer(experiment_cli.app, name="experiment")
+experiment_cli.app.command("overload-http")(experiment_http_cli.overload_http)
 app.command("demo")(experiment_cli.demo)
 
 

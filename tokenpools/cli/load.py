@@ -7,7 +7,6 @@ other subcommands stay quick to start.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,7 +16,7 @@ import typer
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from loadgen.runner import LoadResult, LoadRunner
+    from loadgen.runner import LoadResult
 
 EXIT_BAD_OPTIONS = 2
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "examples"
@@ -66,6 +65,7 @@ def load(
 
     from loadgen.keys import KeysError, load_keys_file, parse_key_options, resolve_keys
     from loadgen.plan import make_plan
+    from loadgen.progress import run_with_progress
     from loadgen.runner import LoadOptions, LoadRunner
     from schemas.loader import ConfigError
 
@@ -114,37 +114,3 @@ def finish(result: LoadResult, out: Path, console: Console, title: str, weights:
     console.print(table, soft_wrap=True)
     console.print(f"\nresults: {out}/summary.json, {out}/table.md, {out}/latency.png, {out}/records.jsonl")
     return summary
-
-
-async def run_with_progress(runner: LoadRunner, console: Console, title: str) -> LoadResult:
-    """Run with a rich progress bar over the workload's timeline and live outcome counts."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from loadgen.report import GROUPS
-
-    p = runner.progress
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:>5.0f}/{task.total:.0f} s"),
-               TextColumn("{task.fields[counts]}"), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task(title, total=runner.duration, counts="")
-
-        def refresh() -> None:
-            counts = {name: sum(p.counts[o] for o in members) for name, members in GROUPS.items()}
-            text = (f"sent {p.sent}/{p.total} in flight {p.in_flight} | "
-                    + " ".join(f"{k} {v}" for k, v in counts.items() if v or k in ("ok", "429", "503", "errors"))
-                    + (f" | capped {p.capped}" if p.capped else ""))
-            bar.update(task, completed=min(p.elapsed(), runner.duration), counts=text)
-
-        async def tick() -> None:
-            while True:
-                refresh()
-                await asyncio.sleep(0.25)
-
-        ticker = asyncio.create_task(tick())
-        try:
-            return await runner.run()
-        finally:
-            ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticker
-            refresh()
