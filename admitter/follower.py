@@ -1,0 +1,248 @@
+"""Limits from the pipeline: a ``LimitSource`` that follows ``tokenpools.entitlement-state`` and ``pool-state``.
+
+``StateFollower`` reads both compacted topics with a plain aiokafka consumer (no group: every
+partition assigned, from the beginning), keeps the latest value per key (a tombstone deletes it),
+then tails them. For every ``EntitlementState`` of a pool this admitter serves it applies this
+admitter's share:
+
+- ``admitter_shares[admitter_id]`` when the pipeline has split the limit across admitters;
+- otherwise ``limits / n``, where ``n`` is the number of admitters known for the pool (those named in
+  its states' ``admitter_shares``, plus this one, and at least ``expected_admitters``); with nothing
+  known that is the full limit.
+
+The entitlement's guarantee is scaled by the same ratio (share / limit, per dimension) with
+``PoolLive.set_guarantee_share`` before the limits are set (a guaranteed entitlement never goes below
+its guarantee share). ``PoolState`` sets the pool's capacity to this admitter's part of the pipeline's
+capacity belief (``ready_replicas`` divided by the number of known admitters).
+
+Bad records are counted (``schemas.wire.BadRecords``) and skipped. If Kafka goes away the admitter
+keeps enforcing the last limits it applied; aiokafka reconnects, and a consumer that fails outright is
+recreated and resumes from the positions it had reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from admitter.limits import LimitTarget
+from schemas.records import EntitlementState, PoolState
+from schemas.wire import BadRecords, decode
+from streams.topics import ENTITLEMENT_STATE, POOL_STATE
+
+log = logging.getLogger("tokenpools.admitter.follower")
+
+Triple = tuple[float, float, float]
+
+
+def _ratio(share: float, limit: float, default: float) -> float:
+    if limit > 0:
+        return min(1.0, max(0.0, share / limit))
+    return default
+
+
+class StateFollower:
+    """Applies the pipeline's per-admitter shares to this admitter's live pools (see the module doc)."""
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        admitter_id: str,
+        *,
+        topic_prefix: str = "",
+        entitlement_topic: str | None = None,
+        pool_topic: str | None = None,
+        expected_admitters: int = 1,
+        initial_wait: float = 5.0,
+        retry_backoff: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.admitter_id = admitter_id
+        self.entitlement_topic = entitlement_topic or topic_prefix + ENTITLEMENT_STATE
+        self.pool_topic = pool_topic or topic_prefix + POOL_STATE
+        self.expected_admitters = max(1, expected_admitters)
+        self.initial_wait = initial_wait
+        self.retry_backoff = retry_backoff
+        self._clock = clock
+        self.bad = BadRecords()
+        self.entitlements: dict[str, EntitlementState] = {}  # latest per key
+        self.pools: dict[str, PoolState] = {}
+        self.applied = 0  # entitlement states applied to a live pool
+        self.caught_up = asyncio.Event()  # read both topics to the end offsets seen at start
+        self._targets: dict[str, LimitTarget] = {}
+        self._positions: dict[TopicPartition, int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    # -- LimitSource ---------------------------------------------------------------------------
+
+    async def start(self, targets: Mapping[str, LimitTarget]) -> None:
+        """Start following; wait up to ``initial_wait`` for the current state (else go on with the config's)."""
+        self._targets = dict(targets)
+        self._task = asyncio.create_task(self._run(), name="state-follower")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.initial_wait):
+                await self.caught_up.wait()
+        if not self.caught_up.is_set():
+            log.warning("state topics not read within %.1f s; enforcing configured guarantees until they are",
+                        self.initial_wait)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def refresh(self, pool: str) -> None:
+        """Entitlements changed (admin API): re-apply what is known for the pool."""
+        target = self._targets.get(pool)
+        if target is None:
+            return
+        if pool in self.pools:
+            self._apply_pool(self.pools[pool])
+        for state in list(self.entitlements.values()):
+            if state.pool == pool:
+                self._apply(state)
+        target.limits_changed()
+
+    # -- shares --------------------------------------------------------------------------------
+
+    def admitters_of(self, pool: str) -> set[str]:
+        known = {self.admitter_id}
+        for state in self.entitlements.values():
+            if state.pool == pool:
+                known.update(state.admitter_shares)
+        return known
+
+    def share_of(self, state: EntitlementState) -> Triple:
+        mine = state.admitter_shares.get(self.admitter_id)
+        if mine is not None:
+            return (mine.throughput, mine.kv, mine.concurrency)
+        n = max(self.expected_admitters, len(self.admitters_of(state.pool)))
+        lim = state.limits
+        return (lim.throughput / n, lim.kv / n, lim.concurrency / n)
+
+    def _apply(self, state: EntitlementState) -> bool:
+        target = self._targets.get(state.pool)
+        if target is None:
+            return False
+        live = target.live
+        ent = live.entitlements.get(state.id)
+        if ent is None:
+            return False
+        share = self.share_of(state)
+        n = max(self.expected_admitters, len(self.admitters_of(state.pool)))
+        limits = (state.limits.throughput, state.limits.kv, state.limits.concurrency)
+        configured = ent.spec.spec.guarantee.as_tuple()
+        guarantee = tuple(g * _ratio(s, lim, 1.0 / n) for g, s, lim in zip(configured, share, limits, strict=True))
+        now = self._clock()
+        live.set_guarantee_share(state.id, guarantee, now)  # type: ignore[arg-type]
+        ent.set_limits(*share, now)
+        ent.debt = state.debt
+        ent.effective_weight = state.effective_weight
+        ent.fair_share = state.fair_share
+        self.applied += 1
+        return True
+
+    def _apply_pool(self, state: PoolState) -> bool:
+        target = self._targets.get(state.id)
+        if target is None:
+            return False
+        live = target.live
+        n = len(self.admitters_of(state.id))
+        live.replicas = state.ready_replicas
+        cap = live.spec.spec.capacity(state.ready_replicas)
+        live.set_capacity(*(c / n for c in cap))
+        return True
+
+    # -- consuming -----------------------------------------------------------------------------
+
+    def handle(self, topic: str, key: bytes | None, value: bytes | None) -> set[str]:
+        """One record from either topic; the pools whose limits changed."""
+        if topic == self.entitlement_topic:
+            if value is None:
+                if key is not None:
+                    self.entitlements.pop(key.decode(errors="replace"), None)
+                return set()
+            state = decode(EntitlementState, value, topic, self.bad)
+            if state is None:
+                return set()
+            if key is not None and key.decode(errors="replace") != state.id:
+                self.bad.note(topic, "key_mismatch", f"key {key!r} for {state.id}")
+                return set()
+            self.entitlements[state.id] = state
+            return {state.pool} if self._apply(state) else set()
+        if value is None:
+            if key is not None:
+                self.pools.pop(key.decode(errors="replace"), None)
+            return set()
+        pool = decode(PoolState, value, topic, self.bad)
+        if pool is None:
+            return set()
+        self.pools[pool.id] = pool
+        return {pool.id} if self._apply_pool(pool) else set()
+
+    async def _run(self) -> None:
+        while True:
+            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, group_id=None,
+                                        enable_auto_commit=False, auto_offset_reset="earliest",
+                                        client_id=f"tokenpools-follower-{self.admitter_id}")
+            try:
+                await consumer.start()
+                tps = await self._assign(consumer)
+                end = await consumer.end_offsets(tps) if not self.caught_up.is_set() else {}
+                while True:
+                    batches = await consumer.getmany(timeout_ms=500, max_records=1000)
+                    changed: set[str] = set()
+                    for tp, records in batches.items():
+                        for r in records:
+                            changed |= self.handle(tp.topic, r.key, r.value)
+                            self._positions[tp] = r.offset + 1
+                    for pool in changed:
+                        self._targets[pool].limits_changed()
+                    if end and not self.caught_up.is_set() and await self._reached(consumer, end):
+                        self.caught_up.set()
+                        for pool in self._targets:  # the fallback split depends on every state read
+                            self.refresh(pool)
+                        log.info("state follower caught up: %d entitlements, %d pools",
+                                 len(self.entitlements), len(self.pools))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("state follower lost Kafka; keeping the last limits and reconnecting")
+                await asyncio.sleep(self.retry_backoff)
+            finally:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(5):
+                        await consumer.stop()
+
+    @staticmethod
+    async def _reached(consumer: AIOKafkaConsumer, end: dict[TopicPartition, int]) -> bool:
+        for tp, off in end.items():
+            if await consumer.position(tp) < off:
+                return False
+        return True
+
+    async def _assign(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
+        while True:
+            cluster = await consumer._client.fetch_all_metadata()
+            tps = [TopicPartition(t, p) for t in (self.entitlement_topic, self.pool_topic)
+                   for p in sorted(cluster.partitions_for_topic(t) or ())]
+            if {tp.topic for tp in tps} == {self.entitlement_topic, self.pool_topic}:
+                break
+            log.info("waiting for the state topics %s and %s", self.entitlement_topic, self.pool_topic)
+            await asyncio.sleep(self.retry_backoff)
+        consumer.assign(tps)
+        fresh = [tp for tp in tps if tp not in self._positions]
+        if fresh:
+            await consumer.seek_to_beginning(*fresh)
+        for tp in tps:
+            if tp in self._positions:
+                consumer.seek(tp, self._positions[tp])
+        return tps
