@@ -1,0 +1,162 @@
+"""The scaler: pool states in, replicas out, ready replicas reported back to the pipeline.
+
+For every ``PoolState`` (``tokenpools.pool-state``, or handed to :meth:`ScalerLoop.observe` in tests)
+of a pool it manages, the loop:
+
+1. forecasts demand with ``capacity.scaling.DemandForecaster`` over guaranteed + elastic demand
+   (spot is passed separately: it only counts within the pool's spot budget);
+2. applies ``capacity.scaling.ScalingRule`` (guarantees from ``PoolState.guarantees``; scale up at
+   once, down only after the stabilisation window; never below the guarantees or outside bounds);
+3. calls the actuator when the decision differs from the actuator's current count;
+4. publishes the actuator's ready replicas to ``tokenpools.replicas``
+   (``streams.records.ReplicasReport``, key = pool), the pipeline's capacity belief.
+
+The clock (for the forecaster and the stabilisation window) is injected; the reports carry wall time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+from capacity.scaling import DemandForecaster, ScalingDecision, ScalingRule
+from scaler.actuator import Actuator
+from schemas.records import Amounts, PoolState
+from schemas.specs import Tier, TokenPool
+from schemas.wire import BadRecords, decode, encode
+from streams.records import ReplicasReport
+from streams.topics import POOL_STATE, REPLICAS
+
+log = logging.getLogger("tokenpools.scaler")
+
+Triple = tuple[float, float, float]
+Publish = Callable[[ReplicasReport], Awaitable[None]]
+
+
+def _t(a: Amounts | None) -> Triple:
+    return (a.throughput, a.kv, a.concurrency) if a is not None else (0.0, 0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one pool state led to (for logs and tests)."""
+
+    pool: str
+    decision: ScalingDecision
+    before: int
+    ready: int
+
+
+class ScalerLoop:
+    def __init__(
+        self,
+        pools: Mapping[str, TokenPool],
+        actuator: Actuator,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        publish: Publish | None = None,
+    ) -> None:
+        self.pools = dict(pools)
+        self.actuator = actuator
+        self.clock = clock
+        self.wall = wall
+        self.publish = publish
+        self.rules = {name: ScalingRule(p.spec) for name, p in self.pools.items()}
+        self.forecasters = {
+            name: DemandForecaster(p.spec.scaling.forecast_half_life_seconds) for name, p in self.pools.items()
+        }
+        self.last: dict[str, Step] = {}
+        self.bad = BadRecords()
+        self._last_seq: dict[str, int] = {}
+
+    async def observe(self, state: PoolState) -> Step | None:
+        """Decide for one pool state; None for a pool this scaler does not manage."""
+        name = state.id
+        rule = self.rules.get(name)
+        if rule is None:
+            return None
+        now = self.clock()
+        demand = state.demand
+        elastic = tuple(g + e for g, e in zip(_t(demand.get(Tier.GUARANTEED)), _t(demand.get(Tier.ELASTIC)),
+                                               strict=True))
+        forecast = self.forecasters[name].observe(elastic, now)  # type: ignore[arg-type]
+        before = await self.actuator.current(name)
+        decision = rule.decide(now, before, _t(state.guarantees), forecast, _t(demand.get(Tier.SPOT)))
+        if decision.replicas != before:
+            log.info("pool %s: %d -> %d replicas (%s; recommended %d, guarantee floor %d)", name, before,
+                     decision.replicas, decision.reason, decision.recommended, decision.guarantee_floor)
+            await self.actuator.scale(name, decision.replicas)
+        ready = await self.actuator.ready(name)
+        await self.report(name, ready)
+        step = self.last[name] = Step(name, decision, before, ready)
+        return step
+
+    async def report(self, pool: str, ready: int) -> None:
+        if self.publish is not None:
+            await self.publish(ReplicasReport(pool=pool, ready_replicas=ready, ts=self.wall()))
+
+    async def report_all(self) -> None:
+        for pool in self.pools:
+            await self.report(pool, await self.actuator.ready(pool))
+
+    # -- Kafka ---------------------------------------------------------------------------------
+
+    async def run_kafka(self, bootstrap_servers: str, topic_prefix: str = "", report_every: float = 10.0) -> None:
+        """Follow the pool-state topic (no group, every partition, from the beginning) until cancelled."""
+        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+        pool_topic, replicas_topic = topic_prefix + POOL_STATE, topic_prefix + REPLICAS
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", enable_idempotence=True)
+        await producer.start()
+
+        async def publish(report: ReplicasReport) -> None:
+            try:
+                await producer.send(replicas_topic, encode(report), key=report.pool.encode())
+            except Exception:  # Kafka down: the next report will do
+                log.warning("could not publish the replicas of %s", report.pool, exc_info=True)
+
+        self.publish = publish
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            while True:
+                cluster = await consumer._client.fetch_all_metadata()
+                parts = cluster.partitions_for_topic(pool_topic)
+                if parts:
+                    break
+                log.info("waiting for topic %s", pool_topic)
+                await asyncio.sleep(1.0)
+            tps = [TopicPartition(pool_topic, p) for p in sorted(parts)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            await self.report_all()
+            next_report = self.clock() + report_every
+            while True:
+                batches = await consumer.getmany(timeout_ms=1000)
+                latest: dict[str, PoolState] = {}
+                for records in batches.values():
+                    for r in records:
+                        state = decode(PoolState, r.value, pool_topic, self.bad)
+                        if state is not None:
+                            latest[state.id] = state
+                for state in latest.values():  # only the newest state per pool in a batch
+                    if state.seq < self._last_seq.get(state.id, -1):
+                        continue
+                    self._last_seq[state.id] = state.seq
+                    try:
+                        await self.observe(state)
+                    except Exception:
+                        log.exception("scaling pool %s failed; retrying at the next state", state.id)
+                if self.clock() >= next_report:  # keep the compacted report fresh even without states
+                    await self.report_all()
+                    next_report = self.clock() + report_every
+        finally:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+            with contextlib.suppress(Exception):
+                await producer.stop()

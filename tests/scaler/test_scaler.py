@@ -1,0 +1,106 @@
+"""The scaler without Kafka: pool states in, emulator replicas up and down, reports out."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from capacity.scaling import replicas_for
+from scaler.actuator import Actuator
+from scaler.local import LocalActuator
+from scaler.loop import ScalerLoop
+from schemas.records import Amounts, PoolState
+from schemas.specs import TokenPool
+from streams.records import ReplicasReport
+
+WINDOW = 10.0
+
+
+def pool() -> TokenPool:
+    return TokenPool.model_validate({"metadata": {"name": "p"}, "spec": {
+        "model": "m", "perReplica": {"throughput": 1000.0, "kv": 10000.0, "concurrency": 10.0},
+        "replicas": {"min": 1, "max": 4, "initial": 1},
+        "scaling": {"headroom": 0.0, "stabilisationWindowSeconds": WINDOW, "forecastHalfLifeSeconds": 0.01},
+    }})
+
+
+def state(seq: int, elastic_tp: float, spot_tp: float = 0.0) -> PoolState:
+    return PoolState(id="p", seq=seq, ts=0.0, ready_replicas=1, capacity=Amounts(), guarantees=Amounts(),
+                     demand={"elastic": Amounts(throughput=elastic_tp), "spot": Amounts(throughput=spot_tp)})
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def healthy(urls: list[str]) -> bool:
+    async with httpx.AsyncClient(timeout=5, trust_env=False) as client:
+        codes = [(await client.get(u + "/health")).status_code for u in urls]
+    return codes == [200] * len(urls)
+
+
+async def test_scales_up_at_once_and_down_after_the_stabilisation_window() -> None:
+    changes: list[list[str]] = []
+    actuator = LocalActuator({"p": 1}, on_change=lambda _, urls: changes.append(list(urls)), speedup=100.0)
+    assert isinstance(actuator, Actuator)
+    reports: list[ReplicasReport] = []
+
+    async def publish(r: ReplicasReport) -> None:
+        reports.append(r)
+
+    clock = Clock()
+    spec = pool()
+    loop = ScalerLoop({"p": spec}, actuator, clock=clock, publish=publish)
+    await actuator.start()
+    try:
+        assert len(actuator.urls("p")) == 1
+        high = 2.5 * spec.spec.sellable_per_replica()[0]
+        step = await loop.observe(state(1, high))
+        expected = replicas_for(spec.spec, (high, 0.0, 0.0))
+        assert expected > 1
+        assert step is not None and step.decision.replicas == expected
+        urls = actuator.urls("p")
+        assert len(urls) == expected == await actuator.ready("p")
+        assert await healthy(urls)
+        assert changes[-1] == urls
+        assert reports[-1] == ReplicasReport(pool="p", ready_replicas=expected, ts=reports[-1].ts)
+
+        # Demand falls: held while the high recommendation is inside the window.
+        clock.now += 1
+        step = await loop.observe(state(2, 10.0))
+        assert step is not None and step.decision.replicas == expected
+        assert step.decision.reason == "held by stabilisation window"
+        clock.now += WINDOW / 2
+        await loop.observe(state(3, 10.0))
+        assert len(actuator.urls("p")) == expected
+
+        # Past the window: down to the minimum.
+        clock.now += WINDOW
+        step = await loop.observe(state(4, 10.0))
+        assert step is not None and step.decision.replicas == 1
+        assert len(actuator.urls("p")) == 1 and reports[-1].ready_replicas == 1
+        assert await healthy(actuator.urls("p"))
+    finally:
+        await actuator.close()
+
+
+async def test_spot_demand_uses_only_the_spot_budget_and_unknown_pools_are_ignored() -> None:
+    actuator = LocalActuator({"p": 1}, speedup=100.0)
+    spec = TokenPool.model_validate({**pool().model_dump(by_alias=True), "spec": {
+        **pool().model_dump(by_alias=True)["spec"], "scaling": {"spotBudgetReplicas": 1, "headroom": 0.0}}})
+    loop = ScalerLoop({"p": spec}, actuator, clock=Clock())
+    await actuator.start()
+    try:
+        half = 0.5 * spec.spec.sellable_per_replica()[0]
+        step = await loop.observe(state(1, half, spot_tp=1e6))
+        assert step is not None and step.decision.replicas == 2  # 1 for elastic + at most the budget of 1
+        other = PoolState(id="q", seq=1, ts=0.0, ready_replicas=1, capacity=Amounts(), guarantees=Amounts())
+        assert await loop.observe(other) is None
+        with pytest.raises(KeyError):
+            await actuator.current("q")
+    finally:
+        await actuator.close()
