@@ -1,0 +1,74 @@
+"""`tokenpools scaler`: replicas from the pipeline's pool states, on this machine.
+
+Follows ``tokenpools.pool-state``, applies each pool's scaling rule and starts or stops emulator
+replicas in this process (``scaler.local.LocalActuator``), and reports ready replicas on
+``tokenpools.replicas``. Replica URLs are printed on every change (an admitter's ``backends``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+
+import typer
+
+EXIT_BAD_CONFIG = 2
+
+
+def scaler(
+    bootstrap: str = typer.Option(
+        "127.0.0.1:9092", "--bootstrap", "-b", envvar="KAFKA_BOOTSTRAP_SERVERS",
+        help="Kafka bootstrap servers HOST:PORT[,HOST:PORT] (default $KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092)."),
+    config: list[Path] = typer.Option(..., "--config", "-c", help="Pool YAML files or folders (pools to scale)."),
+    topic_prefix: str = typer.Option("", "--topic-prefix", help="Prefix of every topic name."),
+    pool: list[str] = typer.Option([], "--pool", help="Scale only these pools (default: every pool in the config)."),
+    speedup: float = typer.Option(1.0, "--speedup", help="Emulator speed-up factor."),
+    report_every: float = typer.Option(10.0, "--report-every", help="Re-publish ready replicas every N seconds."),
+    log_level: str = typer.Option("info", "--log-level", help="Python log level."),
+) -> None:
+    """Scale local emulator replicas from pool states (an in-process stand-in for a Kubernetes scaler)."""
+    from schemas.loader import ConfigError, load_config
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        platform = load_config(*config)
+    except ConfigError as exc:
+        typer.echo(f"invalid config:\n{exc}", err=True)
+        raise typer.Exit(EXIT_BAD_CONFIG) from exc
+    pools = {n: p for n, p in platform.pools.items() if not pool or n in pool}
+    unknown = sorted(set(pool) - set(pools))
+    if unknown or not pools:
+        typer.echo(f"no such pools in the config: {', '.join(unknown) or '(none configured)'}", err=True)
+        raise typer.Exit(EXIT_BAD_CONFIG)
+    asyncio.run(_run(bootstrap, pools, topic_prefix, speedup, report_every))
+
+
+async def _run(bootstrap: str, pools: dict, topic_prefix: str, speedup: float, report_every: float) -> None:
+    from scaler.local import LocalActuator
+    from scaler.loop import ScalerLoop
+
+    def changed(name: str, urls: list[str]) -> None:
+        typer.echo(f"pool {name}: {len(urls)} replicas {' '.join(urls)}")
+
+    start = {n: p.spec.replicas.initial if p.spec.replicas.initial is not None else p.spec.replicas.min
+             for n, p in pools.items()}
+    actuator = LocalActuator(start, on_change=changed, speedup=speedup)
+    loop = ScalerLoop(pools, actuator)
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    await actuator.start()
+    task = asyncio.create_task(loop.run_kafka(bootstrap, topic_prefix, report_every=report_every))
+    try:
+        done, _ = await asyncio.wait({task, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            task.result()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await actuator.close()
