@@ -15,6 +15,8 @@ from capacity.cost import RequestCost
 from capacity.live import GUARANTEED, SPOT, EntitlementLive, PoolLive, Reservation
 from schemas.specs import Dimension
 
+SLO_QUEUE_FRACTION = 0.5
+
 
 class Verdict(IntEnum):
     ADMIT = 0
@@ -128,23 +130,32 @@ def _plan_preemption(pool: PoolLive, kv_over: float, seq_over: float) -> tuple[R
 
 
 def _held_wait(pool: PoolLive, fits_at_all: bool) -> float:
-    """Held dimensions free up as requests end; without a better signal, expect about a tick."""
-    return pool.tick_seconds if fits_at_all else math.inf
+    """Held dimensions free up whenever any request ends, so queue it and let the bound decide."""
+    return 0.0 if fits_at_all else math.inf
 
 
 def _hold(pool: PoolLive, ent: EntitlementLive, dim: Dimension, wait: float, now: float,
           deadline: float) -> Decision:
     max_wait = queue_bound(pool, ent)
-    if wait <= max_wait:
+    if max_wait > 0 and wait <= max_wait:
         return Decision(Verdict.QUEUE, dimension=dim, retry_after=wait, priority=(ent.rank, deadline))
-    retry_after = wait if math.isfinite(wait) else max(pool.tick_seconds, 1.0)
-    return Decision(Verdict.REFUSE, dimension=dim, retry_after=retry_after)
+    return Decision(Verdict.REFUSE, dimension=dim, retry_after=_retry_after(pool, wait))
+
+
+def _retry_after(pool: PoolLive, wait: float) -> float:
+    """The estimated wait; a held dimension gives none, and limits change at the next tick anyway."""
+    if not math.isfinite(wait):
+        return max(pool.tick_seconds, 1.0)
+    return wait if wait > 0 else pool.tick_seconds
 
 
 def queue_bound(pool: PoolLive, ent: EntitlementLive) -> float:
-    """How long a request may wait in the queue: the pool's bound, and never past its SLO's TTFT
-    (a request served after its deadline has failed anyway; better to say so with a 429 at once)."""
+    """How long a request may wait in the queue: the pool's bound, and at most half its SLO's TTFT.
+
+    The other half is left for the replica to prefill it: a request admitted after its deadline has
+    failed anyway, and an early 429 lets the client retry or go elsewhere.
+    """
     bound = pool.spot_max_wait if ent.rank == SPOT else pool.queue_max_wait
-    if ent.slo_ttft is not None and ent.slo_ttft < bound:
-        return ent.slo_ttft
+    if ent.slo_ttft is not None and ent.slo_ttft * SLO_QUEUE_FRACTION < bound:
+        return ent.slo_ttft * SLO_QUEUE_FRACTION
     return bound
