@@ -183,19 +183,28 @@ async def start_stack(mode: str, plan: Plan, config_dir: Path, logs: Path, *, sp
                 await _stop(proc)
 
 
-async def replica_stats(urls: list[str]) -> list[dict[str, Any]]:
-    """Each replica's own counters (requests, finished, aborted, preemptions) from /emulator/stats."""
-    out = []
+async def replica_stats(urls: list[str], settle: float = 5.0) -> list[dict[str, Any]]:
+    """Each replica's own counters (requests, finished, aborted, preemptions) from /emulator/stats.
+
+    Waits up to ``settle`` seconds for the replicas to go idle first: requests the client cut reach
+    them as aborts a moment later (client -> admitter -> replica), and the counts should include them.
+    """
+    keys = ("url", "requests", "finished", "aborted", "preemptions", "running", "waiting")
+    out: list[dict[str, Any]] = []
     async with aiohttp.ClientSession() as session:
-        for url in urls:
-            try:
-                async with session.get(url + "/emulator/stats") as resp:
-                    stats = await resp.json()
-            except (aiohttp.ClientError, OSError):
-                continue
-            out.append({k: stats.get(k) for k in ("url", "requests", "finished", "aborted", "preemptions",
-                                                   "running", "waiting")})
-    return out
+        deadline = asyncio.get_running_loop().time() + settle
+        while True:
+            out = []
+            for url in urls:
+                try:
+                    async with session.get(url + "/emulator/stats") as resp:
+                        stats = await resp.json()
+                except (aiohttp.ClientError, OSError):
+                    continue
+                out.append({k: stats.get(k) for k in keys})
+            if all(not s["running"] and not s["waiting"] for s in out) or asyncio.get_running_loop().time() > deadline:
+                return out
+            await asyncio.sleep(0.2)
 
 
 # ----------------------------------------------------------------------------------------- phases
