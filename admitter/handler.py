@@ -136,7 +136,7 @@ class CompletionEndpoint:
                               param="messages" if self.kind == CHAT else "prompt")
         # Without max_tokens a replica may generate up to the context: that is what KV must hold.
         max_tokens = parsed.max_tokens if parsed.max_tokens is not None else max(1, context - prompt_tokens)
-        body = _upstream_body(raw, parsed, pool)
+        body = _upstream_body(raw, parsed, pool, ent.rank)
 
         request_id = state.ids.next()
         rid = request_id.encode()
@@ -333,10 +333,21 @@ async def _watch_disconnect(receive: Receive, flight: Flight) -> None:
             return
 
 
-def _upstream_body(raw: bytes, parsed: ParsedRequest, pool: TokenPool) -> bytes:
-    """The body as received, unless the model name or the usage option must change."""
+def _upstream_body(raw: bytes, parsed: ParsedRequest, pool: TokenPool, tier_rank: int) -> bytes:
+    """The body as received, unless the model name, the usage option or the priority must change.
+
+    A client's own ``priority`` is never forwarded: on replicas run with vLLM's priority policy it
+    would let spot jump ahead of guaranteed work. When the pool says its replicas use that policy,
+    the admitter sends the tier instead (guaranteed 0, elastic 1, spot 2).
+    """
     data = parsed.data
     changed = False
+    if "priority" in data:
+        del data["priority"]
+        changed = True
+    if pool.spec.replica_scheduling == "priority":
+        data["priority"] = tier_rank
+        changed = True
     if parsed.model != pool.spec.model:
         data["model"] = pool.spec.model
         changed = True

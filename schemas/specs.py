@@ -126,6 +126,9 @@ class TokenPoolSpec(SpecModel):
     queue: QueuePolicy = QueuePolicy()
     scaling: ScalingPolicy = ScalingPolicy()
     backends: list[str] = Field(default_factory=list)
+    # vLLM's --scheduling-policy on the replicas; with "priority" the admitter sends the tier as
+    # each request's priority so guaranteed prefills go first.
+    replica_scheduling: Literal["fcfs", "priority"] = "fcfs"
 
     @model_validator(mode="after")
     def _positive_replica(self) -> TokenPoolSpec:
