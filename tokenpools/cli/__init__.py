@@ -13,7 +13,9 @@ from tokenpools.cli import emulate as emulate_cli
 from tokenpools.cli import experiment as experiment_cli
 from tokenpools.cli import experiment_http as experiment_http_cli
 from tokenpools.cli import load as load_cli
+from tokenpools.cli import scaler as scaler_cli
 from tokenpools.cli import streams as streams_cli
+from tokenpools.cli import up as up_cli
 
 app = typer.Typer(
     name="tokenpools",
@@ -27,8 +29,8 @@ app.command("admitter")(admitter_cli.admitter)
 app.command("emulate")(emulate_cli.emulate)
 app.command("load")(load_cli.load)
 app.add_typer(streams_cli.app, name="streams")
-app.command("scaler")(__import__("tokenpools.cli.scaler", fromlist=["scaler"]).scaler)
-app.command("up")(__import__("tokenpools.cli.up", fromlist=["up"]).up)
+app.command("scaler")(scaler_cli.scaler)
+app.command("up")(up_cli.up)
 app.add_typer(experiment_cli.app, name="experiment")
 experiment_cli.app.command("overload-http")(experiment_http_cli.overload_http)
 app.command("demo")(experiment_cli.demo)
