@@ -17,10 +17,12 @@ import os
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 import pytest
 
+from tests.integration.harness import Kafka, Worker
 from tokenpools.infra.kafka_local import KafkaStartError, LocalKafka, find_java
 
 
@@ -188,3 +190,26 @@ async def make_topic(kafka: KafkaUnderTest, request: pytest.FixtureRequest) -> A
 async def kafka_topic(make_topic: MakeTopic) -> str:
     """A fresh single-partition topic for this test."""
     return await make_topic()
+
+
+# -- the pipeline harness (tests/integration/harness.py) -------------------------------------
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{uuid.uuid4().hex[:8]}."
+
+
+@pytest.fixture
+async def kafka_io(kafka: Any, prefix: str) -> AsyncIterator[Kafka]:
+    io = Kafka(kafka.bootstrap_servers, prefix)
+    yield io
+    await io.close()
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Iterator[list[Worker]]:
+    started: list[Worker] = []
+    yield started
+    for w in started:
+        w.stop()

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from test_streams_pipeline import eventually
 
 from admitter.follower import StateFollower
 from capacity.live import PoolLive
@@ -16,6 +15,7 @@ from schemas.records import Amounts, EntitlementState, PoolState
 from schemas.specs import Entitlement, TokenPool
 from schemas.wire import encode
 from streams.topics import COMPACTED
+from tests.integration.harness import eventually
 
 pytestmark = pytest.mark.integration
 ADM = "adm-1"

@@ -10,11 +10,11 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from test_streams_pipeline import event, eventually
 
 from admitter.kafka_sink import KafkaSink
 from admitter.spool import Spool
 from schemas.records import Outcome, Phase, RequestEvent
+from tests.integration.harness import event, eventually
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ from tokenpools.infra import kafka_local
 from tokenpools.infra.kafka_local import KafkaStartError, LocalKafka
 
 if TYPE_CHECKING:
-    from conftest import KafkaUnderTest
+    from tests.integration.conftest import KafkaUnderTest
 
 REPO = Path(__file__).resolve().parents[2]
 
