@@ -8,18 +8,30 @@ other components follow are ``EntitlementState`` and ``PoolState``.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.records import Amounts, Count, Record
 from schemas.specs import Tier
 
 
+Endpoint = Annotated[str, Field(pattern=r"^https?://[^\s/]+(/\S*)?$", max_length=2048)]
+
+
 class ReplicasReport(Record):
-    """How many replicas of a pool are ready (``tokenpools.replicas``, compacted, key = pool name)."""
+    """How many replicas of a pool are ready (``tokenpools.replicas``, compacted, key = pool name).
+
+    ``endpoints`` are the base URLs of those ready replicas, for admitters that discover their
+    backends from this topic (``admitter.discovery``). It is optional: an actuator whose platform
+    does discovery itself (a Kubernetes Service in front of the pool's pods) reports counts only, and
+    admitters then keep the backends they were configured with.
+    """
 
     pool: str = Field(min_length=1)
     ready_replicas: Count
     ts: float = 0.0
+    endpoints: list[Endpoint] | None = None
 
 
 class _Part(BaseModel):
