@@ -60,12 +60,42 @@ class Replica:
 
 
 class ReplicaSet:
-    """A pool's replicas with this admitter's outstanding count each."""
+    """A pool's replicas with this admitter's outstanding count each.
+
+    Membership can change while requests run (``replace``, from ``admitter.discovery``): a request
+    holds its ``Replica`` object, so one on a removed replica finishes there (the replica is
+    draining) while new requests only pick current members.
+    """
 
     def __init__(self, urls: Sequence[str], cooldown: float = 2.0) -> None:
-        self.replicas = [Replica(u) for u in urls]
+        self.replicas = [Replica(u) for u in dict.fromkeys(urls)]
         self.cooldown = cooldown
         self._turn = 0
+        self._removed: list[Replica] = []
+
+    @property
+    def urls(self) -> list[str]:
+        return [r.url for r in self.replicas]
+
+    @property
+    def draining(self) -> list[Replica]:
+        """Removed replicas that still have requests from this admitter in flight."""
+        self._removed = [r for r in self._removed if r.outstanding > 0]
+        return list(self._removed)
+
+    def replace(self, urls: Sequence[str]) -> tuple[list[str], list[str]]:
+        """Make ``urls`` the members (in that order); the URLs added and removed.
+
+        A replica that stays keeps its counters (outstanding, cool-down); one that comes back while
+        still draining gets its object back, so its outstanding count stays right.
+        """
+        current = {r.url: r for r in self.replicas}
+        removed_before = {r.url: r for r in self.draining}
+        members = [current.pop(u, None) or removed_before.pop(u, None) or Replica(u) for u in dict.fromkeys(urls)]
+        added = [r.url for r in members if r not in self.replicas]
+        self._removed = [*removed_before.values(), *(r for r in current.values() if r.outstanding > 0)]
+        self.replicas = members
+        return added, list(current)
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(self.replicas)

@@ -4,6 +4,13 @@
 can implement the same protocol on the ``scale`` subresource of each pool's Deployment with the
 official ``kubernetes`` client (``AppsV1Api.read_namespaced_deployment_scale`` /
 ``patch_namespaced_deployment_scale``, and ``status.readyReplicas`` of the Deployment).
+
+Discovery (which URLs an admitter routes a pool's requests to) is a separate, optional protocol,
+``EndpointSource``: the local actuator implements it, and the scaler then publishes the ready
+replicas' base URLs in its ``ReplicasReport`` for ``admitter.discovery`` to follow. On Kubernetes
+the platform discovers replicas itself: admitters point at the pool's Service, whose EndpointSlices
+list the ready pods (a pod that fails readiness or is terminating leaves them before it stops), so a
+Kubernetes actuator does not implement ``EndpointSource`` and its reports carry counts only.
 """
 
 from __future__ import annotations
@@ -32,3 +39,15 @@ class Actuator(Protocol):
     async def ready(self, pool: str) -> int: ...
 
     async def scale(self, pool: str, replicas: int) -> None: ...
+
+
+@runtime_checkable
+class EndpointSource(Protocol):
+    """Base URLs of a pool's ready replicas, for actuators whose platform has no discovery of its own.
+
+    Must agree with ``Actuator.ready``: a replica is listed once it serves, and is no longer listed
+    from the moment it starts draining, so admitters stop sending it new requests while those it
+    already has finish.
+    """
+
+    async def endpoints(self, pool: str) -> list[str]: ...

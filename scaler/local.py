@@ -1,24 +1,31 @@
 """An actuator for one machine: emulator replicas started and stopped in this process.
 
-Each pool gets its own ``sim.server.EmulatorServer`` (created on first use by ``server_factory``);
-``scale`` adds or removes replicas with ``add_replica`` / ``remove_replica`` (draining, as a pod does
-on SIGTERM). ``urls(pool)`` lists the live replicas, and ``on_change(pool, urls)`` is called after
-each change so an admitter can route to the new fleet.
+Each pool gets its own ``sim.server.EmulatorServer`` (created on first use by ``server_factory``).
+``scale`` adds replicas with ``add_replica`` (it returns once the replica serves) and removes the
+newest ones with ``remove_replica``, draining as a pod does on SIGTERM: a removed replica answers
+new requests with 503 and finishes those it has. Draining runs in the background, like a pod's
+graceful termination after its Deployment is scaled down: ``scale`` returns as soon as the
+replicas have left the live set, so the scaler can tell admitters (``endpoints``) at once instead of
+after the slowest request. ``on_change(pool, urls)`` is called after each change.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from sim.server import EmulatorServer
+from sim.server import EmulatorReplica, EmulatorServer
+
+log = logging.getLogger("tokenpools.scaler.local")
 
 UrlsCallback = Callable[[str, list[str]], Any]
 
 
 class LocalActuator:
-    """Implements ``scaler.actuator.Actuator`` with in-process emulator replicas."""
+    """Implements ``scaler.actuator.Actuator`` and ``EndpointSource`` with in-process emulator replicas."""
 
     def __init__(
         self,
@@ -27,15 +34,21 @@ class LocalActuator:
         server_factory: Callable[[str], EmulatorServer] | None = None,
         on_change: UrlsCallback | None = None,
         drain: bool = True,
+        drain_timeout: float = 30.0,
         **emulator_options: Any,
     ) -> None:
-        """``pools``: the pools managed (name -> replicas to start with at ``start``); others raise KeyError."""
+        """``pools``: the pools managed (name -> replicas to start with at ``start``); others raise KeyError.
+
+        ``drain_timeout``: how long ``close`` waits for draining replicas before cancelling them.
+        """
         self.initial = dict(pools or {})
         self.servers: dict[str, EmulatorServer] = {}
         self._factory = server_factory or (lambda pool: EmulatorServer(0, model=pool, **emulator_options))
         self.on_change = on_change
         self.drain = drain
+        self.drain_timeout = drain_timeout
         self._locks: dict[str, asyncio.Lock] = {}
+        self._draining: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
         for pool, replicas in self.initial.items():
@@ -53,12 +66,20 @@ class LocalActuator:
         server = self.servers.get(pool)
         return server.urls if server is not None else []
 
+    @property
+    def draining(self) -> int:
+        """Replicas removed from a pool that are still finishing their requests."""
+        return len(self._draining)
+
     async def current(self, pool: str) -> int:
         return len(self._server(pool).replicas)
 
     async def ready(self, pool: str) -> int:
-        # add_replica returns once the replica serves, and a removed one is gone: all live ones are ready.
+        # add_replica returns once the replica serves, and a draining one has left the list: all listed are ready.
         return len(self._server(pool).replicas)
+
+    async def endpoints(self, pool: str) -> list[str]:
+        return list(self._server(pool).urls)
 
     async def scale(self, pool: str, replicas: int) -> None:
         server = self._server(pool)
@@ -67,14 +88,35 @@ class LocalActuator:
             before = len(server.replicas)
             while len(server.replicas) < replicas:
                 await server.add_replica()
-            while len(server.replicas) > max(0, replicas):
-                await server.remove_replica(drain=self.drain)
+            victims = server.replicas[max(0, replicas):]
+            for rep in victims:
+                self._remove(server, rep)
+            # remove_replica takes the replica out of the list before its first await; let each task get there.
+            while any(rep in server.replicas for rep in victims):  # noqa: ASYNC110 - no event to wait on
+                await asyncio.sleep(0)
             if len(server.replicas) != before and self.on_change is not None:
                 result = self.on_change(pool, server.urls)
                 if asyncio.iscoroutine(result):
                     await result
 
+    def _remove(self, server: EmulatorServer, rep: EmulatorReplica) -> None:
+        task = asyncio.create_task(server.remove_replica(rep, drain=self.drain), name=f"drain-{rep.url}")
+        self._draining.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._draining.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.warning("replica %s did not stop cleanly: %r", rep.url, t.exception())
+
+        task.add_done_callback(done)
+
     async def close(self) -> None:
+        if self._draining:
+            _, pending = await asyncio.wait(set(self._draining), timeout=self.drain_timeout)
+            for task in pending:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(*pending, return_exceptions=True)
         for server in self.servers.values():
             await server.stop()
         self.servers.clear()

@@ -9,7 +9,8 @@ of a pool it manages, the loop:
    once, down only after the stabilisation window; never below the guarantees or outside bounds);
 3. calls the actuator when the decision differs from the actuator's current count;
 4. publishes the actuator's ready replicas to ``tokenpools.replicas``
-   (``streams.records.ReplicasReport``, key = pool), the pipeline's capacity belief.
+   (``streams.records.ReplicasReport``, key = pool), the pipeline's capacity belief, with their
+   base URLs when the actuator is an ``EndpointSource`` (what ``admitter.discovery`` follows).
 
 The clock (for the forecaster and the stabilisation window) is injected; the reports carry wall time.
 """
@@ -20,16 +21,21 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from capacity.scaling import DemandForecaster, ScalingDecision, ScalingRule
-from scaler.actuator import Actuator
+from scaler.actuator import Actuator, EndpointSource
 from schemas.records import Amounts, PoolState
 from schemas.specs import Tier, TokenPool
 from schemas.wire import BadRecords, decode, encode
 from streams.records import ReplicasReport
 from streams.topics import POOL_STATE, REPLICAS
+
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaProducer
 
 log = logging.getLogger("tokenpools.scaler")
 
@@ -43,12 +49,14 @@ def _t(a: Amounts | None) -> Triple:
 
 @dataclass(frozen=True)
 class Step:
-    """What one pool state led to (for logs and tests)."""
+    """What one pool state led to (for logs and tests); ``at`` is the scaler's clock."""
 
     pool: str
     decision: ScalingDecision
     before: int
     ready: int
+    at: float = 0.0
+    state_seq: int = -1
 
 
 class ScalerLoop:
@@ -60,7 +68,9 @@ class ScalerLoop:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         publish: Publish | None = None,
+        keep_steps: int = 10_000,
     ) -> None:
+        """``keep_steps``: how many recent ``Step``s ``steps`` keeps (what tests and debugging read)."""
         self.pools = dict(pools)
         self.actuator = actuator
         self.clock = clock
@@ -71,6 +81,7 @@ class ScalerLoop:
             name: DemandForecaster(p.spec.scaling.forecast_half_life_seconds) for name, p in self.pools.items()
         }
         self.last: dict[str, Step] = {}
+        self.steps: deque[Step] = deque(maxlen=keep_steps)
         self.bad = BadRecords()
         self._last_seq: dict[str, int] = {}
 
@@ -93,12 +104,15 @@ class ScalerLoop:
             await self.actuator.scale(name, decision.replicas)
         ready = await self.actuator.ready(name)
         await self.report(name, ready)
-        step = self.last[name] = Step(name, decision, before, ready)
+        step = self.last[name] = Step(name, decision, before, ready, now, state.seq)
+        self.steps.append(step)
         return step
 
     async def report(self, pool: str, ready: int) -> None:
-        if self.publish is not None:
-            await self.publish(ReplicasReport(pool=pool, ready_replicas=ready, ts=self.wall()))
+        if self.publish is None:
+            return
+        endpoints = await self.actuator.endpoints(pool) if isinstance(self.actuator, EndpointSource) else None
+        await self.publish(ReplicasReport(pool=pool, ready_replicas=ready, ts=self.wall(), endpoints=endpoints))
 
     async def report_all(self) -> None:
         for pool in self.pools:
@@ -114,13 +128,7 @@ class ScalerLoop:
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", enable_idempotence=True)
         await producer.start()
 
-        async def publish(report: ReplicasReport) -> None:
-            try:
-                await producer.send(replicas_topic, encode(report), key=report.pool.encode())
-            except Exception:  # Kafka down: the next report will do
-                log.warning("could not publish the replicas of %s", report.pool, exc_info=True)
-
-        self.publish = publish
+        self.publish = kafka_publisher(producer, replicas_topic)
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False)
         await consumer.start()
         try:
@@ -160,3 +168,15 @@ class ScalerLoop:
                 await consumer.stop()
             with contextlib.suppress(Exception):
                 await producer.stop()
+
+
+def kafka_publisher(producer: AIOKafkaProducer, topic: str) -> Publish:
+    """Reports to ``topic`` keyed by pool; a failed send is logged, since the next report repeats it."""
+
+    async def publish(report: ReplicasReport) -> None:
+        try:
+            await producer.send(topic, encode(report), key=report.pool.encode())
+        except Exception:
+            log.warning("could not publish the replicas of %s", report.pool, exc_info=True)
+
+    return publish

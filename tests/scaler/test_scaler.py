@@ -67,7 +67,7 @@ async def test_scales_up_at_once_and_down_after_the_stabilisation_window() -> No
         assert len(urls) == expected == await actuator.ready("p")
         assert await healthy(urls)
         assert changes[-1] == urls
-        assert reports[-1] == ReplicasReport(pool="p", ready_replicas=expected, ts=reports[-1].ts)
+        assert reports[-1] == ReplicasReport(pool="p", ready_replicas=expected, ts=reports[-1].ts, endpoints=urls)
 
         # Demand falls: held while the high recommendation is inside the window.
         clock.now += 1

@@ -1,0 +1,187 @@
+"""Replica discovery: a pool's backends follow the scaler's reports on ``tokenpools.replicas``.
+
+``ReplicaDiscovery`` reads the compacted replicas topic with a plain aiokafka consumer (no group:
+every admitter needs every pool, and the partition is read whole from the beginning, then tailed).
+For each ``ReplicasReport`` of a pool this admitter serves that carries ``endpoints``, the pool's
+``ReplicaSet`` members become those URLs (``ReplicaSet.replace``): a new replica gets new requests at
+once, and a removed one gets no new ones while the requests it has finish (it is draining).
+
+What it leaves alone, so an admitter never loses its backends to a report it cannot use:
+
+- a report without ``endpoints`` (a Kubernetes actuator: discovery is the Service's job there) and
+  a tombstone keep the current members;
+- a pool this admitter does not serve is ignored;
+- bad records (not JSON, unknown ``schema_version``, invalid, key not the pool) are counted in
+  ``bad`` (``schemas.wire.BadRecords``) and skipped.
+
+An admitter started without Kafka simply has no ``ReplicaDiscovery`` and keeps its configured
+backends. If Kafka goes away the members stay as they are; a consumer that fails outright is
+recreated and resumes from the offsets it had reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from admitter.proxy import ReplicaSet
+from schemas.wire import BadRecords, decode
+from streams.records import ReplicasReport
+from streams.topics import REPLICAS
+
+log = logging.getLogger("tokenpools.admitter.discovery")
+
+
+class ReplicaDiscovery:
+    """Keeps each pool's ``ReplicaSet`` equal to the endpoints of its latest ``ReplicasReport``."""
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        replica_sets: Mapping[str, ReplicaSet],
+        *,
+        topic_prefix: str = "",
+        topic: str | None = None,
+        client_id: str = "tokenpools-discovery",
+        initial_wait: float = 5.0,
+        retry_backoff: float = 1.0,
+    ) -> None:
+        """``initial_wait``: how long ``start`` waits to have read the topic to its end before going on."""
+        self.bootstrap_servers = bootstrap_servers
+        self.replica_sets = replica_sets
+        self.topic = topic or topic_prefix + REPLICAS
+        self.client_id = client_id
+        self.initial_wait = initial_wait
+        self.retry_backoff = retry_backoff
+        self.bad = BadRecords()
+        self.reports: dict[str, ReplicasReport] = {}  # latest per pool served here
+        self.changes = 0  # membership changes applied
+        self.caught_up = asyncio.Event()
+        self._positions: dict[TopicPartition, int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="replica-discovery")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.initial_wait):
+                await self.caught_up.wait()
+        if not self.caught_up.is_set():
+            log.warning("replicas topic %s not read within %.1f s; routing to the configured backends until it is",
+                        self.topic, self.initial_wait)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def handle(self, key: bytes | None, value: bytes | None) -> bool:
+        """One record; True if a pool's members changed."""
+        if value is None:  # a tombstone: the scaler gave the pool up, but its replicas may still serve
+            return False
+        report = decode(ReplicasReport, value, self.topic, self.bad)
+        if report is None:
+            return False
+        if key is not None and key.decode("utf-8", "replace") != report.pool:
+            self.bad.note(self.topic, "key_mismatch", f"key {key!r} holds pool {report.pool!r}")
+            return False
+        replicas = self.replica_sets.get(report.pool)
+        if replicas is None:
+            return False
+        self.reports[report.pool] = report
+        if report.endpoints is None:
+            return False
+        added, removed = replicas.replace(report.endpoints)
+        if not added and not removed:
+            return False
+        self.changes += 1
+        log.info("pool %s: %d replicas (added %s, removed %s)", report.pool, len(replicas),
+                 " ".join(added) or "-", " ".join(removed) or "-")
+        return True
+
+    async def _run(self) -> None:
+        while True:
+            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, group_id=None,
+                                        enable_auto_commit=False, auto_offset_reset="earliest",
+                                        client_id=self.client_id)
+            try:
+                await consumer.start()
+                tps = await self._assign(consumer)
+                end = await consumer.end_offsets(tps) if not self.caught_up.is_set() else {}
+                while True:
+                    if end and not self.caught_up.is_set() and await _reached(consumer, end):
+                        self.caught_up.set()
+                        log.info("replica discovery caught up: %d pools reported", len(self.reports))
+                    batches = await consumer.getmany(timeout_ms=500, max_records=1000)
+                    for tp, records in batches.items():
+                        for r in records:
+                            self.handle(r.key, r.value)
+                            self._positions[tp] = r.offset + 1
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("replica discovery lost Kafka; keeping the current replicas and reconnecting")
+                await asyncio.sleep(self.retry_backoff)
+            finally:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(5):
+                        await consumer.stop()
+
+    async def _assign(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
+        while True:
+            cluster = await consumer._client.fetch_all_metadata()
+            parts = cluster.partitions_for_topic(self.topic)
+            if parts:
+                break
+            log.info("waiting for the replicas topic %s", self.topic)
+            await asyncio.sleep(self.retry_backoff)
+        tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        fresh = [tp for tp in tps if tp not in self._positions]
+        if fresh:
+            await consumer.seek_to_beginning(*fresh)
+        for tp in tps:
+            if tp in self._positions:
+                consumer.seek(tp, self._positions[tp])
+        return tps
+
+
+async def _reached(consumer: AIOKafkaConsumer, end: Mapping[TopicPartition, int]) -> bool:
+    for tp, off in end.items():
+        if await consumer.position(tp) < off:
+            return False
+    return True
+
+
+def attach_discovery(app: Any, bootstrap_servers: str, *, topic_prefix: str = "", **options: Any) -> ReplicaDiscovery:
+    """Run a ``ReplicaDiscovery`` for an admitter app (``admitter.app.create_app``) within its lifespan.
+
+    It wraps the app's lifespan rather than taking a parameter of ``create_app``, so any admitter
+    (the CLI, ``tokenpools up``, a test) opts in with one call. It starts before the admitter's own
+    start-up (the members are current when the first request comes) and stops after its shutdown.
+    """
+    replica_sets = app.state.admitter.upstream.replicas
+    discovery = ReplicaDiscovery(bootstrap_servers, replica_sets, topic_prefix=topic_prefix,
+                                 client_id=f"tokenpools-discovery-{app.state.admitter.settings.admitter_id}",
+                                 **options)
+    inner = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(a: Any) -> AsyncIterator[Any]:
+        await discovery.start()
+        try:
+            async with inner(a) as state:
+                yield state
+        finally:
+            await discovery.stop()
+
+    app.router.lifespan_context = lifespan
+    app.state.discovery = discovery
+    return discovery
