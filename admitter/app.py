@@ -37,6 +37,7 @@ def create_app(settings: AdmitterSettings, config: PlatformConfig | None = None,
     if config is None:
         config = load_config(*settings.config_paths)
     state = AdmitterState(settings, config, sink=sink, limits=limits)
+    state.metrics.watch_kafka(lambda: state.sink, lambda: state.limits)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -17,7 +17,8 @@ capacity belief (``ready_replicas`` divided by the number of known admitters).
 
 Bad records are counted (``schemas.wire.BadRecords``) and skipped. If Kafka goes away the admitter
 keeps enforcing the last limits it applied; aiokafka reconnects, and a consumer that fails outright is
-recreated and resumes from the positions it had reached.
+recreated and resumes from the positions it had reached. ``connected``, ``reconnects``, ``records``
+and ``last_applied`` are what ``admitter.metrics`` exports (docs/observability.md).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -60,6 +62,7 @@ class StateFollower:
         expected_admitters: int = 1,
         initial_wait: float = 5.0,
         retry_backoff: float = 1.0,
+        contact_timeout: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
@@ -69,21 +72,30 @@ class StateFollower:
         self.expected_admitters = max(1, expected_admitters)
         self.initial_wait = initial_wait
         self.retry_backoff = retry_backoff
+        self.contact_timeout = contact_timeout
         self._clock = clock
         self.bad = BadRecords()
         self.entitlements: dict[str, EntitlementState] = {}  # latest per key
         self.pools: dict[str, PoolState] = {}
         self.applied = 0  # entitlement states applied to a live pool
         self.caught_up = asyncio.Event()  # read both topics to the end offsets seen at start
+        self.records: Counter[tuple[str, str]] = Counter()  # (entitlement|pool, applied|ignored|deleted)
+        self.last_applied: dict[str, float] = {}  # pool -> clock() when a new state of it was last applied
+        self.last_seq: dict[str, int] = {}  # pool -> highest tick seq applied
+        self.started_at: float | None = None
+        self.connected = False  # a fetch response within contact_timeout
+        self.reconnects = 0  # times Kafka came back after the follower had lost it
         self._targets: dict[str, LimitTarget] = {}
         self._positions: dict[TopicPartition, int] = {}
         self._task: asyncio.Task[None] | None = None
+        self._ever_connected = False
 
     # -- LimitSource ---------------------------------------------------------------------------
 
     async def start(self, targets: Mapping[str, LimitTarget]) -> None:
         """Start following; wait up to ``initial_wait`` for the current state (else go on with the config's)."""
         self._targets = dict(targets)
+        self.started_at = self._clock()
         self._task = asyncio.create_task(self._run(), name="state-follower")
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.initial_wait):
@@ -169,6 +181,7 @@ class StateFollower:
             if value is None:
                 if key is not None:
                     self.entitlements.pop(key.decode(errors="replace"), None)
+                    self.records["entitlement", "deleted"] += 1
                 return set()
             state = decode(EntitlementState, value, topic, self.bad)
             if state is None:
@@ -177,16 +190,27 @@ class StateFollower:
                 self.bad.note(topic, "key_mismatch", f"key {key!r} for {state.id}")
                 return set()
             self.entitlements[state.id] = state
-            return {state.pool} if self._apply(state) else set()
+            return self._noted("entitlement", state.pool, state.seq, self._apply(state))
         if value is None:
             if key is not None:
                 self.pools.pop(key.decode(errors="replace"), None)
+                self.records["pool", "deleted"] += 1
             return set()
         pool = decode(PoolState, value, topic, self.bad)
         if pool is None:
             return set()
         self.pools[pool.id] = pool
-        return {pool.id} if self._apply_pool(pool) else set()
+        return self._noted("pool", pool.id, pool.seq, self._apply_pool(pool))
+
+    def _noted(self, kind: str, pool: str, seq: int, applied: bool) -> set[str]:
+        """Count a decoded record; a newly applied one resets the pool's staleness (re-applies in
+        ``refresh`` do not: they bring nothing new from the pipeline)."""
+        self.records[kind, "applied" if applied else "ignored"] += 1
+        if not applied:
+            return set()
+        self.last_applied[pool] = self._clock()
+        self.last_seq[pool] = max(seq, self.last_seq.get(pool, seq))
+        return {pool}
 
     async def _run(self) -> None:
         while True:
@@ -199,6 +223,7 @@ class StateFollower:
                 end = await consumer.end_offsets(tps) if not self.caught_up.is_set() else {}
                 while True:
                     batches = await consumer.getmany(timeout_ms=500, max_records=1000)
+                    self._note_contact(consumer, tps)
                     changed: set[str] = set()
                     for tp, records in batches.items():
                         for r in records:
@@ -215,12 +240,35 @@ class StateFollower:
             except asyncio.CancelledError:
                 raise
             except Exception:
+                self.connected = False
                 log.exception("state follower lost Kafka; keeping the last limits and reconnecting")
                 await asyncio.sleep(self.retry_backoff)
             finally:
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(5):
                         await consumer.stop()
+
+    def staleness(self) -> dict[str, float]:
+        """Seconds since a new state was last applied, per pool served (since ``start`` if none yet)."""
+        now = self._clock()
+        since = self.started_at if self.started_at is not None else now
+        return {pool: now - self.last_applied.get(pool, since) for pool in self._targets}
+
+    def _note_contact(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> None:
+        """aiokafka reconnects by itself and ``getmany`` just returns nothing while the broker is away, so
+        liveness is read from the last fetch response per partition (every ``fetch_max_wait_ms`` when idle)."""
+        polled = [t for tp in tps if (t := consumer.last_poll_timestamp(tp)) is not None]
+        self._set_connected(bool(polled) and time.time() - max(polled) / 1000 < self.contact_timeout)
+
+    def _set_connected(self, alive: bool) -> None:
+        if alive and not self.connected:
+            if self._ever_connected:
+                self.reconnects += 1
+                log.info("state follower reconnected to Kafka")
+            self._ever_connected = True
+        elif self.connected and not alive:
+            log.warning("state follower lost Kafka; keeping the last limits")
+        self.connected = alive
 
     @staticmethod
     async def _reached(consumer: AIOKafkaConsumer, end: dict[TopicPartition, int]) -> bool:

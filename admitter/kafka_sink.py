@@ -61,6 +61,7 @@ class KafkaSink:
         self.max_backoff = max_backoff
         self.close_timeout = close_timeout
         self.producer_options = producer_options or {}
+        self.emitted = 0  # events handed to ``emit`` (this instance)
         self.sent = 0  # records acked by the broker (this instance)
         self.send_errors = 0
         self.connected = False
@@ -76,6 +77,7 @@ class KafkaSink:
     async def emit(self, event: RequestEvent) -> None:
         if self._closing:
             raise RuntimeError("KafkaSink is closed")
+        self.emitted += 1
         self.spool.append(event.entitlement.encode(), encode(event))
         self._appended.set()
         self._ensure_tasks()

@@ -2,20 +2,29 @@
 
 Counters and histograms are updated on the request path through cached label children (a dict
 lookup, no label parsing per request). Limits, in-flight amounts, bucket levels and debt are read
-from the live state at scrape time by a collector, so the request path never touches a gauge.
+from the live state at scrape time by a collector, so the request path never touches a gauge. The
+Kafka path (``KafkaSink`` and its spool, ``StateFollower``) is read the same way from the counters
+those objects keep (``watch_kafka``). Every metric is listed in docs/observability.md.
 """
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
+import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from admitter.events import EventSink
+    from admitter.follower import StateFollower
     from admitter.gate import PoolGate
+    from admitter.kafka_sink import KafkaSink
+    from admitter.limits import LimitSource
     from admitter.proxy import ReplicaSet
 
 Gates = Callable[[], Mapping[str, "PoolGate"]]
@@ -50,6 +59,10 @@ class AdmitterMetrics:
             ("pool", "stream"), buckets=LATENCY_BUCKETS, registry=r)
         r.register(_LiveCollector(gates, replicas))
         self._children: dict[tuple[object, ...], object] = {}
+
+    def watch_kafka(self, sink: Callable[[], EventSink], limits: Callable[[], LimitSource]) -> None:
+        """Export the Kafka sink's and the state follower's counters, if those are what the app runs."""
+        self.registry.register(KafkaCollector(sink, limits))
 
     def child(self, metric: Counter | Histogram, *values: str) -> Counter | Histogram:
         key = (id(metric), *values)
@@ -107,3 +120,124 @@ class _LiveCollector(Collector):
             for replica in replica_set:
                 outstanding.add_metric([name, replica.url], replica.outstanding)
         yield from (limit, in_flight, bucket, debt, weight, capacity, pool_in_flight, waiting, outstanding)
+
+
+class KafkaCollector(Collector):
+    """The Kafka path read at scrape time: the sink and its spool (per topic), the state follower.
+
+    Finds a ``KafkaSink`` directly or inside a ``FanOutSink``, and the limit source if it is a
+    ``StateFollower``; exports nothing for an in-memory sink or local limits.
+    """
+
+    def __init__(self, sink: Callable[[], EventSink], limits: Callable[[], LimitSource],
+                 wall: Callable[[], float] = time.time) -> None:
+        self._sink = sink
+        self._limits = limits
+        self._wall = wall
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        yield from self._sink_metrics(_kafka_sinks(self._sink()))
+        follower = _state_follower(self._limits())
+        if follower is not None:
+            yield from _follower_metrics(follower)
+
+    def _sink_metrics(self, sinks: list[KafkaSink]) -> Iterable[Metric]:
+        if not sinks:
+            return
+        t = ["topic"]
+        emitted = CounterMetricFamily(PREFIX + "kafka_events_emitted", "Events handed to the Kafka sink", labels=t)
+        spooled = CounterMetricFamily(PREFIX + "kafka_events_spooled",
+                                      "Events fsynced to the local spool (durable, readable by the sender)", labels=t)
+        sent = CounterMetricFamily(PREFIX + "kafka_events_sent", "Events acknowledged by Kafka (acks=all)", labels=t)
+        errors = CounterMetricFamily(PREFIX + "kafka_send_errors",
+                                     "Failed send attempts (each rewinds to the last acked event and backs off)",
+                                     labels=t)
+        records = GaugeMetricFamily(PREFIX + "kafka_spool_backlog_records",
+                                    "Events in the spool not yet acknowledged by Kafka", labels=t)
+        size = GaugeMetricFamily(PREFIX + "kafka_spool_backlog_bytes",
+                                 "Spool bytes (with record headers) not yet acknowledged by Kafka", labels=t)
+        age = GaugeMetricFamily(PREFIX + "kafka_spool_oldest_age_seconds",
+                                "Age of the oldest event not yet acknowledged (0 when none)", labels=t)
+        connected = GaugeMetricFamily(PREFIX + "kafka_producer_connected",
+                                      "1 if the last send was acknowledged, 0 after a failure or before the first ack",
+                                      labels=t)
+        for sink in sinks:
+            label = [sink.topic]
+            spool = sink.spool
+            emitted.add_metric(label, sink.emitted)
+            spooled.add_metric(label, spool.synced)
+            sent.add_metric(label, sink.sent)
+            errors.add_metric(label, sink.send_errors)
+            pending = spool.pending()
+            # The spool counts records appended (plus those an earlier instance left unacked) and the
+            # sink counts acks; the difference is the backlog without a per-record counter on the hot path.
+            records.add_metric(label, max(0, spool.replayed + spool.appended - sink.sent) if pending else 0)
+            size.add_metric(label, spool.pending_bytes() if pending else 0)
+            age.add_metric(label, self._oldest_age(sink) if pending else 0.0)
+            connected.add_metric(label, 1.0 if sink.connected else 0.0)
+        yield from (emitted, spooled, sent, errors, records, size, age, connected)
+
+    def _oldest_age(self, sink: KafkaSink) -> float:
+        record = sink.spool.first_pending()
+        if record is None:
+            return 0.0
+        try:
+            ts = float(orjson.loads(record.value)["ts"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return 0.0  # not one of our events (cannot happen: the sink encodes every record)
+        return max(0.0, self._wall() - ts)
+
+
+def _kafka_sinks(sink: object) -> list[KafkaSink]:
+    # No KafkaSink can exist unless its module was imported: checking sys.modules keeps a scrape of
+    # an admitter without Kafka from importing aiokafka.
+    module = sys.modules.get("admitter.kafka_sink")
+    if module is None:
+        return []
+    from admitter.events import FanOutSink
+
+    if isinstance(sink, module.KafkaSink):
+        return [sink]
+    if isinstance(sink, FanOutSink):
+        return [k for s in sink.sinks for k in _kafka_sinks(s)]
+    return []
+
+
+def _state_follower(limits: object) -> StateFollower | None:
+    module = sys.modules.get("admitter.follower")
+    if module is not None and isinstance(limits, module.StateFollower):
+        return limits
+    return None
+
+
+def _follower_metrics(f: StateFollower) -> Iterable[Metric]:
+    records = CounterMetricFamily(PREFIX + "state_records",
+                                  "State records read, by kind (entitlement, pool) and result (applied to a pool "
+                                  "this admitter serves, ignored, deleted by a tombstone)", labels=["kind", "result"])
+    for (kind, result), n in sorted(f.records.items()):
+        records.add_metric([kind, result], n)
+    bad = CounterMetricFamily(PREFIX + "state_bad_records", "State records skipped as bad, by topic and reason",
+                              labels=["topic", "reason"])
+    for (topic, reason), n in sorted(f.bad.counts.items()):
+        bad.add_metric([topic, reason], n)
+    caught_up = GaugeMetricFamily(PREFIX + "state_caught_up",
+                                  "1 once the state topics were read to the end offsets seen at start")
+    caught_up.add_metric([], 1.0 if f.caught_up.is_set() else 0.0)
+    connected = GaugeMetricFamily(PREFIX + "state_connected",
+                                  "1 if the follower had a fetch response from Kafka within its contact timeout")
+    connected.add_metric([], 1.0 if f.connected else 0.0)
+    reconnects = CounterMetricFamily(PREFIX + "state_reconnects", "Times Kafka came back after the follower lost it")
+    reconnects.add_metric([], f.reconnects)
+    staleness = GaugeMetricFamily(PREFIX + "state_staleness_seconds",
+                                  "Seconds since a new state of the pool was applied (since start if none yet)",
+                                  labels=["pool"])
+    for pool, seconds in sorted(f.staleness().items()):
+        staleness.add_metric([pool], seconds)
+    seq = GaugeMetricFamily(PREFIX + "state_seq", "Pipeline tick number of the newest state applied, per pool",
+                            labels=["pool"])
+    for pool, n in sorted(f.last_seq.items()):
+        seq.add_metric([pool], n)
+    yield from (records, bad, caught_up, connected, reconnects, staleness, seq)

@@ -74,6 +74,22 @@ def _valid_end(path: Path, start: int = 0) -> int:
             pos += HEADER.size + klen + vlen
 
 
+def _count_records(path: Path, start: int, end: int) -> int:
+    """Records between two record boundaries (headers only: the bodies were checked at open or append)."""
+    n = 0
+    with path.open("rb") as f:
+        pos = start
+        while pos < end:
+            f.seek(pos)
+            header = f.read(HEADER.size)
+            if len(header) < HEADER.size:
+                break
+            _, klen, vlen = HEADER.unpack(header)
+            pos += HEADER.size + klen + vlen
+            n += 1
+    return n
+
+
 class Spool:
     """One writer, one reader (the sender), both on the event loop; fsync runs in a thread."""
 
@@ -82,6 +98,7 @@ class Spool:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.segment_bytes = segment_bytes
         self.appended = 0  # records appended by this instance
+        self.synced = 0  # of those, records fsynced (durable, readable by the sender)
         self._sync_lock = asyncio.Lock()
         segments = self._segments()
         self.committed = self._load_committed(segments[0] if segments else 0)
@@ -104,6 +121,12 @@ class Spool:
             self.committed = self._durable
         self._read = self.committed
         self._dirty = False
+        # Unacked records left by an earlier instance: with ``appended`` and the sink's acked count,
+        # this gives the backlog in records without counting on the hot path.
+        self.replayed = sum(
+            _count_records(self.dir / _segment_name(n), self.committed.offset if n == self.committed.segment else 0,
+                           end if n == self._write_seg else (self.dir / _segment_name(n)).stat().st_size)
+            for n in segments if n >= self.committed.segment)
 
     # -- writer --------------------------------------------------------------------------------
 
@@ -126,9 +149,10 @@ class Spool:
             if not self._dirty:
                 return
             self._dirty = False
-            end = self._write_end
+            end, count = self._write_end, self.appended
             await asyncio.to_thread(os.fsync, self._fd)
             self._durable = Position(self._write_seg, end)
+            self.synced = count
             if self._write_end >= self.segment_bytes:
                 self._roll()
 
@@ -138,6 +162,7 @@ class Spool:
             self._dirty = False
             os.fsync(self._fd)
             self._durable = Position(self._write_seg, self._write_end)
+            self.synced = self.appended
 
     def _roll(self) -> None:
         os.fsync(self._fd)  # bytes appended while the threaded fsync ran
@@ -188,6 +213,39 @@ class Spool:
     def pending(self) -> bool:
         """Whether anything appended is not yet acknowledged."""
         return self.committed < Position(self._write_seg, self._write_end)
+
+    def pending_bytes(self) -> int:
+        """Bytes on disk (records with their headers) appended but not yet acknowledged."""
+        total = -self.committed.offset
+        for n in range(self.committed.segment, self._write_seg + 1):
+            if n == self._write_seg:
+                total += self._write_end
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    total += (self.dir / _segment_name(n)).stat().st_size
+        return max(0, total)
+
+    def first_pending(self) -> SpooledRecord | None:
+        """The oldest record not yet acknowledged (durable or not), read from disk; None if there is none.
+
+        For the backlog-age metric at scrape time: the spool keeps no per-record times in memory.
+        """
+        pos = self.committed
+        while pos.segment <= self._write_seg:
+            path = self.dir / _segment_name(pos.segment)
+            try:
+                limit = self._write_end if pos.segment == self._write_seg else path.stat().st_size
+            except FileNotFoundError:
+                limit = 0
+            if pos.offset < limit:
+                with path.open("rb") as f:
+                    f.seek(pos.offset)
+                    _, klen, vlen = HEADER.unpack(f.read(HEADER.size))
+                    body = f.read(klen + vlen)
+                end = Position(pos.segment, pos.offset + HEADER.size + klen + vlen)
+                return SpooledRecord(body[:klen], body[klen:], end)
+            pos = Position(pos.segment + 1, 0)
+        return None
 
     async def commit(self, position: Position) -> None:
         """The broker acked everything before ``position``: persist it and drop finished segments."""
