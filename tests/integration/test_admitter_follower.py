@@ -124,3 +124,53 @@ async def test_follower_without_kafka_keeps_configured_limits() -> None:
         assert live.entitlements["g"].limit_tp == pytest.approx(100.0)
     finally:
         await follower.stop()
+
+
+async def test_follower_keeps_limits_through_a_broker_outage_and_applies_newer_state_after(
+    kafka: Any, make_topic: Any
+) -> None:
+    """The broker is stopped and restarted on the same port (the suite's own LocalKafka)."""
+    ent_topic = await make_topic(partitions=2, config=COMPACTED, hint="ent-state")
+    pool_topic = await make_topic(partitions=1, config=COMPACTED, hint="pool-state")
+    live = PoolLive(pool("p"), [ent("a")], now=time.monotonic())
+
+    async def publish(seq: int, tp: float) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers)
+        await producer.start()
+        try:
+            await producer.send_and_wait(ent_topic, encode(state("a", seq, tp, shares={ADM: 1.0})), key=b"a")
+        finally:
+            await producer.stop()
+
+    await publish(1, 100.0)
+    follower = StateFollower(kafka.bootstrap_servers, ADM, entitlement_topic=ent_topic, pool_topic=pool_topic,
+                             initial_wait=30.0, retry_backoff=0.2, contact_timeout=2.0)
+    await follower.start({"p": Target(live)})
+    a = live.entitlements["a"]
+    try:
+        assert follower.caught_up.is_set() and a.limit_tp == pytest.approx(100.0)
+
+        async def connected() -> bool:
+            return follower.connected
+        await eventually(connected, within=20, every=0.1)
+        assert follower.reconnects == 0
+
+        await kafka.astop()
+        try:
+            async def lost() -> bool:
+                return not follower.connected
+            await eventually(lost, within=30, every=0.1)
+            await asyncio.sleep(1.0)  # a while without Kafka: the last limits stay in force
+            assert a.limit_tp == pytest.approx(100.0) and follower.last_seq["p"] == 1
+        finally:
+            await kafka.astart()
+
+        await publish(2, 300.0)
+
+        async def newer_applied() -> bool:
+            return a.limit_tp == pytest.approx(300.0) and follower.last_seq["p"] == 2
+        await eventually(newer_applied, within=60, every=0.1)
+        await eventually(connected, within=20, every=0.1)
+        assert follower.reconnects >= 1
+    finally:
+        await follower.stop()
