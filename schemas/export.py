@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from schemas.loader import Workload
-from schemas.records import EntitlementState, PoolState, RequestEvent
+from schemas.records import EntitlementState, PoolState, RequestEvent, RequestEventBatch
 from schemas.specs import Entitlement, TokenPool
 
 SCHEMA_DIR = Path(__file__).parent / "jsonschema"
@@ -17,6 +17,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "Entitlement": Entitlement,
     "Workload": Workload,
     "RequestEvent": RequestEvent,
+    "RequestEventBatch": RequestEventBatch,
     "EntitlementState": EntitlementState,
     "PoolState": PoolState,
 }

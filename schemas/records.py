@@ -89,6 +89,25 @@ class RequestEvent(Record):
         return self.entitlement
 
 
+EVENT_BATCH = "request_event_batch"
+
+
+class RequestEventBatch(Record):
+    """Several request events of one entitlement in one Kafka record on ``tokenpools.requests``.
+
+    Why: the pipeline's cost is per Kafka record (Faust's per-record path), not per event, so an
+    admitter packs the events it sends for one entitlement at once into one record (keyed by that
+    entitlement, like a single event). ``type`` tells it from a single ``RequestEvent`` record,
+    which has no ``type``. Every event keeps its own ``id`` and is deduplicated by it; an event
+    whose entitlement is not the record's key is skipped and counted (``key_mismatch``), the rest
+    of the batch counts. Consumers validate event by event (``schemas.wire.decode_request_events``),
+    so one bad event does not cost the others.
+    """
+
+    type: Literal["request_event_batch"] = EVENT_BATCH
+    events: list[RequestEvent] = Field(min_length=1)
+
+
 class EntitlementState(Record):
     """The pipeline's view of one entitlement after an allocator tick (compacted, keyed by name)."""
 

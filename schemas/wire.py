@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import TypeVar
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from schemas.records import SCHEMA_VERSION
+from schemas.records import EVENT_BATCH, SCHEMA_VERSION, RequestEvent
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -37,15 +38,25 @@ class BadRecords:
         return sum(n for (t, _), n in self.counts.items() if topic is None or t == topic)
 
 
-def decode(model: type[M], value: bytes | None, topic: str, bad: BadRecords) -> M | None:
-    """The record, or None after counting why it was skipped (tombstones return None uncounted)."""
-    if value is None:
-        return None
+def encode_event_batch(events: Sequence[bytes]) -> bytes:
+    """A ``RequestEventBatch`` around events already encoded with ``encode`` (no re-encoding)."""
+    head = b'{"schema_version":%d,"type":"%s","events":[' % (SCHEMA_VERSION, EVENT_BATCH.encode())
+    return head + b",".join(events) + b"]}"
+
+
+def _load(value: bytes, topic: str, bad: BadRecords) -> dict[str, Any] | None:
     try:
         data = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         bad.note(topic, "not_json", str(exc))
         return None
+    if not isinstance(data, dict):
+        bad.note(topic, "not_an_object", repr(data))
+        return None
+    return data
+
+
+def _validate(model: type[M], data: Any, topic: str, bad: BadRecords) -> M | None:
     if not isinstance(data, dict):
         bad.note(topic, "not_an_object", repr(data))
         return None
@@ -58,3 +69,47 @@ def decode(model: type[M], value: bytes | None, topic: str, bad: BadRecords) -> 
     except ValidationError as exc:
         bad.note(topic, "invalid", str(exc).replace("\n", " "))
         return None
+
+
+def decode(model: type[M], value: bytes | None, topic: str, bad: BadRecords) -> M | None:
+    """The record, or None after counting why it was skipped (tombstones return None uncounted)."""
+    if value is None:
+        return None
+    data = _load(value, topic, bad)
+    return None if data is None else _validate(model, data, topic, bad)
+
+
+def decode_request_events(value: bytes | None, topic: str, bad: BadRecords) -> tuple[list[RequestEvent], bool]:
+    """The events of one ``tokenpools.requests`` record, and whether it was a ``RequestEventBatch``.
+
+    A record is a single ``RequestEvent`` or a batch. A batch is validated event by event: a bad
+    event is counted (by the same reasons as a bad record) and skipped, the others are returned in
+    their order. A record that is not a usable batch at all (unknown ``type``, no list of events)
+    counts once and yields nothing. Tombstones yield nothing, uncounted.
+    """
+    if value is None:
+        return [], False
+    data = _load(value, topic, bad)
+    if data is None:
+        return [], False
+    kind = data.get("type")
+    if kind is None:
+        ev = _validate(RequestEvent, data, topic, bad)
+        return ([] if ev is None else [ev]), False
+    if kind != EVENT_BATCH:
+        bad.note(topic, "unknown_type", f"type={kind!r}")
+        return [], False
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        bad.note(topic, "unknown_schema_version", f"batch schema_version={version!r}")
+        return [], True
+    items = data.get("events")
+    if not isinstance(items, list) or not items:
+        bad.note(topic, "invalid", f"a {EVENT_BATCH} needs a non-empty list of events, got {items!r}"[:300])
+        return [], True
+    out: list[RequestEvent] = []
+    for item in items:
+        ev = _validate(RequestEvent, item, topic, bad)
+        if ev is not None:
+            out.append(ev)
+    return out, True

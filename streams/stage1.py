@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from schemas.records import Phase, RequestEvent
-from schemas.wire import BadRecords, decode
+from schemas.wire import BadRecords, decode_request_events
 from streams.codec import RawMessage, windows_key
 from streams.config_table import ConfigView
 from streams.dedup import SeenBatch, SeenIds, Verdict, batch_key, partition_of_key
@@ -120,39 +120,57 @@ class Stage1:
         new_ids: dict[int, list[tuple[str, int]]] = {}
         first_offset: dict[int, int] = {}
         for m in messages:
-            ev = decode(RequestEvent, m.value, self.topic, self.bad)
-            if ev is None:
+            events, batched = decode_request_events(m.value, self.topic, self.bad)
+            if not events:
                 if m.value is None:
                     self.bad.note(self.topic, "tombstone", f"partition {m.partition} offset {m.offset}")
                 continue
-            problem = shape_problem(ev)
-            if problem is not None:
-                self.bad.note(self.topic, "invalid_outcome", f"event {ev.id}: {problem}")
-                continue
-            key = windows_key(m.partition, ev.entitlement)
-            rec = touched.get(key) or self.windows.get(key)
-            if rec is None:
-                rec = EntitlementWindows(ev.entitlement, ev.pool, ev.tier.value, m.partition)
             seen = self.seen_ids(m.partition, now)
-            verdict = seen.verdict(ev.id, m.offset, rec.offset)
-            if seen.remember(ev.id, m.offset):
-                new_ids.setdefault(m.partition, []).append((ev.id, m.offset))
-                first_offset.setdefault(m.partition, m.offset)
-            if verdict is Verdict.REPLAY:
-                self.metrics.replays.inc()
-                continue
-            if verdict is Verdict.DUPLICATE:
-                self.metrics.duplicates.inc()
-                rec.note_duplicate(m.offset)
-            else:
-                self.metrics.new.inc()
-                if not rec.apply(ev, m.offset, self.spec, now):
-                    self.metrics.late.inc()
-                try:
-                    self.sink(ev)
-                except Exception:  # history is best effort; counting must go on
-                    log.exception("history sink failed for event %s", ev.id)
-            touched[key] = rec
+            # A record may hold many events of one entitlement (a batch). Whether it is a replay is
+            # decided against the offset the window record had *before* this record: applying the
+            # first event moves the record's offset to this one, and the second event of the same
+            # record must not look like a replay. All events of a record for one window record are
+            # persisted in one write, so the offset check stays exact per record.
+            applied: dict[str, int] = {}
+            taken: set[str] = set()  # ids already met in this record: a repeat inside it is a duplicate
+            for ev in events:
+                if batched and m.key != ev.entitlement.encode():
+                    # Id memory is per partition: sound only if an event always lands on its
+                    # entitlement's partition, which a batch keyed by another entitlement breaks.
+                    self.bad.note(self.topic, "key_mismatch",
+                                  f"event {ev.id} of {ev.entitlement!r} in a batch keyed {m.key!r}")
+                    continue
+                problem = shape_problem(ev)
+                if problem is not None:
+                    self.bad.note(self.topic, "invalid_outcome", f"event {ev.id}: {problem}")
+                    continue
+                key = windows_key(m.partition, ev.entitlement)
+                rec = touched.get(key) or self.windows.get(key)
+                if rec is None:
+                    rec = EntitlementWindows(ev.entitlement, ev.pool, ev.tier.value, m.partition)
+                before = applied.setdefault(key, rec.offset)
+                verdict = seen.verdict(ev.id, m.offset, before)
+                if verdict is Verdict.NEW and ev.id in taken:
+                    verdict = Verdict.DUPLICATE
+                taken.add(ev.id)
+                if seen.remember(ev.id, m.offset):
+                    new_ids.setdefault(m.partition, []).append((ev.id, m.offset))
+                    first_offset.setdefault(m.partition, m.offset)
+                if verdict is Verdict.REPLAY:
+                    self.metrics.replays.inc()
+                    continue
+                if verdict is Verdict.DUPLICATE:
+                    self.metrics.duplicates.inc()
+                    rec.note_duplicate(m.offset)
+                else:
+                    self.metrics.new.inc()
+                    if not rec.apply(ev, m.offset, self.spec, now):
+                        self.metrics.late.inc()
+                    try:
+                        self.sink(ev)
+                    except Exception:  # history is best effort; counting must go on
+                        log.exception("history sink failed for event %s", ev.id)
+                touched[key] = rec
         for key, rec in touched.items():
             rec.prune(self.spec, now)
             self._pending_windows[key] = rec

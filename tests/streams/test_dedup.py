@@ -44,3 +44,12 @@ def test_batches_round_trip_and_rebuild() -> None:
     assert seen.ids == {"x": 0, "y": 11}  # the earliest sighting is the original
     assert partition_of_key("3:10") == 3
     assert SeenIds.from_batches(back, horizon_s=30, max_ids=100, now=120.0).ids == {"x": 10, "y": 11}
+
+
+def test_many_events_of_one_record_share_its_offset() -> None:
+    """A batch record: every id first seen at that offset is the original, whether or not its count was lost."""
+    seen = SeenIds()
+    assert seen.remember("a", 7) and seen.remember("b", 7)
+    assert seen.verdict("b", offset=7, applied_offset=6) is Verdict.NEW
+    assert seen.verdict("a", offset=7, applied_offset=7) is Verdict.REPLAY
+    assert seen.verdict("b", offset=9, applied_offset=7) is Verdict.DUPLICATE

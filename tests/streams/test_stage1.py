@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
-from schemas.wire import BadRecords
+from schemas.records import RequestEvent
+from schemas.wire import BadRecords, encode, encode_event_batch
 from streams.config_table import ConfigView, config_key, config_value
 from streams.dedup import SeenBatch
 from streams.metrics import PipelineMetrics
@@ -221,3 +223,97 @@ async def test_a_failed_write_is_retried_with_the_same_batch_without_double_coun
     await stage.process(batch)  # what the agent does: the same batch again, until it is persisted
     assert totals(stage).events == 3
     assert EntitlementWindows.from_json(windows.writes[-1][2]).totals_record().events == 3
+
+
+# -- batch records (``RequestEventBatch``: many events of one entitlement in one Kafka record) ----------
+
+
+def batch(*events: RequestEvent | dict[str, Any]) -> bytes:
+    return encode_event_batch([encode(e) if isinstance(e, RequestEvent) else orjson.dumps(e) for e in events])
+
+
+async def test_every_event_of_a_batch_counts_and_a_redelivered_batch_is_skipped_whole() -> None:
+    stage = make_stage1()
+    log = Log()
+    evs = [decision("e1", ts=115), finish("e1", ts=116, prompt=10), finish("e1", ts=117, prompt=20)]
+    first = log.add(batch(*evs), key=b"e1") + log.add(decision("e1", ts=118))  # a batch, then a single event
+    await stage.process(first)
+    t = totals(stage)
+    assert (t.events, t.duplicates, t.prompt_tokens) == (4, 0, 30)
+    await stage.process(first)  # at-least-once redelivery of the same two records
+    t = totals(stage)
+    assert (t.events, t.duplicates, t.prompt_tokens) == (4, 0, 30)
+    assert stage.metrics.replays._value.get() == 4 and stage.metrics.new._value.get() == 4
+
+
+async def test_a_batch_published_again_as_new_records_is_counted_once() -> None:
+    """An admitter re-sending its spool regroups events: every event is still counted once, by id."""
+    stage = make_stage1()
+    log = Log()
+    a, b, c = decision("e1", ts=115), finish("e1", ts=116, prompt=10), decision("e1", ts=117)
+    await stage.process(log.add(batch(a, b), key=b"e1"))
+    await stage.process(log.add(batch(a, b, c), key=b"e1") + log.add(b))  # again, plus one new, plus b alone
+    t = totals(stage)
+    assert (t.events, t.duplicates, t.prompt_tokens) == (3, 3, 10)
+
+
+async def test_an_id_twice_inside_one_batch_counts_once() -> None:
+    stage = make_stage1()
+    ev = decision("e1", ts=115)
+    await stage.process(Log().add(batch(ev, decision("e1", ts=115), ev), key=b"e1"))
+    t = totals(stage)
+    assert (t.events, t.duplicates) == (2, 1)
+
+
+@pytest.mark.parametrize("lost", ["windows", "seen", "both"])
+async def test_restart_after_losing_a_batch_s_writes_counts_each_event_once(lost: str) -> None:
+    windows: MemoryStore[Any] = MemoryStore()
+    seen: MemoryStore[Any] = MemoryStore()
+    stage = make_stage1(windows, seen)
+    log = Log()
+    first = log.add(batch(decision("e1", ts=115, id="a"), finish("e1", ts=116, id="b")), key=b"e1")
+    # "a" again (a duplicate), "c" twice inside the batch, "d" new.
+    second = log.add(batch(decision("e1", ts=117, id="c"), decision("e1", ts=117, id="a"),
+                           decision("e1", ts=117, id="c"), finish("e1", ts=118, id="d")), key=b"e1")
+    await stage.process(first)
+    snapshot = (dict(windows.data), dict(seen.data))
+    await stage.process(second)
+    if lost in ("windows", "both"):
+        windows.data = {k: EntitlementWindows.from_json(v.to_json()) for k, v in snapshot[0].items()}
+    if lost in ("seen", "both"):
+        seen.data = dict(snapshot[1])
+    restarted = make_stage1(windows, seen)
+    await restarted.process(first + second)  # redelivered from the last committed offset (0)
+    t = totals(restarted)
+    assert (t.events, t.duplicates) == (4, 2)
+
+
+async def test_a_bad_event_in_a_batch_is_counted_and_the_rest_of_the_batch_counts() -> None:
+    bad = BadRecords()
+    stage = make_stage1(bad=bad)
+    good = [decision("e1", ts=115), finish("e1", ts=116, prompt=7)]
+    broken = {"schema_version": 1, "id": "x", "phase": "decision"}  # fields missing
+    wrong_shape = decision("e1", ts=115, outcome="completed")
+    other = decision("e2", ts=115)  # another entitlement inside a batch keyed e1
+    await stage.process(Log().add(batch(good[0], broken, wrong_shape, {"schema_version": 9}, other, good[1]),
+                                  key=b"e1"))
+    assert dict(bad.counts) == {("requests", "invalid"): 1, ("requests", "invalid_outcome"): 1,
+                                ("requests", "unknown_schema_version"): 1, ("requests", "key_mismatch"): 1}
+    t = totals(stage)
+    assert (t.events, t.prompt_tokens) == (2, 7)
+    assert stage.windows.get("0/e2") is None
+
+
+async def test_unusable_batch_records_are_counted_once_each() -> None:
+    bad = BadRecords()
+    stage = make_stage1(bad=bad)
+    ev = encode(decision("e1", ts=115))
+    await stage.process(Log().add(
+        b'{"schema_version": 1, "type": "request_event_batch", "events": []}',
+        b'{"schema_version": 1, "type": "request_event_batch"}',
+        b'{"schema_version": 2, "type": "request_event_batch", "events": [' + ev + b"]}",
+        b'{"schema_version": 1, "type": "something_else", "events": [' + ev + b"]}",
+        key=b"e1"))
+    assert dict(bad.counts) == {("requests", "invalid"): 2, ("requests", "unknown_schema_version"): 1,
+                                ("requests", "unknown_type"): 1}
+    assert stage.windows.get("0/e1") is None
