@@ -1,6 +1,7 @@
 """The admin API (``/admin``, its own bearer token) and the tenant-facing ``/v1/usage``.
 
-Admin sees every pool and entitlement with live state and may create or update entitlements;
+Admin sees every pool and entitlement with live state and may create, update or delete entitlements
+(with Kafka the write goes to ``tokenpools.config`` first and is answered once acknowledged, else 503);
 a tenant key gets 401 there. A tenant sees only its own entitlements' usage through its own key:
 the tenant is derived from the key, never taken from the request.
 """
@@ -15,12 +16,15 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from admitter.auth import KeyOwner, bearer_token
+from admitter.config_follower import ConfigUnavailable
 from admitter.errors import OpenAIError
 from admitter.gate import PoolGate
 from admitter.state import AdmitterState, EntitlementRejected
 from capacity.live import EntitlementLive
 from schemas.loader import ConfigError, Source, parse_manifest
 from schemas.specs import Entitlement
+
+RETRY_AFTER_S = 5  # a broker restart or leader move usually takes seconds
 
 
 def json_response(data: Any, status: int = 200) -> Response:
@@ -167,14 +171,37 @@ def build_router() -> APIRouter:
         if manifest.name != name:
             return _unprocessable([f"metadata.name: '{manifest.name}' does not match the URL's '{name}'"])
         try:
-            created = state.apply_entitlement(manifest)
+            created = await state.put_entitlement(manifest)
         except EntitlementRejected as exc:
             if exc.status == 422:
                 return _unprocessable(exc.problems)
             return _problems(409, "conflict", exc.problems)
+        except ConfigUnavailable as exc:
+            raise _unavailable(exc) from None
         found = state.entitlement_live(name)
         assert found is not None
         return json_response(entitlement_view(*found), status=201 if created else 200)
+
+    @router.delete("/admin/entitlements/{name}")
+    async def admin_delete_entitlement(name: str, request: Request) -> Response:
+        """Its keys stop working at once (at every admitter, with Kafka); requests in flight finish."""
+        state = require_admin(request)
+        try:
+            deleted = await state.delete_entitlement(name)
+        except ConfigUnavailable as exc:
+            raise _unavailable(exc) from None
+        if not deleted:
+            raise OpenAIError(404, f"no entitlement named '{name}'", "not_found")
+        return Response(status_code=204)
+
+    @router.get("/admin/config")
+    async def admin_config(request: Request) -> Response:
+        """Where the config comes from: the YAML alone, or the config topic (read yet? bad records?)."""
+        state = require_admin(request)
+        sync = state.config_sync
+        view = {"source": "yaml", "ready": True} if sync is None else sync.status()
+        view.update(pools=sorted(state.config.pools), entitlements=sorted(state.config.entitlements))
+        return json_response(view)
 
     @router.get("/admin/tenants/{tenant}/usage")
     async def admin_tenant_usage(tenant: str, request: Request) -> Response:
@@ -215,6 +242,10 @@ def _decode_manifest(raw: bytes, content_type: str | None) -> Any:
                           f"{str(exc).splitlines()[0]}", "invalid_body") from None
     raise OpenAIError(415, f"Content-Type must be application/json or application/yaml, got {media!r}",
                       "unsupported_media_type")
+
+
+def _unavailable(exc: ConfigUnavailable) -> OpenAIError:
+    return OpenAIError(503, str(exc), "config_unavailable", headers={"retry-after": str(RETRY_AFTER_S)})
 
 
 def _unprocessable(problems: list[str]) -> Response:

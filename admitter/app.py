@@ -3,7 +3,8 @@
 The completion routes are raw ASGI endpoints (``handler.py``) mounted on the FastAPI router, so
 they skip FastAPI's per-request dependency and model machinery; everything else (admin, usage,
 metrics, health) is ordinary FastAPI. The lifespan starts the upstream client and the limit source
-(the allocator ticker in local mode) and stops them, and the event sink, on shutdown.
+(the allocator ticker in local mode) and, with Kafka, the config follower, and stops them, and the
+event sink, on shutdown.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from starlette.routing import Route
 
 from admitter.admin import build_router, json_response, require_admin
 from admitter.body import CHAT, COMPLETIONS
+from admitter.config_follower import ConfigSync
 from admitter.errors import install_handlers
 from admitter.events import EventSink
 from admitter.handler import CompletionEndpoint
+from admitter.kafka import kafka_parts
 from admitter.limits import LimitSource
 from admitter.settings import AdmitterSettings
 from admitter.state import AdmitterState
@@ -28,15 +31,19 @@ from schemas.loader import PlatformConfig, load_config
 
 
 def create_app(settings: AdmitterSettings, config: PlatformConfig | None = None, sink: EventSink | None = None,
-               limits: LimitSource | None = None) -> FastAPI:
+               limits: LimitSource | None = None, config_sync: ConfigSync | None = None) -> FastAPI:
     """Build the admitter; ``config`` defaults to loading ``settings.config_paths``.
 
     ``sink`` defaults to an ``InMemorySink``; ``limits`` to a ``LocalAllocator`` (in-process ticks).
+    With ``settings.kafka_bootstrap`` the defaults are Kafka's instead (``admitter.kafka``): a
+    ``KafkaSink``, a ``StateFollower`` and a ``ConfigSync`` seeded with ``config``.
     The state is on ``app.state.admitter`` (tests and embedding code read it).
     """
     if config is None:
         config = load_config(*settings.config_paths)
-    state = AdmitterState(settings, config, sink=sink, limits=limits)
+    if settings.kafka_bootstrap is not None:
+        sink, limits, config_sync = kafka_parts(settings, config, sink, limits, config_sync)
+    state = AdmitterState(settings, config, sink=sink, limits=limits, config_sync=config_sync)
     state.metrics.watch_kafka(lambda: state.sink, lambda: state.limits)
 
     @asynccontextmanager

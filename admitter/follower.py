@@ -123,6 +123,14 @@ class StateFollower:
                 self._apply(state)
         target.limits_changed()
 
+    def add_pool(self, name: str, target: LimitTarget) -> None:
+        """A pool from the config topic: apply what is already known for it."""
+        self._targets[name] = target
+        self.refresh(name)
+
+    def remove_pool(self, name: str) -> None:
+        self._targets.pop(name, None)
+
     # -- shares --------------------------------------------------------------------------------
 
     def admitters_of(self, pool: str) -> set[str]:

@@ -78,7 +78,6 @@ class CompletionEndpoint:
         self.state = state
         self.kind = kind
         self.path = path
-        self.models = _model_index(state)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         arrival = time.perf_counter()
@@ -114,15 +113,18 @@ class CompletionEndpoint:
         length = int(content_length) if content_length and content_length.isdigit() else None
         raw = await read_body(receive, length, state.settings.max_body_bytes)
         parsed = parse_body(raw, self.kind)
-        pool = self.models.get(parsed.model)
+        pool = state.models.get(parsed.model)
         if pool is None:
             raise OpenAIError(404, f"the model '{parsed.model}' does not exist", "model_not_found", param="model")
         ent_name = owner.by_pool.get(pool.name)
         if ent_name is None:
             raise OpenAIError(403, f"this API key has no entitlement on model '{parsed.model}'", "no_entitlement",
                               param="model")
-        gate = state.gates[pool.name]
-        ent = gate.live.entitlements[ent_name]
+        gate = state.gates.get(pool.name)
+        ent = gate.live.entitlements.get(ent_name) if gate is not None else None
+        if gate is None or ent is None:  # deleted (config topic, admin API) while the body was read
+            raise OpenAIError(403, f"this API key has no entitlement on model '{parsed.model}'", "no_entitlement",
+                              param="model")
         context = pool.spec.context_length
         if parsed.max_tokens is not None and parsed.max_tokens > context:
             raise OpenAIError(400, f"max_tokens ({parsed.max_tokens}) exceeds the model's context length of "
@@ -357,13 +359,3 @@ def _upstream_body(raw: bytes, parsed: ParsedRequest, pool: TokenPool, tier_rank
         data["stream_options"] = options
         changed = True
     return orjson.dumps(data) if changed else raw
-
-
-def _model_index(state: AdmitterState) -> dict[str, TokenPool]:
-    """Model (or pool) name -> pool, so routing is a dict lookup; the first pool in config order wins,
-    as in ``PlatformConfig.pool_for_model``."""
-    index: dict[str, TokenPool] = {}
-    for pool in reversed(list(state.config.pools.values())):
-        index[pool.name] = pool
-        index[pool.spec.model] = pool
-    return index

@@ -38,6 +38,12 @@ class LimitSource(Protocol):
     def refresh(self, pool: str) -> None:
         """The pool's entitlements changed (admin API); recompute its limits now if this source can."""
 
+    def add_pool(self, name: str, target: LimitTarget) -> None:
+        """A pool appeared after start (the config topic); keep its limits current too."""
+
+    def remove_pool(self, name: str) -> None:
+        """A pool was deleted; stop updating it."""
+
 
 class LocalAllocator:
     """Runs ``capacity.tick.tick`` per pool on the monotonic clock; one asyncio task per pool.
@@ -71,6 +77,18 @@ class LocalAllocator:
         target = self._targets.get(pool)
         if target is not None:
             self._tick(pool, target)
+
+    def add_pool(self, name: str, target: LimitTarget) -> None:
+        self.remove_pool(name)
+        self._targets[name] = target
+        self._tick(name, target, first=True)
+        self._tasks[name] = asyncio.create_task(self._run(name, target), name=f"allocator-{name}")
+
+    def remove_pool(self, name: str) -> None:
+        self._targets.pop(name, None)
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
 
     async def _run(self, name: str, target: LimitTarget) -> None:
         while True:

@@ -7,6 +7,7 @@ listen, how long to wait for a replica), the config is what is sold.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Mapping
 from pathlib import Path
@@ -58,6 +59,23 @@ class AdmitterSettings(BaseModel):
         default=False,
         description="Serve /metrics without the admin token (it names tenants and their limits)",
     )
+    # Kafka: without ``kafka_bootstrap`` the admitter is standalone (YAML config, in-process allocator).
+    kafka_bootstrap: str | None = Field(
+        default=None, description="HOST:PORT[,HOST:PORT] of Kafka: events, limits and the config topic")
+    topic_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9._-]*$", description="Prefix of every topic name")
+    spool_dir: Path | None = Field(
+        default=None, description="Durable event spool (default: default_spool_dir(admitter_id))")
+    expected_admitters: int = Field(default=1, ge=1, description="Admitters sharing each pool, until the pipeline "
+                                    "says otherwise (each enforces 1/N of a limit without a split)")
+    config_wait_seconds: float = Field(
+        default=10.0, ge=0, description="How long start waits to read the config topic before serving the YAML")
+    config_write_timeout: float = Field(
+        default=5.0, gt=0, description="Longest wait for Kafka to acknowledge an admin write before answering 503")
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap(cls, value: str | None) -> str | None:
+        return None if value is None else parse_bootstrap(value)
 
     @field_validator("backends")
     @classmethod
@@ -86,6 +104,29 @@ class AdmitterSettings(BaseModel):
             values["passthrough"] = raw.lower() in {"1", "true", "yes", "on"}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.model_validate(values)
+
+
+def parse_bootstrap(value: str) -> str:
+    """``HOST:PORT[,HOST:PORT]``, normalised (spaces dropped); a clear ValueError otherwise."""
+    servers = [s.strip() for s in value.split(",") if s.strip()]
+    if not servers:
+        raise ValueError(f"Kafka bootstrap servers must be HOST:PORT[,HOST:PORT], got {value!r}")
+    for server in servers:
+        host, sep, port = server.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"Kafka bootstrap server must be HOST:PORT with a port 1-65535, got {server!r}")
+    return ",".join(servers)
+
+
+def default_spool_dir(admitter_id: str) -> Path:
+    """``$XDG_STATE_HOME/tokenpools/admitter/<id>/spool`` (``~/.local/state`` without it).
+
+    Per admitter id, because a restarted admitter replays what its previous run spooled: give it a
+    stable ``--admitter-id`` (the default one contains the pid) or an explicit ``--spool-dir``.
+    """
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", admitter_id).lstrip(".") or "admitter"
+    return Path(base) / "tokenpools" / "admitter" / safe / "spool"
 
 
 def parse_backend_options(options: list[str]) -> dict[str, list[str]]:

@@ -7,14 +7,18 @@ pool state change together.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import logging
 import os
 import time
+from collections.abc import Mapping
 
 import httpx
 
-from admitter.auth import AdminKey, KeyConflict, KeyRing
+from admitter.auth import AdminKey, KeyConflict, KeyOwner, KeyRing
 from admitter.clients import make_client
+from admitter.config_follower import ConfigSync
 from admitter.events import EventSink, InMemorySink
 from admitter.gate import PoolGate
 from admitter.limits import LimitSource, LocalAllocator
@@ -25,7 +29,10 @@ from admitter.usage import UsageBook
 from capacity.bucket import TokenBucket
 from capacity.live import GUARANTEED, EntitlementLive, PoolLive
 from schemas.loader import PlatformConfig, provisioning_problems
-from schemas.specs import TIER_RANK, Entitlement
+from schemas.specs import TIER_RANK, Entitlement, TokenPool
+from streams.config_table import config_key
+
+log = logging.getLogger("tokenpools.admitter")
 
 
 class EntitlementRejected(Exception):
@@ -50,7 +57,7 @@ class RequestIds:
 
 class AdmitterState:
     def __init__(self, settings: AdmitterSettings, config: PlatformConfig, sink: EventSink | None = None,
-                 limits: LimitSource | None = None) -> None:
+                 limits: LimitSource | None = None, config_sync: ConfigSync | None = None) -> None:
         self.settings = settings
         self.config = config
         self.keyring = KeyRing(config.entitlements.values())
@@ -60,14 +67,14 @@ class AdmitterState:
         self.usage = UsageBook()
         self.ids = RequestIds()
         now = time.monotonic()
+        self.config_sync = config_sync
+        self._write_lock = asyncio.Lock()  # admin writes validate, publish and apply one at a time
         self.gates: dict[str, PoolGate] = {
             name: PoolGate(PoolLive(pool, config.entitlements_of(name), now), max_queue=settings.max_queue)
             for name, pool in config.pools.items()
         }
-        replica_sets = {
-            name: ReplicaSet(settings.backends.get(name, pool.spec.backends), settings.backend_cooldown_seconds)
-            for name, pool in config.pools.items()
-        }
+        self.models = model_index(config)
+        replica_sets = {name: self._replica_set(pool) for name, pool in config.pools.items()}
         timeout = httpx.Timeout(connect=settings.connect_timeout, read=settings.read_timeout,
                                 write=settings.write_timeout, pool=settings.connect_timeout)
         client = make_client(settings.upstream_client, timeout, settings.max_idle_connections_per_replica,
@@ -78,8 +85,12 @@ class AdmitterState:
     async def start(self) -> None:
         await self.upstream.start()
         await self.limits.start(self.gates)
+        if self.config_sync is not None:  # after the limits: topic changes may add pools to them
+            await self.config_sync.start(self)
 
     async def stop(self) -> None:
+        if self.config_sync is not None:
+            await self.config_sync.stop()
         await self.limits.stop()
         await self.upstream.stop()
         await self.sink.close()
@@ -96,11 +107,14 @@ class AdmitterState:
     def tenant_entitlements(self, tenant: str) -> list[Entitlement]:
         return sorted((e for e in self.config.entitlements.values() if e.spec.tenant == tenant), key=lambda e: e.name)
 
-    def apply_entitlement(self, ent: Entitlement) -> bool:
-        """Create or update an entitlement in the config, the key ring and the live pool; True if created.
+    # -- entitlement and pool changes (admin API and the config topic) ---------------------------
 
-        Refused with 409 when its guarantee could not be provisioned at the pool's max replicas, when
-        its keys clash with another tenant's, or when it would move pools with requests in flight.
+    def check_entitlement(self, ent: Entitlement) -> tuple[TokenPool, Entitlement | None, dict[str, KeyOwner]]:
+        """Validate a create or update without changing anything: the pool, the previous spec, the new key table.
+
+        Refused with 422 for an unknown pool, and with 409 when its guarantee could not be provisioned
+        at the pool's max replicas, when its keys clash with another tenant's, or when it would move
+        pools with requests in flight.
         """
         pool = self.config.pools.get(ent.spec.pool)
         if pool is None:
@@ -119,16 +133,25 @@ class AdmitterState:
             owners = KeyRing.build(entitlements.values())
         except KeyConflict as exc:
             raise EntitlementRejected(409, [f"spec.apiKeys: {exc}"]) from None
-        now = time.monotonic()
         if previous is not None and previous.spec.pool != ent.spec.pool:
-            old_gate = self.gates[previous.spec.pool]
-            old = old_gate.live.entitlements.get(ent.name)
+            old_gate = self.gates.get(previous.spec.pool)
+            old = old_gate.live.entitlements.get(ent.name) if old_gate is not None else None
             if old is not None and old.seqs_in_flight > 0:
                 raise EntitlementRejected(409, [
                     f"spec.pool: entitlement '{ent.name}' has {old.seqs_in_flight:g} request(s) in flight on pool "
                     f"'{previous.spec.pool}'; move it when they have finished"])
-            if old is not None:
-                del old_gate.live.entitlements[ent.name]
+        return pool, previous, owners
+
+    def apply_entitlement(self, ent: Entitlement) -> bool:
+        """Create or update an entitlement in the config, the key ring and the live pool; True if created.
+
+        Refused (``EntitlementRejected``) for the reasons ``check_entitlement`` gives.
+        """
+        pool, previous, owners = self.check_entitlement(ent)
+        now = time.monotonic()
+        if previous is not None and previous.spec.pool != ent.spec.pool:
+            old_gate = self.gates.get(previous.spec.pool)
+            if old_gate is not None and old_gate.live.entitlements.pop(ent.name, None) is not None:
                 old_gate.live.recount_unused_guarantees()
         gate = self.gates[pool.name]
         live = gate.live.entitlements.get(ent.name)
@@ -142,6 +165,121 @@ class AdmitterState:
         if previous is not None and previous.spec.pool != ent.spec.pool:
             self.limits.refresh(previous.spec.pool)
         return previous is None
+
+    def remove_entitlement(self, name: str) -> bool:
+        """Delete an entitlement: its keys stop working at once; requests in flight finish and release."""
+        ent = self.config.entitlements.pop(name, None)
+        if ent is None:
+            return False
+        self.keyring.rebuild(self.config.entitlements.values())  # fewer keys cannot conflict
+        gate = self.gates.get(ent.spec.pool)
+        if gate is not None and gate.live.entitlements.pop(name, None) is not None:
+            gate.live.recount_unused_guarantees()
+            self.limits.refresh(ent.spec.pool)
+        return True
+
+    async def put_entitlement(self, ent: Entitlement) -> bool:
+        """The admin API's create/update: validate, write to the config topic (with Kafka), apply; True if created.
+
+        With Kafka the write must be acknowledged first (``ConfigUnavailable`` otherwise, and nothing
+        changes); it is then applied here at once, so the writer reads its own write.
+        """
+        async with self._write_lock:
+            self.check_entitlement(ent)
+            if self.config_sync is not None:
+                await self.config_sync.write(config_key(ent), ent)
+            return self.apply_entitlement(ent)
+
+    async def delete_entitlement(self, name: str) -> bool:
+        """The admin API's delete: False if there is no such entitlement (see ``put_entitlement``)."""
+        async with self._write_lock:
+            ent = self.config.entitlements.get(name)
+            if ent is None:
+                return False
+            if self.config_sync is not None:
+                await self.config_sync.write(config_key(ent), None)
+            return self.remove_entitlement(name)
+
+    def add_pool(self, pool: TokenPool) -> None:
+        """A pool that appeared on the config topic: its gate, replicas, routing and limits."""
+        gate = PoolGate(PoolLive(pool, [], time.monotonic()), max_queue=self.settings.max_queue)
+        self.gates[pool.name] = gate
+        self.upstream.replicas[pool.name] = self._replica_set(pool)
+        self.config.pools[pool.name] = pool
+        self.models = model_index(self.config)
+        self.limits.add_pool(pool.name, gate)
+
+    def update_pool(self, pool: TokenPool) -> None:
+        """A changed pool spec, applied in place so reservations and queued requests stay where they are."""
+        previous = self.config.pools[pool.name]
+        live = self.gates[pool.name].live
+        spec = pool.spec
+        live.spec = pool
+        live.w_in, live.w_out = spec.token_weights.input, spec.token_weights.output
+        live.queue_max_wait = spec.queue.max_wait_seconds
+        live.spot_max_wait = spec.queue.spot_max_wait_seconds
+        live.tick_seconds = spec.tick_seconds
+        live.set_replicas(live.replicas)
+        if spec.backends != previous.spec.backends and pool.name not in self.settings.backends:
+            self.upstream.replicas[pool.name] = self._replica_set(pool)
+        self.config.pools[pool.name] = pool
+        self.models = model_index(self.config)
+        self.limits.refresh(pool.name)
+
+    def remove_pool(self, name: str) -> str | None:
+        """Delete a pool with no entitlements left; else the reason it stays."""
+        users = sorted(e.name for e in self.config.entitlements_of(name))
+        if users:
+            return f"pool '{name}' was deleted but entitlement(s) {', '.join(users)} still use it; it stays"
+        self.config.pools.pop(name, None)
+        self.gates.pop(name, None)
+        self.upstream.replicas.pop(name, None)
+        self.models = model_index(self.config)
+        self.limits.remove_pool(name)
+        return None
+
+    def sync_config(self, pools: Mapping[str, TokenPool], entitlements: Mapping[str, Entitlement]) -> dict[str, str]:
+        """Make the live config equal to the config topic's; ``{key: problem}`` for what could not be applied.
+
+        Deletions go first (they free API keys and guarantee room for what replaces them), then
+        pools, then entitlements in name order; a pool is removed last, once nothing uses it.
+        """
+        problems: dict[str, str] = {}
+        for name in [n for n, e in self.config.entitlements.items() if n not in entitlements]:
+            self.remove_entitlement(name)
+        for name, pool in pools.items():
+            current = self.config.pools.get(name)
+            if current is None:
+                self.add_pool(pool)
+            elif current != pool:
+                self.update_pool(pool)
+        for name in sorted(entitlements):
+            ent = entitlements[name]
+            if self.config.entitlements.get(name) == ent:
+                continue
+            try:
+                self.apply_entitlement(ent)
+            except EntitlementRejected as exc:
+                problems[config_key(ent)] = "; ".join(exc.problems)
+        for name in [n for n in self.config.pools if n not in pools]:
+            problem = self.remove_pool(name)
+            if problem is not None:
+                problems[f"TokenPool/{name}"] = problem
+        return problems
+
+    def _replica_set(self, pool: TokenPool) -> ReplicaSet:
+        urls = self.settings.backends.get(pool.name, pool.spec.backends)
+        return ReplicaSet(urls, self.settings.backend_cooldown_seconds)
+
+
+def model_index(config: PlatformConfig) -> dict[str, TokenPool]:
+    """Model (or pool) name -> pool, so routing is a dict lookup; the first pool in config order wins,
+    as in ``PlatformConfig.pool_for_model``."""
+    index: dict[str, TokenPool] = {}
+    for pool in reversed(list(config.pools.values())):
+        index[pool.name] = pool
+        index[pool.spec.model] = pool
+    return index
 
 
 def update_entitlement_live(pool: PoolLive, live: EntitlementLive, ent: Entitlement, now: float) -> None:

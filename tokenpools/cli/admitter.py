@@ -1,11 +1,18 @@
 """`tokenpools admitter`: the edge gateway (OpenAI API in front of the pools' replicas) under uvicorn.
 
+Without ``--kafka`` it is standalone: the YAML config, limits from an in-process allocator, events
+kept in memory. With ``--kafka`` it joins the control plane: events go to ``tokenpools.requests``
+through a durable spool, limits come from the pipeline's state topics, and pools and entitlements
+from the compacted ``tokenpools.config`` topic (the YAML only seeds documents the topic lacks, and is
+served alone while Kafka is unreachable at start); admin writes go to that topic.
+
 Heavy imports (FastAPI, httpx, the capacity model) happen inside the command so other subcommands
 start quickly.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -14,7 +21,10 @@ EXIT_BAD_OPTIONS = 2
 
 
 def admitter(
-    config: list[Path] = typer.Option(..., "--config", "-c", help="Pool and entitlement YAML files or folders."),
+    config: list[Path] = typer.Option(
+        [], "--config", "-c",
+        help="Pool and entitlement YAML files or folders (required without --kafka; with it, documents absent "
+             "from the config topic are published there, and the YAML is served while Kafka is unreachable)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default)."),
     port: int = typer.Option(8080, "--port", "-p", min=0, max=65535, help="Port to listen on."),
     backend: list[str] = typer.Option(
@@ -34,16 +44,32 @@ def admitter(
                                         help="Serve /metrics without the admin token."),
     upstream_client: str | None = typer.Option(
         None, "--upstream-client", help="Replica client: httpx (default) or aiohttp (less CPU per request)."),
+    kafka: str | None = typer.Option(
+        None, "--kafka", envvar="KAFKA_BOOTSTRAP_SERVERS",
+        help="Kafka bootstrap HOST:PORT[,HOST:PORT] (default $KAFKA_BOOTSTRAP_SERVERS): events to "
+             "tokenpools.requests, limits from the pipeline, config from and admin writes to tokenpools.config."),
+    topic_prefix: str = typer.Option("", "--topic-prefix", help="Prefix of every topic name (with --kafka)."),
+    spool_dir: Path | None = typer.Option(
+        None, "--spool-dir",
+        help="Durable event spool (with --kafka); default $XDG_STATE_HOME/tokenpools/admitter/<admitter-id>/spool "
+             "(~/.local/state without XDG_STATE_HOME). A restart replays what the spool holds, so keep the "
+             "directory (or --admitter-id) stable."),
+    expected_admitters: int = typer.Option(
+        1, "--expected-admitters", min=1,
+        help="Admitters sharing the pools (with --kafka): each enforces 1/N of a limit the pipeline has not split."),
+    config_wait: float = typer.Option(
+        10.0, "--config-wait", min=0,
+        help="Seconds to wait at start for the config topic before serving the YAML (with --kafka)."),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn's log level."),
     access_log: bool = typer.Option(False, "--access-log/--no-access-log", help="Log every HTTP request."),
 ) -> None:
-    """Run the admitter until Ctrl-C."""
+    """Run the admitter until Ctrl-C (standalone, or with --kafka as part of the control plane)."""
     import uvicorn
     from pydantic import ValidationError
 
     from admitter.app import create_app
-    from admitter.settings import AdmitterSettings, parse_backend_options
-    from schemas.loader import ConfigError, load_config
+    from admitter.settings import AdmitterSettings, default_spool_dir, parse_backend_options, parse_bootstrap
+    from schemas.loader import ConfigError, PlatformConfig, load_config
 
     try:
         settings = AdmitterSettings.from_env(
@@ -51,19 +77,32 @@ def admitter(
             passthrough=passthrough or None, admin_key_sha256=admin_key_sha256.lower() if admin_key_sha256 else None,
             admitter_id=admitter_id, max_body_bytes=max_body_bytes, read_timeout=read_timeout,
             public_metrics=public_metrics or None, upstream_client=upstream_client,
+            kafka_bootstrap=parse_bootstrap(kafka) if kafka is not None else None, topic_prefix=topic_prefix,
+            spool_dir=spool_dir, expected_admitters=expected_admitters, config_wait_seconds=config_wait,
         )
     except (ValueError, ValidationError) as exc:
         for line in str(exc).splitlines():
             typer.echo(f"error: {line}", err=True)
         raise typer.Exit(EXIT_BAD_OPTIONS) from None
+    if not settings.config_paths and settings.kafka_bootstrap is None:
+        typer.echo("error: --config is required without --kafka (where else would pools come from?)", err=True)
+        raise typer.Exit(EXIT_BAD_OPTIONS)
+    if settings.kafka_bootstrap is not None:
+        spool = settings.spool_dir or default_spool_dir(settings.admitter_id)
+        problem = _unusable_dir(spool)
+        if problem:
+            typer.echo(f"error: --spool-dir {spool}: {problem}", err=True)
+            raise typer.Exit(EXIT_BAD_OPTIONS)
+        settings = settings.model_copy(update={"spool_dir": spool})
     try:
-        platform = load_config(*settings.config_paths)
+        platform = load_config(*settings.config_paths) if settings.config_paths else PlatformConfig()
     except ConfigError as exc:
         for problem in exc.problems:
             typer.echo(f"error: {problem}", err=True)
         raise typer.Exit(EXIT_BAD_OPTIONS) from None
+    # With Kafka, pools may come from the config topic later: a --backend for one of those is fine.
     unknown = sorted(set(settings.backends) - set(platform.pools))
-    if unknown:
+    if unknown and settings.kafka_bootstrap is None:
         typer.echo(f"error: --backend names unknown pool(s) {', '.join(unknown)} "
                    f"(known: {', '.join(sorted(platform.pools)) or 'none'})", err=True)
         raise typer.Exit(EXIT_BAD_OPTIONS)
@@ -71,5 +110,22 @@ def admitter(
     typer.echo(f"admitter {settings.admitter_id} on http://{settings.host}:{settings.port} "
                f"({len(platform.pools)} pool(s), {len(platform.entitlements)} entitlement(s)"
                f"{', pass-through' if settings.passthrough else ''})", err=True)
+    if settings.kafka_bootstrap is not None:
+        typer.echo(f"kafka {settings.kafka_bootstrap}, topic prefix {settings.topic_prefix!r}, spool "
+                   f"{settings.spool_dir}, expecting {settings.expected_admitters} admitter(s); config from "
+                   f"{settings.topic_prefix}tokenpools.config", err=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, access_log=access_log,
                 lifespan="on")
+
+
+def _unusable_dir(path: Path) -> str | None:
+    """Why the spool cannot live at ``path`` (created if missing), or None."""
+    if path.exists() and not path.is_dir():
+        return "exists and is not a directory"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot create it ({exc.strerror or exc})"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return "is not writable"
+    return None
