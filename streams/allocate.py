@@ -6,11 +6,13 @@ model's allocator for the whole pool (water-filling with debt carried from the p
 every limit across admitters by their recent demand (``capacity.split.split_by_demand``), and emits
 one ``EntitlementState`` per entitlement and one ``PoolState``.
 
-Inputs per entitlement come from the latest *closed tumbling window* of its summary: demand (which
-includes refused and queued work) and usage rates. A window's rate is then applied to every tick
-until the next window closes, so debt, which integrates ``usage * dt``, sums to the window's real
-usage. Summaries older than ``stale_after_s`` count as no traffic (a silent entitlement's last
-summary is all zeros anyway; this only guards against a stage-1 worker that vanished).
+Inputs per entitlement come from the *trailing window* of its latest summary (the last
+``tumbling_s`` seconds up to the summary's time, open bucket included): demand (which includes
+refused and queued work) and usage rates. Each tick applies the current rate for ``dt``, and an
+event weighs ``1/W`` in the trailing rate for ``W`` seconds, so debt, which integrates
+``usage * dt``, sums to the real usage (``streams.windows`` says how exactly). Summaries older
+than ``stale_after_s`` count as no traffic (this only guards against a stage-1 worker that
+vanished: a live one re-sends every record each summary interval).
 
 ``dt`` is the wall time since the pool's previous tick, persisted with the debt, clamped to
 ``max_dt_s`` so a long outage does not integrate one window's rate over minutes.
@@ -86,8 +88,9 @@ def combine(summaries: Iterable[EntitlementUsage], now: float, stale_after_s: fl
     for s in summaries:
         if s.ts < now - stale_after_s:
             continue
-        demand = _add(demand, s.tumbling.demand)
-        usage = _add(usage, s.tumbling.usage)
+        window = s.trailing or s.tumbling  # a summary from a worker older than the trailing window
+        demand = _add(demand, window.demand)
+        usage = _add(usage, window.usage)
         for admitter, amounts in s.admitter_demand.items():
             admitters[admitter] = _add(admitters.get(admitter, (0.0, 0.0, 0.0)), amounts)
     return EntitlementInput(demand, usage, admitters)

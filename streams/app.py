@@ -4,10 +4,12 @@ Topology (every name gets ``--topic-prefix``; ``<app>`` is the prefixed app id):
 
   tokenpools.requests (key entitlement, N partitions)
      -> agent ``ingest`` (stage 1): windows + dedup      tables <app>-entitlement-windows, <app>-seen-ids
-     -> timer ``emit_summaries`` every summary interval
+     -> timers ``emit_summaries`` (every record, every summary interval) and
+        ``emit_changed_summaries`` (records whose trailing demand moved, every change check)
   tokenpools.entitlement-usage (key pool, M partitions, internal)
      -> agent ``collect`` (stage 2): latest summary      table  <app>-pool-inputs
      -> timer ``run_ticks``: allocator per owned pool    table  <app>-pool-ticks (seq, debt)
+        (every tickSeconds, or early when its inputs moved)
   -> tokenpools.entitlement-state (key entitlement, compacted)
   -> tokenpools.pool-state (key pool, compacted)
 
@@ -174,7 +176,8 @@ def create_app(
         ticks=FaustTableStore(ticks_table, lambda _k, v: PoolTick.from_json(v)),
         config=config, topic=s.usage_topic, entitlement_state_topic=s.entitlement_state_topic,
         pool_state_topic=s.pool_state_topic, publish=publish, bad=bad, metrics=metrics,
-        stale_after_s=s.stale_after, max_dt_s=s.max_dt,
+        stale_after_s=s.stale_after, max_dt_s=s.max_dt, change_threshold=s.change_threshold,
+        min_tick_gap_s=s.min_tick_gap_s,
     )
     pipeline = Pipeline(app, s, bad, metrics, config, follower, stage1, stage2, requests_partitions,
                         usage_partitions)
@@ -205,6 +208,11 @@ def create_app(
             except Exception:  # summaries are re-sent every interval: losing a batch costs one tick
                 log.exception("stage 2 could not store a batch of summaries")
 
+    async def send_summaries(summaries: list[EntitlementUsage]) -> None:
+        for summary in summaries:
+            await usage.send(key=summary.pool.encode(), value=summary.model_dump_json().encode())
+            metrics.summaries_sent.inc()
+
     @app.timer(s.summary_interval_s, name="emit_summaries")
     async def emit_summaries() -> None:
         if not pipeline.ready():
@@ -212,11 +220,20 @@ def create_app(
         now = time.time()
         try:
             stage1.expire(now)
-            for summary in stage1.summaries(now, pipeline.active_partitions(s.requests_topic)):
-                await usage.send(key=summary.pool.encode(), value=summary.model_dump_json().encode())
-                metrics.summaries_sent.inc()
+            await send_summaries(stage1.summaries(now, pipeline.active_partitions(s.requests_topic)))
         except Exception:  # the next interval sends them all again
             log.exception("sending window summaries failed")
+
+    # The early path: a record whose trailing demand moved goes out now, not at the next interval.
+    @app.timer(s.change_check_s or s.summary_interval_s, name="emit_changed_summaries")
+    async def emit_changed_summaries() -> None:
+        if not s.change_check_s or not pipeline.ready():
+            return
+        try:
+            await send_summaries(stage1.changed_summaries(
+                time.time(), pipeline.active_partitions(s.requests_topic), s.change_threshold))
+        except Exception:  # the regular interval sends them anyway
+            log.exception("sending changed window summaries failed")
 
     @app.timer(s.scheduler_interval_s, name="run_ticks")
     async def run_ticks() -> None:
@@ -256,7 +273,7 @@ def create_app(
             "bad_records": {f"{t}|{r}": n for (t, r), n in bad.counts.items()},
         })
 
-    del ingest, collect, emit_summaries, run_ticks, follow_config, metrics_page, status_page
+    del ingest, collect, emit_summaries, emit_changed_summaries, run_ticks, follow_config, metrics_page, status_page
     return pipeline
 
 

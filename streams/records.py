@@ -98,9 +98,9 @@ class Totals(_Part):
 class EntitlementUsage(Record):
     """Stage 1 -> stage 2 (``tokenpools.entitlement-usage``, key = pool name).
 
-    One per entitlement and requests partition, re-sent every summary interval; stage 2 keeps the
-    latest per ``(pool, entitlement, partition)`` and sums partitions (normally there is only one,
-    since admitters key events by entitlement).
+    One per entitlement and requests partition, re-sent every summary interval and early when its
+    trailing demand moved; stage 2 keeps the latest per ``(pool, entitlement, partition)`` and sums
+    partitions (normally there is only one, since admitters key events by entitlement).
     """
 
     entitlement: str = Field(min_length=1)
@@ -109,7 +109,10 @@ class EntitlementUsage(Record):
     partition: int = Field(ge=0)
     offset: int = Field(ge=-1, description="Last requests offset applied on this partition")
     ts: float = Field(description="Wall time the summary was computed")
-    tumbling: WindowSummary = Field(description="The latest closed tumbling window: what the allocator uses")
+    trailing: WindowSummary | None = Field(
+        default=None, description="The last tumbling-size seconds up to ts, open bucket included: what the allocator "
+        "uses (absent in summaries of older workers, whose allocator read the closed tumbling window)")
+    tumbling: WindowSummary = Field(description="The latest closed tumbling window")
     hopping: WindowSummary = Field(description="The latest closed hopping window (longer, smoother)")
     admitter_demand: dict[str, Amounts] = Field(
         default_factory=dict, description="Reserved amounts per admitter over the hopping window (for the split)"

@@ -27,7 +27,14 @@ class PipelineSettings:
     metrics_port: int | None = None
     processing_guarantee: str = "at_least_once"
     windows: WindowSpec = field(default_factory=WindowSpec)
-    summary_interval_s: float = 1.0
+    summary_interval_s: float = 1.0  # every record's summary, whether or not it changed
+    # Early path (the event-to-limit lag): every ``change_check_s`` stage 1 sends the summaries whose
+    # trailing demand moved by more than ``change_threshold`` since the last one sent, and stage 2
+    # ticks a pool whose inputs moved that much as soon as ``min_tick_gap_s`` has passed since its
+    # last tick, instead of waiting for ``tickSeconds``. ``change_check_s = 0`` turns it off.
+    change_check_s: float = 0.1
+    change_threshold: float = 0.1
+    min_tick_gap_s: float = 0.25
     scheduler_interval_s: float = 0.1
     dedup_horizon_s: float = 600.0
     dedup_max_ids: int = 1_000_000
@@ -44,6 +51,12 @@ class PipelineSettings:
             raise ValueError(f"processing_guarantee must be one of {GUARANTEES}")
         if self.partitions < 1:
             raise ValueError("partitions must be >= 1")
+        if self.summary_interval_s <= 0:
+            raise ValueError("summary_interval_s must be > 0")
+        if self.change_check_s < 0 or self.min_tick_gap_s < 0:
+            raise ValueError("change_check_s and min_tick_gap_s must be >= 0")
+        if self.change_threshold < 0:
+            raise ValueError("change_threshold must be >= 0")
 
     @property
     def full_app_id(self) -> str:

@@ -6,6 +6,11 @@ partition) in a changelogged table and, every ``tickSeconds`` of each pool it ow
 ``streams.allocate.allocate_pool`` with the debt and tick number persisted by the previous tick
 (recovered from the changelog after a restart, so debt continues instead of restarting from zero),
 then publishes the states.
+
+A pool also ticks early, ``min_tick_gap_s`` after its previous tick at the soonest, when a summary
+arrives whose trailing demand moved by more than ``change_threshold`` from the one its last tick
+used: a new demand then reaches the admitters without waiting for the pool's fixed tick phase.
+Early ticks are ordinary ticks (``dt`` is the time since the previous one), so debt is unaffected.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from streams.config_table import ConfigView
 from streams.metrics import PipelineMetrics
 from streams.records import EntitlementUsage
 from streams.store import KeyValueStore
+from streams.windows import Triple, moved
 
 Publish = Callable[[str, str, bytes], Awaitable[None]]  # (topic, key, value)
 
@@ -39,6 +45,8 @@ class Stage2:
         metrics: PipelineMetrics,
         stale_after_s: float = 60.0,
         max_dt_s: float = 60.0,
+        change_threshold: float = 0.1,
+        min_tick_gap_s: float = 0.25,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.inputs = inputs
@@ -53,10 +61,20 @@ class Stage2:
         self.stale_after_s = stale_after_s
         self.max_dt_s = max_dt_s
         self.clock = clock
+        self.change_threshold = change_threshold
+        self.min_tick_gap_s = min_tick_gap_s
         self._last_run: dict[str, float] = {}
+        self._early: dict[str, int] = {}  # pools whose inputs moved since their last tick -> store count then
+        self._stored = 0  # summaries stored so far (orders an early flag against the inputs a tick read)
+        self._grouped = 0  # ``_stored`` when the inputs were last read
+        self._latest: dict[str, dict[str, Triple]] = {}  # pool -> inputs key -> demand, as last grouped
+        self._used: dict[str, dict[str, Triple]] = {}  # pool -> inputs key -> demand its last tick used
 
     def reset(self) -> None:
         self._last_run.clear()
+        self._early.clear()
+        self._latest.clear()
+        self._used.clear()
 
     async def process(self, messages: Sequence[RawMessage]) -> None:
         latest: dict[str, tuple[EntitlementUsage, int]] = {}
@@ -77,24 +95,33 @@ class Stage2:
             previous = self.inputs.get(key)
             if previous is None or previous.ts <= summary.ts:
                 await self.inputs.put(key, summary, partition)
+                used = self._used.get(summary.pool, {}).get(key, (0.0, 0.0, 0.0))
+                self._stored += 1
+                if moved(used, _demand(summary), self.change_threshold):
+                    self._early[summary.pool] = self._stored
 
     def due(self, pools: Sequence[str], now: float) -> list[str]:
-        """The pools (among those owned) whose ``tickSeconds`` has passed since this worker last ticked them."""
+        """The pools (among those owned) whose ``tickSeconds`` has passed since this worker last ticked them,
+        or whose inputs moved and whose last tick is at least ``min_tick_gap_s`` old."""
         out = []
         for name in pools:
             pool = self.config.pool(name)
             if pool is None:
                 continue
             last = self._last_run.get(name)
-            if last is None or now - last >= pool.spec.tick_seconds * 0.999:
+            gap = min(pool.spec.tick_seconds, self.min_tick_gap_s) if name in self._early else pool.spec.tick_seconds
+            if last is None or now - last >= gap * 0.999:
                 out.append(name)
         return out
 
     def inputs_by_entitlement(self, now: float) -> dict[str, dict[str, EntitlementInput]]:
         """Fresh summaries grouped by pool, then entitlement (partitions summed)."""
         grouped: dict[str, dict[str, list[EntitlementUsage]]] = {}
-        for _, s in self.inputs.items():
+        self._latest = {}
+        self._grouped = self._stored
+        for key, s in self.inputs.items():
             grouped.setdefault(s.pool, {}).setdefault(s.entitlement, []).append(s)
+            self._latest.setdefault(s.pool, {})[key] = _demand(s)
         return {
             pool: {ent: combine(summaries, now, self.stale_after_s) for ent, summaries in ents.items()}
             for pool, ents in grouped.items()
@@ -109,6 +136,9 @@ class Stage2:
         self._last_run[pool_name] = now
         if inputs is None:
             inputs = self.inputs_by_entitlement(now).get(pool_name, {})
+        if self._early.get(pool_name, 0) <= self._grouped:  # else a summary came after the read: tick again
+            self._early.pop(pool_name, None)
+        self._used[pool_name] = self._latest.get(pool_name, {})
         prev = self.ticks.get(pool_name) or PoolTick()
         out = allocate_pool(
             pool, self.config.entitlements_of(pool_name), inputs, prev, self.config.ready_replicas(pool), now,
@@ -123,3 +153,8 @@ class Stage2:
         self.metrics.ticks.labels(pool_name).inc()
         self.metrics.tick_seconds.labels(pool_name).observe(time.perf_counter() - started)
         return out
+
+
+def _demand(summary: EntitlementUsage) -> Triple:
+    d = (summary.trailing or summary.tumbling).demand
+    return (d.throughput, d.kv, d.concurrency)

@@ -1,10 +1,21 @@
 """Per-entitlement window aggregation (pure: no Kafka, no clock; ``now`` is an argument).
 
-Events are summed into fixed buckets of event time (the greatest common divisor of the tumbling
-size, the hopping size and the hopping step), so one set of buckets serves both windows: the
-tumbling window ``[k*T, (k+1)*T)`` and the hopping window ``[k*step, k*step + size)`` are sums of
-whole buckets. Buckets older than the longest window plus a grace period are dropped, so a record's
-size is bounded whatever the traffic.
+Events are summed into fixed buckets of event time. What the allocator reads is the **trailing
+window**: the rates over the last ``tumbling_s`` seconds ending *now*, open bucket included, so an
+event counts from the first summary after it instead of after its window closes (that wait was
+most of the event-to-limit lag). Buckets are small (``resolution_s``, a tenth of the window by
+default); the oldest bucket, which the window only partly covers, counts by the fraction inside it
+(events assumed uniform within a bucket). Each event therefore weighs ``1/W`` for ``W`` seconds on
+average: the integral of the trailing rate over time is the event's real amount, within
+``bucket/(2W)`` (5 % by default) for a single event and exactly on average, which is what debt
+needs (it integrates ``usage * dt``).
+
+Closed **tumbling** windows ``[k*T, (k+1)*T)`` and **hopping** windows ``[k*step, k*step + size)``
+are still summarised (reports, audits): they are sums of whole *groups* (the gcd of the window
+sizes). Buckets older than the trailing window are folded into their group, so a record holds about
+ten fine buckets plus one per group, not a fine bucket per second of the hopping window. Buckets
+older than the longest window plus a grace period are dropped, so a record's size is bounded
+whatever the traffic.
 
 Why buckets and not Faust's windowed tables: one record per entitlement carries the buckets, the
 last applied offset and the cumulative totals together, so a single changelog write updates them
@@ -13,8 +24,7 @@ the record says exactly which events it already contains.
 
 Attribution (a documented approximation): a request's tokens and its held resources (KV slots and
 one sequence for ``latency_s``) are charged to the bucket of its finish event. This keeps integrals
-exact (debt integrates usage over time, and no part of a request is charged to a window the
-allocator has already consumed) at the cost of lumpiness for requests longer than a bucket.
+exact (debt integrates usage over time) at the cost of lumpiness for requests longer than a bucket.
 """
 
 from __future__ import annotations
@@ -53,31 +63,64 @@ FINISH_OUTCOMES = frozenset(_FINISH_TOTAL)
 FALLBACK_LATENCY_S = 1.0
 
 
+Triple = tuple[float, float, float]
+
+
 def _ms(seconds: float) -> int:
     return round(seconds * 1000)
 
 
+def moved(before: Triple, after: Triple, threshold: float) -> bool:
+    """Did any dimension change by more than ``threshold`` of the larger value (from or to zero always does)?
+
+    Decides when a summary or a tick goes out early: small drifts wait for the regular cadence.
+    """
+    for a, b in zip(before, after, strict=True):
+        diff = abs(a - b)
+        if diff > 1e-9 and diff > threshold * max(abs(a), abs(b)):
+            return True
+    return False
+
+
 @dataclass(frozen=True)
 class WindowSpec:
-    """Window sizes in seconds (millisecond resolution)."""
+    """Window sizes in seconds (millisecond resolution).
+
+    ``tumbling_s`` is the allocator's averaging window (its trailing rate feeds every tick; closed
+    windows of that size are reported too); ``resolution_s`` is the bucket size of the trailing
+    window (default: a tenth of it).
+    """
 
     tumbling_s: float = 10.0
     hop_size_s: float = 60.0
     hop_step_s: float = 10.0
     grace_s: float = 1.0  # a window counts as closed once its end is this far in the past
+    resolution_s: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("tumbling_s", "hop_size_s", "hop_step_s"):
             if _ms(getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be at least 1 ms")
+        if self.resolution_s is not None and _ms(self.resolution_s) <= 0:
+            raise ValueError("resolution_s must be at least 1 ms")
         if self.grace_s < 0:
             raise ValueError("grace_s must be >= 0")
         if self.hop_size_s < self.hop_step_s:
             raise ValueError("the hopping window must be at least as long as its step")
 
     @property
-    def bucket_s(self) -> float:
+    def group_s(self) -> float:
+        """The closed windows are sums of whole groups of this size (old buckets are folded into them)."""
         return math.gcd(_ms(self.tumbling_s), _ms(self.hop_size_s), _ms(self.hop_step_s)) / 1000.0
+
+    @property
+    def bucket_s(self) -> float:
+        resolution = _ms(self.resolution_s) if self.resolution_s is not None else max(1, _ms(self.tumbling_s) // 10)
+        return math.gcd(_ms(self.group_s), resolution) / 1000.0
+
+    @property
+    def buckets_per_group(self) -> int:
+        return _ms(self.group_s) // _ms(self.bucket_s)
 
     @property
     def retention_s(self) -> float:
@@ -86,6 +129,10 @@ class WindowSpec:
 
     def bucket_of(self, ts: float) -> int:
         return math.floor(ts / self.bucket_s)
+
+    def fine_from(self, now: float) -> int:
+        """Buckets from this index on stay unfolded: the trailing window and one bucket of slack."""
+        return self.bucket_of(now - self.tumbling_s) - 1
 
     def latest_tumbling(self, now: float) -> tuple[float, float]:
         end = math.floor((now - self.grace_s) / self.tumbling_s) * self.tumbling_s
@@ -171,11 +218,22 @@ class EntitlementWindows:
         self.totals[T_DUPLICATES] += 1
 
     def prune(self, spec: WindowSpec, now: float) -> None:
+        """Drop buckets past retention; fold those older than the trailing window into their group."""
         oldest = spec.bucket_of(now - spec.retention_s)
-        for idx in [i for i in self.buckets if i < oldest]:
-            del self.buckets[idx]
-        for idx in [i for i in self.admitters if i < oldest]:
-            del self.admitters[idx]
+        fine_from = spec.fine_from(now)
+        per = spec.buckets_per_group
+        for idx in [i for i in self.buckets if i < fine_from]:
+            if idx < oldest:
+                del self.buckets[idx]
+            elif per > 1 and idx % per:
+                _add_into(self._bucket(idx - idx % per), self.buckets.pop(idx))
+        for idx in [i for i in self.admitters if i < fine_from]:
+            if idx < oldest:
+                del self.admitters[idx]
+            elif per > 1 and idx % per:
+                into = self.admitters.setdefault(idx - idx % per, {})
+                for admitter, v in self.admitters.pop(idx).items():
+                    _add_into(into.setdefault(admitter, [0.0, 0.0, 0.0]), v)
 
     def _bucket(self, idx: int) -> list[float]:
         bucket = self.buckets.get(idx)
@@ -223,29 +281,36 @@ class EntitlementWindows:
         for idx in spec.buckets_in(start, end):
             bucket = self.buckets.get(idx)
             if bucket is not None:
+                _add_into(out, bucket)
+        return out
+
+    def trailing_sums(self, spec: WindowSpec, now: float) -> list[float]:
+        """Sums over ``[now - W, now]``: newer buckets whole (a skewed clock's future ones too), the oldest by
+        the fraction of it inside the window."""
+        b = spec.bucket_s
+        start = now - spec.tumbling_s
+        first = spec.bucket_of(start)
+        part = 1.0 - (start / b - first)
+        out = [0.0] * N_FIELDS
+        for idx, bucket in self.buckets.items():
+            if idx > first:
+                _add_into(out, bucket)
+            elif idx == first:
                 for i, v in enumerate(bucket):
-                    out[i] += v
+                    out[i] += v * part
         return out
 
     def window(self, start: float, end: float, spec: WindowSpec, weights: Weights) -> WindowSummary:
-        s = self.sums(start, end, spec)
-        span = end - start
-        weighted = weights.input * s[F_PROMPT] + weights.output * s[F_OUTPUT]
-        mean_latency = s[F_LAT_SUM] / s[F_LAT_N] if s[F_LAT_N] else FALLBACK_LATENCY_S
-        usage = Amounts(throughput=weighted / span, kv=s[F_KV_S] / span, concurrency=s[F_SEQ_S] / span)
-        demand = Amounts(
-            throughput=max(s[F_D_TP], weighted + s[F_R_TP]) / span,
-            kv=(s[F_KV_S] + s[F_R_KV] * mean_latency + s[F_QW_KV]) / span,
-            concurrency=(s[F_SEQ_S] + s[F_R_CONC] * mean_latency + s[F_QW_SEQ]) / span,
-        )
-        return WindowSummary(
-            start=start, end=end, decisions=s[F_DECISIONS], admitted=s[F_ADMITTED], queued=s[F_QUEUED],
-            refused=s[F_REFUSED], finished=s[F_FINISHED], prompt_tokens=s[F_PROMPT], output_tokens=s[F_OUTPUT],
-            weighted_tokens=weighted, kv_seconds=s[F_KV_S], seq_seconds=s[F_SEQ_S],
-            refused_demand=Amounts(throughput=s[F_R_TP], kv=s[F_R_KV], concurrency=s[F_R_CONC]),
-            queued_demand=Amounts(throughput=s[F_Q_TP], kv=s[F_Q_KV], concurrency=s[F_Q_CONC]),
-            usage=usage, demand=demand,
-        )
+        return _summary(self.sums(start, end, spec), start, end, weights)
+
+    def trailing(self, spec: WindowSpec, now: float, weights: Weights) -> WindowSummary:
+        """The allocator's input: rates over the last ``tumbling_s`` seconds up to ``now``."""
+        return _summary(self.trailing_sums(spec, now), now - spec.tumbling_s, now, weights)
+
+    def trailing_demand(self, spec: WindowSpec, now: float, weights: Weights) -> Triple:
+        """``trailing(...).demand`` without building records (stage 1 checks it often)."""
+        s = self.trailing_sums(spec, now)
+        return _demand(s, spec.tumbling_s, weights)
 
     def admitter_demand(self, start: float, end: float, spec: WindowSpec) -> dict[str, Amounts]:
         acc: dict[str, list[float]] = {}
@@ -265,6 +330,7 @@ class EntitlementWindows:
         return EntitlementUsage(
             entitlement=self.entitlement, pool=self.pool, tier=self.tier, partition=self.partition,
             offset=self.offset, ts=now,
+            trailing=self.trailing(spec, now, weights),
             tumbling=self.window(t_start, t_end, spec, weights),
             hopping=self.window(h_start, h_end, spec, weights),
             admitter_demand=self.admitter_demand(recent_end - spec.hop_size_s, recent_end, spec),
@@ -303,3 +369,33 @@ class EntitlementWindows:
             admitters={int(k): {a: list(x) for a, x in v.items()} for k, v in d.get("a", {}).items()},
             totals=totals,
         )
+
+
+def _add_into(acc: list[float], values: list[float]) -> None:
+    for i, v in enumerate(values):
+        acc[i] += v
+
+
+def _demand(s: list[float], span: float, weights: Weights) -> Triple:
+    weighted = weights.input * s[F_PROMPT] + weights.output * s[F_OUTPUT]
+    mean_latency = s[F_LAT_SUM] / s[F_LAT_N] if s[F_LAT_N] else FALLBACK_LATENCY_S
+    return (
+        max(s[F_D_TP], weighted + s[F_R_TP]) / span,
+        (s[F_KV_S] + s[F_R_KV] * mean_latency + s[F_QW_KV]) / span,
+        (s[F_SEQ_S] + s[F_R_CONC] * mean_latency + s[F_QW_SEQ]) / span,
+    )
+
+
+def _summary(s: list[float], start: float, end: float, weights: Weights) -> WindowSummary:
+    span = end - start
+    weighted = weights.input * s[F_PROMPT] + weights.output * s[F_OUTPUT]
+    usage = Amounts(throughput=weighted / span, kv=s[F_KV_S] / span, concurrency=s[F_SEQ_S] / span)
+    tp, kv, conc = _demand(s, span, weights)
+    return WindowSummary(
+        start=start, end=end, decisions=s[F_DECISIONS], admitted=s[F_ADMITTED], queued=s[F_QUEUED],
+        refused=s[F_REFUSED], finished=s[F_FINISHED], prompt_tokens=s[F_PROMPT], output_tokens=s[F_OUTPUT],
+        weighted_tokens=weighted, kv_seconds=s[F_KV_S], seq_seconds=s[F_SEQ_S],
+        refused_demand=Amounts(throughput=s[F_R_TP], kv=s[F_R_KV], concurrency=s[F_R_CONC]),
+        queued_demand=Amounts(throughput=s[F_Q_TP], kv=s[F_Q_KV], concurrency=s[F_Q_CONC]),
+        usage=usage, demand=Amounts(throughput=tp, kv=kv, concurrency=conc),
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from schemas.records import Amounts
@@ -19,10 +20,11 @@ def usage_summary(entitlement: str, demand: tuple[float, float, float], usage: t
     def amounts(v: tuple[float, float, float]) -> Amounts:
         return Amounts(throughput=v[0], kv=v[1], concurrency=v[2])
 
-    window = WindowSummary(start=80, end=90, demand=amounts(demand), usage=amounts(usage))
+    window = WindowSummary(start=ts - 10, end=ts, demand=amounts(demand), usage=amounts(usage))
+    closed = WindowSummary(start=80, end=90)  # the allocator must not read the closed windows
     return EntitlementUsage(
-        entitlement=entitlement, pool="p", tier=tier, partition=partition, offset=0, ts=ts, tumbling=window,
-        hopping=window, admitter_demand={a: amounts(v) for a, v in (admitters or {}).items()},
+        entitlement=entitlement, pool="p", tier=tier, partition=partition, offset=0, ts=ts, trailing=window,
+        tumbling=closed, hopping=closed, admitter_demand={a: amounts(v) for a, v in (admitters or {}).items()},
     )
 
 
@@ -35,6 +37,16 @@ def test_combine_sums_fresh_partitions_and_drops_stale_ones() -> None:
     got = combine(parts, now=100.0, stale_after_s=60)
     assert got.demand == (30, 300, 3) and got.usage == (10, 100, 1)
     assert got.admitter_demand == {"a": (2, 2, 2), "b": (2, 2, 2)}
+
+
+def test_combine_reads_the_trailing_window_else_the_closed_one_of_an_older_worker() -> None:
+    new = usage_summary("e", (10, 100, 1), (5, 50, 0.5))
+    old = new.model_copy(update={"trailing": None, "tumbling": new.trailing})
+    assert combine([new], now=100.0, stale_after_s=60).demand == (10, 100, 1)
+    assert combine([old], now=100.0, stale_after_s=60).usage == (5, 50, 0.5)
+    legacy = orjson.loads(new.model_dump_json())
+    del legacy["trailing"]  # a summary written before the field existed still decodes
+    assert EntitlementUsage.model_validate(legacy).trailing is None
 
 
 def test_guaranteed_gets_its_demand_and_limits_fit_the_pool() -> None:

@@ -30,11 +30,23 @@ def worker(
     app_id: str = typer.Option("tokenpools-streams", "--app-id", help="Faust app id (group) shared by workers."),
     topic_prefix: str = typer.Option("", "--topic-prefix", help="Prefix of every topic name and of the app id."),
     partitions: int = typer.Option(6, "--partitions", min=1, help="Partitions of topics this worker creates."),
-    tumbling: float = typer.Option(10.0, "--tumbling-seconds", help="Tumbling window size."),
+    tumbling: float = typer.Option(
+        10.0, "--tumbling-seconds",
+        help="The allocator's averaging window: its trailing rate feeds every tick (closed windows are reported)."),
+    resolution: float | None = typer.Option(
+        None, "--resolution-seconds", help="Bucket size of the trailing window (default: a tenth of it)."),
     hop_size: float = typer.Option(60.0, "--hop-size-seconds", help="Hopping window size."),
     hop_step: float = typer.Option(10.0, "--hop-step-seconds", help="Hopping window step."),
     grace: float = typer.Option(1.0, "--grace-seconds", help="A window closes this long after its end."),
-    summary_interval: float = typer.Option(1.0, "--summary-interval", help="Stage 1 summary period, seconds."),
+    summary_interval: float = typer.Option(1.0, "--summary-interval",
+                                           help="Period of every record's summary, seconds."),
+    change_check: float = typer.Option(
+        0.1, "--change-check-seconds",
+        help="How often stage 1 sends the summaries whose trailing demand moved (0: only every summary interval)."),
+    change_threshold: float = typer.Option(
+        0.1, "--change-threshold", help="Relative change of a trailing demand that sends a summary and ticks early."),
+    min_tick_gap: float = typer.Option(
+        0.25, "--min-tick-gap-seconds", help="Soonest an early tick follows the pool's previous tick, seconds."),
     dedup_horizon: float = typer.Option(600.0, "--dedup-horizon", help="How long event ids are remembered, seconds."),
     commit_interval: float = typer.Option(1.0, "--commit-interval", help="Offset commit period, seconds."),
     session_timeout: float = typer.Option(10.0, "--session-timeout",
@@ -56,8 +68,10 @@ def worker(
             bootstrap_servers=bootstrap or bootstrap_from_env(), app_id=app_id, topic_prefix=topic_prefix,
             partitions=partitions, web_port=web_port, metrics_port=metrics_port,
             processing_guarantee=processing_guarantee,
-            windows=WindowSpec(tumbling_s=tumbling, hop_size_s=hop_size, hop_step_s=hop_step, grace_s=grace),
-            summary_interval_s=summary_interval, dedup_horizon_s=dedup_horizon, commit_interval_s=commit_interval,
+            windows=WindowSpec(tumbling_s=tumbling, hop_size_s=hop_size, hop_step_s=hop_step, grace_s=grace,
+                               resolution_s=resolution),
+            summary_interval_s=summary_interval, change_check_s=change_check, change_threshold=change_threshold,
+            min_tick_gap_s=min_tick_gap, dedup_horizon_s=dedup_horizon, commit_interval_s=commit_interval,
             session_timeout_s=session_timeout, log_level=log_level,
         )
     except ValueError as exc:
