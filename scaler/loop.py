@@ -82,6 +82,7 @@ class ScalerLoop:
         }
         self.last: dict[str, Step] = {}
         self.steps: deque[Step] = deque(maxlen=keep_steps)
+        self.reported = asyncio.Event()  # run_kafka's first reports are on the topic
         self.bad = BadRecords()
         self._last_seq: dict[str, int] = {}
 
@@ -143,6 +144,8 @@ class ScalerLoop:
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
             await self.report_all()
+            await producer.flush()
+            self.reported.set()
             next_report = self.clock() + report_every
             while True:
                 batches = await consumer.getmany(timeout_ms=1000)
