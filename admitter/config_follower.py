@@ -12,11 +12,12 @@ only then does the topic's view replace the YAML one, so nothing from the YAML b
 between. If Kafka cannot be reached in time the admitter serves the YAML, says so in the log, and
 keeps retrying; it switches to the topic as soon as it has read it.
 
-**Admin writes.** ``write`` publishes with an idempotent ``acks=all`` producer and returns once the
-broker acknowledged the record, else raises ``ConfigUnavailable`` (the admin API answers 503 and
-changes nothing). The caller applies its write locally at once; until this follower has read past
-the written offset, reconciling overlays the written value (``_pending``), so the writer never
-flips back to the value before its own write.
+**Admin writes.** ``write`` publishes with an ``acks=all`` producer and returns once the broker
+acknowledged the record, else raises ``ConfigUnavailable`` (the admin API answers 503 and changes
+nothing; the unsent record expires, so it does not land later either, see ``_get_producer``). The
+caller applies its write locally at once; until this follower has read past the written offset,
+reconciling overlays the written value (``_pending``), so the writer never flips back to the value
+before its own write.
 
 **Bad records** are decoded by ``streams.config_table.ConfigView`` (the pipeline's decoder: both sides
 count and skip exactly the same records), counted in ``bad`` by reason and skipped. A well-formed
@@ -158,8 +159,12 @@ class ConfigSync:
     async def _get_producer(self) -> AIOKafkaProducer:
         async with self._producer_lock:
             if self._producer is None:
+                # Not idempotent on purpose: aiokafka's idempotent producer never expires a batch (it
+                # retries until the broker takes it), so a write answered 503 could land minutes later.
+                # A plain acks=all producer fails the batch after request_timeout_ms. A retried config
+                # write cannot double-count anything (same key, same value; writes here are serialised).
                 producer = AIOKafkaProducer(
-                    bootstrap_servers=self.bootstrap_servers, acks="all", enable_idempotence=True,
+                    bootstrap_servers=self.bootstrap_servers, acks="all", enable_idempotence=False,
                     request_timeout_ms=int(self.write_timeout * 1000), client_id=f"{self.client_id}-{int(time.time())}")
                 try:
                     await producer.start()
