@@ -10,7 +10,8 @@ What it leaves alone, so an admitter never loses its backends to a report it can
 
 - a report without ``endpoints`` (a Kubernetes actuator: discovery is the Service's job there) and
   a tombstone keep the current members;
-- a pool this admitter does not serve is ignored;
+- a pool this admitter does not serve is kept aside, and applied if the pool appears later (added
+  through the config topic);
 - bad records (not JSON, unknown ``schema_version``, invalid, key not the pool) are counted in
   ``bad`` (``schemas.wire.BadRecords``) and skipped.
 
@@ -60,7 +61,8 @@ class ReplicaDiscovery:
         self.initial_wait = initial_wait
         self.retry_backoff = retry_backoff
         self.bad = BadRecords()
-        self.reports: dict[str, ReplicasReport] = {}  # latest per pool served here
+        self.reports: dict[str, ReplicasReport] = {}  # latest per pool, served here or not (yet)
+        self._applied: dict[str, ReplicaSet] = {}  # the set each pool's report was last applied to
         self.changes = 0  # membership changes applied
         self.caught_up = asyncio.Event()
         self._positions: dict[TopicPartition, int] = {}
@@ -92,17 +94,29 @@ class ReplicaDiscovery:
         if key is not None and key.decode("utf-8", "replace") != report.pool:
             self.bad.note(self.topic, "key_mismatch", f"key {key!r} holds pool {report.pool!r}")
             return False
-        replicas = self.replica_sets.get(report.pool)
-        if replicas is None:
-            return False
         self.reports[report.pool] = report
-        if report.endpoints is None:
+        return self._apply(report.pool)
+
+    def apply_pending(self) -> bool:
+        """Apply kept reports to pools that appeared since (a pool added through the config topic)."""
+        changed = False
+        for pool in self.reports:
+            replicas = self.replica_sets.get(pool)
+            if replicas is not None and self._applied.get(pool) is not replicas:
+                changed |= self._apply(pool)
+        return changed
+
+    def _apply(self, pool: str) -> bool:
+        report = self.reports[pool]
+        replicas = self.replica_sets.get(pool)
+        if replicas is None or report.endpoints is None:
             return False
+        self._applied[pool] = replicas
         added, removed = replicas.replace(report.endpoints)
         if not added and not removed:
             return False
         self.changes += 1
-        log.info("pool %s: %d replicas (added %s, removed %s)", report.pool, len(replicas),
+        log.info("pool %s: %d replicas (added %s, removed %s)", pool, len(replicas),
                  " ".join(added) or "-", " ".join(removed) or "-")
         return True
 
@@ -124,6 +138,7 @@ class ReplicaDiscovery:
                         for r in records:
                             self.handle(r.key, r.value)
                             self._positions[tp] = r.offset + 1
+                    self.apply_pending()
             except asyncio.CancelledError:
                 raise
             except Exception:

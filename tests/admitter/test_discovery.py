@@ -48,12 +48,16 @@ def test_handle_applies_endpoints_and_skips_what_it_cannot_use() -> None:
     assert d.handle(b"p", report("p", ["http://r1", "http://r2"]))
     assert sets["p"].urls == ["http://r1", "http://r2"] and d.changes == 1
     assert not d.handle(b"p", report("p", ["http://r1", "http://r2"]))  # the periodic re-report: no change
-    # counts only (a Kubernetes actuator), a tombstone, another pool: members stay
+    # counts only (a Kubernetes actuator), a tombstone, a pool not served here: members stay
     assert not d.handle(b"p", report("p", None, ready=5))
     assert d.reports["p"].ready_replicas == 5
     assert not d.handle(b"p", None)
     assert not d.handle(b"q", report("q", ["http://q1"]))
-    assert sets["p"].urls == ["http://r1", "http://r2"] and "q" not in d.reports
+    assert sets["p"].urls == ["http://r1", "http://r2"]
+    # ... until the pool appears (added through the config topic): then its kept report applies
+    sets["q"] = ReplicaSet([])
+    assert d.apply_pending() and sets["q"].urls == ["http://q1"]
+    assert not d.apply_pending()
     # bad records are counted by reason and skipped
     bad = [
         (b"p", b"not json"),
