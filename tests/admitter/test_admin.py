@@ -151,3 +151,55 @@ async def test_tenant_sees_only_its_own_usage(gateway) -> None:
     admin_view = (await c.get("/admin/tenants/globex/usage", headers=ADMIN)).json()
     assert admin_view["entitlements"][0]["requests"]["completed"] == 1
     assert (await c.get("/admin/tenants/nobody/usage", headers=ADMIN)).status_code == 404
+
+
+async def test_delete_removes_an_entitlement_and_its_keys_at_once(gateway) -> None:
+    adm, c, r = gateway
+    held = asyncio.create_task(c.post("/v1/chat/completions", json=chat(max_tokens=20),
+                                      headers={**auth("acme"), "x-fake-hold": "d"}))
+    await r.wait_reached("d")
+    assert (await c.delete("/admin/entitlements/acme", headers=auth("acme"))).status_code == 401
+    assert (await c.delete("/admin/entitlements/acme", headers=ADMIN)).status_code == 204
+    assert (await c.post("/v1/chat/completions", json=chat(), headers=auth("acme"))).status_code == 401
+    assert "acme" not in adm.state.config.entitlements and "acme" not in adm.state.gates["p"].live.entitlements
+    r.release("d")
+    assert (await held).status_code == 200  # a request in flight finishes and releases what it held
+    await eventually(lambda: adm.state.gates["p"].live.seqs_in_flight == 0)
+    assert (await c.delete("/admin/entitlements/acme", headers=ADMIN)).status_code == 404
+    assert (await c.get("/admin/entitlements/acme", headers=ADMIN)).status_code == 404
+    # The key is free again: another tenant may take it.
+    resp = await c.put("/admin/entitlements/heir", json=manifest("heir", "heir", keys=[key_for("acme")]),
+                       headers=ADMIN)
+    assert resp.status_code == 201, resp.text
+
+
+async def test_admin_config_says_the_yaml_is_the_source_without_kafka(gateway) -> None:
+    _adm, c, _r = gateway
+    view = (await c.get("/admin/config", headers=ADMIN)).json()
+    assert view == {"source": "yaml", "ready": True, "pools": ["p"], "entitlements": ["acme", "globex", "gold"]}
+    assert (await c.get("/admin/config", headers=auth("acme"))).status_code == 401
+
+
+async def test_sync_config_adds_changes_and_deletes_pools_and_entitlements(gateway) -> None:
+    """What the config-topic follower calls for every change (the Kafka side is in tests/integration)."""
+    adm, c, r = gateway
+    state = adm.state
+    q = pool("q", max_replicas=2, per=(1000.0, 10000.0, 10.0), backends=[r.url])
+    current = dict(state.config.entitlements)
+    new_acme = ent("acme", burst=(1000, 10000, 1))
+    problems = state.sync_config({"p": state.config.pools["p"], "q": q},
+                                 {**current, "acme": new_acme, "qq": ent("qq", pool_name="q"),
+                                  "bad": ent("bad", pool_name="nowhere")})
+    assert list(problems) == ["Entitlement/bad"] and "unknown pool 'nowhere'" in problems["Entitlement/bad"]
+    assert state.gates["p"].live.entitlements["acme"].burst[2] == 1
+    assert (await c.post("/v1/chat/completions", json=chat(model="q"), headers=auth("qq"))).status_code == 200
+    assert len(r.received) == 1
+
+    # A pool deleted while an entitlement still uses it stays (and says why); then p goes too.
+    problems = state.sync_config({"q": q}, {"qq": ent("qq", pool_name="q"), "acme": new_acme})
+    assert problems == {"TokenPool/p": "pool 'p' was deleted but entitlement(s) acme still use it; it stays"}
+    assert sorted(state.config.entitlements) == ["acme", "qq"] and sorted(state.gates) == ["p", "q"]
+    assert (await c.post("/v1/chat/completions", json=chat(), headers=auth("globex"))).status_code == 401
+    problems = state.sync_config({"q": q}, {"qq": ent("qq", pool_name="q")})
+    assert problems == {} and sorted(state.gates) == ["q"] and "p" not in state.upstream.replicas
+    assert (await c.post("/v1/chat/completions", json=chat(), headers=auth("qq"))).status_code == 404
