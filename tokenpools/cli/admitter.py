@@ -60,6 +60,10 @@ def admitter(
     config_wait: float = typer.Option(
         10.0, "--config-wait", min=0,
         help="Seconds to wait at start for the config topic before serving the YAML (with --kafka)."),
+    discover: bool = typer.Option(
+        False, "--discover/--no-discover",
+        help="Route to the replicas the scaler reports on tokenpools.replicas (with --kafka; needs a scaler whose "
+             "actuator publishes endpoints, e.g. `tokenpools scaler`); --backend is used until a report arrives."),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn's log level."),
     access_log: bool = typer.Option(False, "--access-log/--no-access-log", help="Log every HTTP request."),
 ) -> None:
@@ -106,14 +110,22 @@ def admitter(
         typer.echo(f"error: --backend names unknown pool(s) {', '.join(unknown)} "
                    f"(known: {', '.join(sorted(platform.pools)) or 'none'})", err=True)
         raise typer.Exit(EXIT_BAD_OPTIONS)
+    if discover and settings.kafka_bootstrap is None:
+        typer.echo("error: --discover needs --kafka (the scaler's reports are on tokenpools.replicas)", err=True)
+        raise typer.Exit(EXIT_BAD_OPTIONS)
     app = create_app(settings, platform)
+    if discover and settings.kafka_bootstrap is not None:
+        from admitter.discovery import attach_discovery
+
+        attach_discovery(app, settings.kafka_bootstrap, topic_prefix=settings.topic_prefix)
     typer.echo(f"admitter {settings.admitter_id} on http://{settings.host}:{settings.port} "
                f"({len(platform.pools)} pool(s), {len(platform.entitlements)} entitlement(s)"
                f"{', pass-through' if settings.passthrough else ''})", err=True)
     if settings.kafka_bootstrap is not None:
         typer.echo(f"kafka {settings.kafka_bootstrap}, topic prefix {settings.topic_prefix!r}, spool "
                    f"{settings.spool_dir}, expecting {settings.expected_admitters} admitter(s); config from "
-                   f"{settings.topic_prefix}tokenpools.config", err=True)
+                   f"{settings.topic_prefix}tokenpools.config"
+                   f"{f', replicas from {settings.topic_prefix}tokenpools.replicas' if discover else ''}", err=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, access_log=access_log,
                 lifespan="on")
 
