@@ -75,18 +75,21 @@ def _valid_end(path: Path, start: int = 0) -> int:
 
 
 def _count_records(path: Path, start: int, end: int) -> int:
-    """Records between two record boundaries (headers only: the bodies were checked at open or append)."""
-    n = 0
+    """Records between two record boundaries (headers only: the bodies were checked at open or append).
+
+    Reads the range in one go (a segment is ``segment_bytes``, 16 MiB by default): a seek and a read
+    per record cost about 5 us, which a long outage's backlog would add to the admitter's start.
+    """
     with path.open("rb") as f:
-        pos = start
-        while pos < end:
-            f.seek(pos)
-            header = f.read(HEADER.size)
-            if len(header) < HEADER.size:
-                break
-            _, klen, vlen = HEADER.unpack(header)
-            pos += HEADER.size + klen + vlen
-            n += 1
+        f.seek(start)
+        data = f.read(end - start)
+    n = pos = 0
+    last = len(data) - HEADER.size
+    unpack = HEADER.unpack_from
+    while pos <= last:
+        _, klen, vlen = unpack(data, pos)
+        pos += HEADER.size + klen + vlen
+        n += 1
     return n
 
 
