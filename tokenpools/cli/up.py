@@ -1,20 +1,33 @@
-"""`tokenpools up`: the whole control plane on one machine, for trying it out.
+"""`tokenpools up`: the whole closed loop on one machine, for trying it out.
 
-Starts a local Kafka (``tokenpools.infra.kafka_local``), creates the topics, one pipeline worker
-(subprocess ``python -m tokenpools.cli streams worker``), emulator replicas for every pool (the
-pool's initial replica count) and two admitters in this process, each wired with a ``KafkaSink``
-(spool under the data directory) and a ``StateFollower``. Prints the URLs; Ctrl-C stops everything.
+Starts (or joins, with ``--bootstrap``) a Kafka broker, creates the topics, runs one pipeline worker
+(subprocess ``python -m tokenpools.cli streams worker``), the scaler with a ``LocalActuator`` (emulator
+replicas in this process, each pool's initial replica count to begin with) and N admitters in this
+process. Each admitter has its Kafka parts (``admitter.kafka``: a ``KafkaSink`` spooling under the
+data directory, a ``StateFollower`` for limits, the config topic's ``ConfigSync``) and a
+``ReplicaDiscovery`` (backends from the scaler's reports), so when the scaler adds or removes
+replicas the admitters route to the new fleet.
+
+The loop: admitters -> ``tokenpools.requests`` -> pipeline -> ``tokenpools.pool-state`` -> scaler
+-> emulator replicas and ``tokenpools.replicas`` -> pipeline (capacity) and admitters (routing).
+
+Prints what runs where; ``--ready-file`` also writes it as JSON once everything serves, and
+``--duration`` stops after a while (scripts and tests). SIGINT or SIGTERM stops everything cleanly.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import signal
 import socket
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -38,22 +51,51 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_worker(bootstrap: str, config: list[Path], log: Path) -> subprocess.Popen[bytes]:
+def _start_worker(bootstrap: str, config: list[Path], log: Path, web_port: int, topic_prefix: str,
+                  extra: list[str]) -> subprocess.Popen[bytes]:
+    args = [sys.executable, "-m", "tokenpools.cli", "streams", "worker", "--bootstrap", bootstrap,
+            *[a for c in config for a in ("--config", str(c))], "--web-port", str(web_port)]
+    if topic_prefix:
+        args += ["--topic-prefix", topic_prefix]
     with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "tokenpools.cli", "streams", "worker", "--bootstrap", bootstrap,
-             *[a for c in config for a in ("--config", str(c))], "--web-port", str(_free_port())],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen([*args, *extra], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@dataclass
+class UpOptions:
+    config: list[Path]
+    data_dir: Path
+    admitters: int = 2
+    port: int = 8080  # first admitter's port, then +1; 0 picks free ports
+    speedup: float = 1.0
+    bootstrap: str | None = None  # None: start a local broker under data_dir
+    topic_prefix: str = ""
+    ready_file: Path | None = None
+    duration: float | None = None
+    report_every: float = 5.0
+    worker_args: list[str] = field(default_factory=list)
 
 
 def up(
     config: list[Path] = typer.Option(..., "--config", "-c", help="Pool and entitlement YAML files or folders."),
-    data_dir: Path = typer.Option(Path(".tokenpools-up"), "--data-dir", help="Kafka data and admitter spools."),
+    data_dir: Path = typer.Option(Path(".tokenpools-up"), "--data-dir", help="Kafka data, admitter spools, logs."),
     admitters: int = typer.Option(2, "--admitters", min=1, help="Admitters to start."),
-    port: int = typer.Option(8080, "--port", "-p", min=0, max=65535, help="First admitter port (then +1, ...)."),
-    speedup: float = typer.Option(1.0, "--speedup", help="Emulator speed-up factor."),
+    port: int = typer.Option(8080, "--port", "-p", min=0, max=65535,
+                             help="First admitter port (then +1, ...); 0 picks free ports."),
+    speedup: float = typer.Option(1.0, "--speedup", min=0.001, help="Emulator speed-up factor."),
+    bootstrap: str | None = typer.Option(
+        None, "--bootstrap", "-b",
+        help="Use this Kafka (HOST:PORT[,HOST:PORT]) instead of starting one under --data-dir."),
+    topic_prefix: str = typer.Option("", "--topic-prefix", help="Prefix of every topic name and the pipeline app id."),
+    ready_file: Path | None = typer.Option(None, "--ready-file",
+                                           help="Write what runs where as JSON here once everything serves."),
+    duration: float | None = typer.Option(None, "--duration", min=0.001, help="Stop after this many seconds."),
+    report_every: float = typer.Option(5.0, "--report-every", min=0.1,
+                                       help="Seconds between the scaler's periodic replica reports."),
+    worker_arg: list[str] = typer.Option(
+        [], "--worker-arg", help="Extra option for the pipeline worker, e.g. --worker-arg=--tumbling-seconds=1."),
 ) -> None:
-    """Run Kafka, the pipeline, emulators and admitters locally until Ctrl-C."""
+    """Run Kafka, the pipeline, the scaler with emulator replicas and admitters locally until Ctrl-C."""
     from schemas.loader import ConfigError, load_config
 
     try:
@@ -61,75 +103,157 @@ def up(
     except ConfigError as exc:
         typer.echo(f"invalid config:\n{exc}", err=True)
         raise typer.Exit(2) from exc
+    if not platform.pools:
+        typer.echo("error: the config has no TokenPool: nothing to serve", err=True)
+        raise typer.Exit(2)
+    if port and port + admitters - 1 > 65535:
+        typer.echo(f"error: --port {port} leaves no room for {admitters} admitters", err=True)
+        raise typer.Exit(2)
     data_dir.mkdir(parents=True, exist_ok=True)
-    asyncio.run(_up(config, platform, data_dir.resolve(), admitters, port, speedup))
+    options = UpOptions([c.resolve() for c in config], data_dir.resolve(), admitters, port, speedup, bootstrap,
+                        topic_prefix, ready_file, duration, report_every, list(worker_arg))
+    asyncio.run(run_up(options, platform))
 
 
-async def _up(config: list[Path], platform, data_dir: Path, n_admitters: int, port: int, speedup: float) -> None:
+def _echo(what: str, detail: str) -> None:
+    typer.echo(f"{what:<10} {detail}")
+
+
+async def run_up(opts: UpOptions, platform: Any, stop: asyncio.Event | None = None) -> None:
+    """Everything ``tokenpools up`` runs, until ``stop`` is set, a signal arrives or ``duration`` passes."""
     import uvicorn
 
     from admitter.app import create_app
-    from admitter.follower import StateFollower
-    from admitter.kafka_sink import KafkaSink
+    from admitter.discovery import attach_discovery
     from admitter.settings import AdmitterSettings
+    from scaler.local import LocalActuator
+    from scaler.loop import ScalerLoop
     from sim.server import EmulatorServer
     from streams.topics import create_topics, topic_specs
     from tokenpools.infra.kafka_local import LocalKafka
 
     _Server = _server_class()
-    stop = asyncio.Event()
+    if stop is None:
+        stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    if opts.duration is not None:
+        loop.call_later(opts.duration, stop.set)
 
-    kafka = LocalKafka(data_dir / "kafka")
-    await kafka.astart()
-    bootstrap = kafka.bootstrap_servers
+    kafka: LocalKafka | None = None
+    if opts.bootstrap is None:
+        kafka = LocalKafka(opts.data_dir / "kafka")
+        await kafka.astart()
+        bootstrap = kafka.bootstrap_servers
+    else:
+        bootstrap = opts.bootstrap
     worker: subprocess.Popen[bytes] | None = None
-    emulators: list[EmulatorServer] = []
+    pools = platform.pools
+    actuator = LocalActuator(
+        {name: max(1, p.spec.replicas.start) for name, p in pools.items()},
+        server_factory=lambda name: EmulatorServer(0, model=pools[name].spec.model, speedup=opts.speedup),
+        on_change=lambda name, urls: _echo("scaler", f"pool {name}: {len(urls)} replicas {' '.join(urls)}"),
+    )
+    scaler_task: asyncio.Task[None] | None = None
     servers: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
     try:
-        await create_topics(bootstrap, topic_specs())
-        typer.echo(f"kafka      {bootstrap}")
-        worker = _start_worker(bootstrap, config, data_dir / "streams-worker.log")
-        typer.echo(f"pipeline   pid {worker.pid} (log {data_dir / 'streams-worker.log'})")
+        await create_topics(bootstrap, topic_specs(prefix=opts.topic_prefix))
+        _echo("kafka", f"{bootstrap}{' (started here)' if kafka else ''}"
+              f"{f', topic prefix {opts.topic_prefix!r}' if opts.topic_prefix else ''}")
+        web_port = _free_port()
+        worker_log = opts.data_dir / "streams-worker.log"
+        worker = _start_worker(bootstrap, opts.config, worker_log, web_port, opts.topic_prefix, opts.worker_args)
+        _echo("pipeline", f"pid {worker.pid}, status http://127.0.0.1:{web_port}/streams/status (log {worker_log})")
 
-        backends: dict[str, list[str]] = {}
-        for name, pool in platform.pools.items():
-            replicas = pool.spec.replicas.initial if pool.spec.replicas.initial is not None else pool.spec.replicas.min
-            em = EmulatorServer(max(1, replicas), model=pool.spec.model, speedup=speedup)
-            backends[name] = await em.start()
-            emulators.append(em)
-            typer.echo(f"emulator   pool {name}: {' '.join(backends[name])}")
+        await actuator.start()
+        scaler = ScalerLoop(pools, actuator)
+        scaler_task = asyncio.create_task(
+            scaler.run_kafka(bootstrap, opts.topic_prefix, report_every=opts.report_every), name="scaler")
+        _echo("scaler", f"in this process, pools {', '.join(sorted(pools))}; emulator replicas below")
+        for name in pools:
+            _echo("scaler", f"pool {name}: {len(actuator.urls(name))} replicas {' '.join(actuator.urls(name))}")
+        # Admitters read the replicas topic from the beginning: let the first reports of this run land
+        # there first, so they never route to the replicas of an earlier run.
+        await _first_of(scaler.reported.wait(), scaler_task)
 
-        for i in range(n_admitters):
+        admitter_urls: list[str] = []
+        for i in range(opts.admitters):
             admitter_id = f"admitter-{i + 1}"
-            settings = AdmitterSettings(config_paths=config, port=port + i if port else _free_port(),
-                                        admitter_id=admitter_id, backends=backends)
-            sink = KafkaSink(bootstrap, data_dir / "spool" / admitter_id)
-            follower = StateFollower(bootstrap, admitter_id, expected_admitters=n_admitters)
-            app = create_app(settings, platform, sink=sink, limits=follower)
+            # With kafka_bootstrap, create_app wires the admitter's Kafka parts (admitter.kafka): a KafkaSink
+            # spooling under the data directory, a StateFollower and the config topic's ConfigSync.
+            settings = AdmitterSettings(config_paths=opts.config, port=opts.port + i if opts.port else _free_port(),
+                                        admitter_id=admitter_id, backends={name: actuator.urls(name) for name in pools},
+                                        kafka_bootstrap=bootstrap, topic_prefix=opts.topic_prefix,
+                                        spool_dir=opts.data_dir / "spool" / admitter_id,
+                                        expected_admitters=opts.admitters)
+            app = create_app(settings, platform)
+            attach_discovery(app, bootstrap, topic_prefix=opts.topic_prefix)
             server = _Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
                                             lifespan="on"))
-            task = asyncio.create_task(server.serve())
+            task = asyncio.create_task(server.serve(), name=admitter_id)
             servers.append((server, task))
             while not server.started and not task.done():  # noqa: ASYNC110 - uvicorn sets a flag, no event
                 await asyncio.sleep(0.05)
-            typer.echo(f"admitter   {admitter_id}: http://{settings.host}:{settings.port}")
-        typer.echo("ready; Ctrl-C stops everything")
-        await stop.wait()
+            if task.done():
+                task.result()
+                raise RuntimeError(f"{admitter_id} did not start on port {settings.port}")
+            url = f"http://{settings.host}:{settings.port}"
+            admitter_urls.append(url)
+            _echo("admitter", f"{admitter_id}: {url}")
+        if opts.ready_file is not None:
+            _write_json(opts.ready_file, {
+                "bootstrap": bootstrap, "topic_prefix": opts.topic_prefix, "admitters": admitter_urls,
+                "pipeline": {"pid": worker.pid, "web_port": web_port, "log": str(worker_log)},
+                "replicas": {name: actuator.urls(name) for name in pools}, "pid": os.getpid(),
+            })
+        typer.echo("ready; Ctrl-C stops everything"
+                   + (f" (or {opts.duration:g} s after start)" if opts.duration is not None else ""))
+        waiter = asyncio.create_task(stop.wait())
+        await asyncio.wait({waiter, scaler_task, *(t for _, t in servers)}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        for task in (scaler_task, *(t for _, t in servers)):
+            if task.done() and not stop.is_set():
+                task.result()  # a part died: say why
+                raise RuntimeError(f"{task.get_name()} stopped unexpectedly")
+        typer.echo("stopping")
     finally:
         for server, _ in servers:
             server.should_exit = True
         for _, task in servers:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await task
-        for em in emulators:
-            await em.stop()
+        if scaler_task is not None:
+            scaler_task.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await scaler_task
+        await actuator.close()
         if worker is not None and worker.poll() is None:
             worker.send_signal(signal.SIGTERM)
             try:
-                await asyncio.to_thread(worker.wait, 15)
+                await asyncio.to_thread(worker.wait, 20)
             except subprocess.TimeoutExpired:
                 worker.kill()
-        await kafka.astop()
+                await asyncio.to_thread(worker.wait)
+        if kafka is not None:
+            await kafka.astop()
+        typer.echo("stopped")
+
+
+async def _first_of(awaitable: Any, task: asyncio.Task[None]) -> None:
+    """Wait for ``awaitable``, unless ``task`` ends first (then raise what ended it)."""
+    waiter = asyncio.ensure_future(awaitable)
+    await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
+    if not waiter.done():
+        waiter.cancel()
+        task.result()
+        raise RuntimeError(f"{task.get_name()} stopped before it was ready")
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Written whole then renamed, so a reader polling for the file never sees half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
