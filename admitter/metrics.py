@@ -152,6 +152,9 @@ class KafkaCollector(Collector):
         spooled = CounterMetricFamily(PREFIX + "kafka_events_spooled",
                                       "Events fsynced to the local spool (durable, readable by the sender)", labels=t)
         sent = CounterMetricFamily(PREFIX + "kafka_events_sent", "Events acknowledged by Kafka (acks=all)", labels=t)
+        kafka_records = CounterMetricFamily(PREFIX + "kafka_records_sent",
+                                            "Kafka records those events went out in (one entitlement's events of a "
+                                            "pass share a record)", labels=t)
         errors = CounterMetricFamily(PREFIX + "kafka_send_errors",
                                      "Failed send attempts (each rewinds to the last acked event and backs off)",
                                      labels=t)
@@ -170,6 +173,7 @@ class KafkaCollector(Collector):
             emitted.add_metric(label, sink.emitted)
             spooled.add_metric(label, spool.synced)
             sent.add_metric(label, sink.sent)
+            kafka_records.add_metric(label, sink.records_sent)
             errors.add_metric(label, sink.send_errors)
             pending = spool.pending()
             # The spool counts records appended (plus those an earlier instance left unacked) and the
@@ -178,7 +182,7 @@ class KafkaCollector(Collector):
             size.add_metric(label, spool.pending_bytes() if pending else 0)
             age.add_metric(label, self._oldest_age(sink) if pending else 0.0)
             connected.add_metric(label, 1.0 if sink.connected else 0.0)
-        yield from (emitted, spooled, sent, errors, records, size, age, connected)
+        yield from (emitted, spooled, sent, kafka_records, errors, records, size, age, connected)
 
     def _oldest_age(self, sink: KafkaSink) -> float:
         record = sink.spool.first_pending()

@@ -127,6 +127,7 @@ async def test_kafka_metrics_show_the_backlog_while_the_broker_is_unreachable(re
     assert one(values, "tokenpools_admitter_kafka_events_emitted_total", **topic) == 7
     assert one(values, "tokenpools_admitter_kafka_events_spooled_total", **topic) == 7
     assert one(values, "tokenpools_admitter_kafka_events_sent_total", **topic) == 0
+    assert one(values, "tokenpools_admitter_kafka_records_sent_total", **topic) == 0
     assert one(values, "tokenpools_admitter_kafka_send_errors_total", **topic) >= 1
     assert one(values, "tokenpools_admitter_kafka_spool_backlog_records", **topic) == 7
     on_disk = sum(p.stat().st_size for p in (tmp_path / "spool").glob("*.log"))

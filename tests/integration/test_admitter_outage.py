@@ -207,7 +207,8 @@ async def test_admission_and_exact_counts_through_a_broker_outage(
             await eventually(totals_are(kafka_io, expected), within=90)
             duplicates = sum(t.get("duplicates", 0) for t in (await kafka_io.totals()).values())
             print(f"answers {dict(statuses)}; while Kafka was down {dict(during_outage)}; events {len(events)}; "
-                  f"send errors {sink.send_errors}; duplicates dropped by the pipeline {duplicates}")
+                  f"Kafka records {sink.records_sent}; send errors {sink.send_errors}; "
+                  f"duplicates dropped by the pipeline {duplicates}")
 
             # (c) The metrics showed the outage, and its end.
             async with httpx.AsyncClient(base_url=served.url, timeout=10.0) as client:
@@ -225,6 +226,7 @@ async def test_admission_and_exact_counts_through_a_broker_outage(
     assert value(final, "kafka_spool_oldest_age_seconds", **topic) == 0
     assert value(final, "kafka_events_emitted_total", **topic) == len(events)
     assert value(final, "kafka_events_sent_total", **topic) == len(events)
+    assert 0 < value(final, "kafka_records_sent_total", **topic) <= len(events)
     assert value(final, "kafka_producer_connected", **topic) == 1
     assert value(after, "state_reconnects_total") >= 1
     # Staleness grew through the outage and was reset by the first state after it.
