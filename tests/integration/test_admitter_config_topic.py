@@ -104,7 +104,7 @@ async def edges(kafka: Any, topics: str, replica: FakeReplica, tmp_path: Path) -
         s = AdmitterSettings(
             admitter_id=admitter_id, admin_key_sha256=sha(ADMIN_KEY), backends={"p": [replica.url], "q": [replica.url]},
             kafka_bootstrap=kafka.bootstrap_servers, topic_prefix=topics, spool_dir=tmp_path / admitter_id,
-            config_write_timeout=3.0, **settings)
+            **settings)
         app = create_app(s, config, sink=InMemorySink(), limits=LocalAllocator())
         edge = Edge(app, await serve_app(app))
         running.append(edge)
@@ -188,7 +188,7 @@ async def test_a_late_admitter_gets_every_pool_and_entitlement_from_the_topic(ed
     key = "tp-test-initech-secret"
     resp = await a1.http.put("/admin/entitlements/initech", json=manifest("initech", "initech", keys=(key,)),
                              headers=ADMIN)
-    assert resp.status_code == 201
+    assert resp.status_code == 201, resp.text
     # A second pool that exists only on the topic, with an entitlement on it.
     q = pool("q", max_replicas=2)
     await publish(kafka, prefix + CONFIG, [doc(q), doc(ent("acme-q", pool_name="q"))])
