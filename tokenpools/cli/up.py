@@ -94,9 +94,15 @@ def up(
                                        help="Seconds between the scaler's periodic replica reports."),
     worker_arg: list[str] = typer.Option(
         [], "--worker-arg", help="Extra option for the pipeline worker, e.g. --worker-arg=--tumbling-seconds=1."),
+    log_level: str = typer.Option("warning", "--log-level", help="Python log level of this process."),
 ) -> None:
     """Run Kafka, the pipeline, the scaler with emulator replicas and admitters locally until Ctrl-C."""
+    import logging
+
     from schemas.loader import ConfigError, load_config
+
+    # Named, so a client library's transient complaint (aiokafka right after topics are created) says whose it is.
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     try:
         platform = load_config(*config)
@@ -159,7 +165,9 @@ async def run_up(opts: UpOptions, platform: Any, stop: asyncio.Event | None = No
     scaler_task: asyncio.Task[None] | None = None
     servers: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
     try:
-        await create_topics(bootstrap, topic_specs(prefix=opts.topic_prefix))
+        specs = topic_specs(prefix=opts.topic_prefix)
+        await create_topics(bootstrap, specs)
+        await _wait_for_leaders(bootstrap, [s.name for s in specs])
         _echo("kafka", f"{bootstrap}{' (started here)' if kafka else ''}"
               f"{f', topic prefix {opts.topic_prefix!r}' if opts.topic_prefix else ''}")
         web_port = _free_port()
@@ -167,13 +175,11 @@ async def run_up(opts: UpOptions, platform: Any, stop: asyncio.Event | None = No
         worker = _start_worker(bootstrap, opts.config, worker_log, web_port, opts.topic_prefix, opts.worker_args)
         _echo("pipeline", f"pid {worker.pid}, status http://127.0.0.1:{web_port}/streams/status (log {worker_log})")
 
-        await actuator.start()
+        _echo("scaler", f"in this process, pools {', '.join(sorted(pools))}; emulator replicas (here too):")
+        await actuator.start()  # on_change prints each pool's replicas, now and whenever the scaler changes them
         scaler = ScalerLoop(pools, actuator)
         scaler_task = asyncio.create_task(
             scaler.run_kafka(bootstrap, opts.topic_prefix, report_every=opts.report_every), name="scaler")
-        _echo("scaler", f"in this process, pools {', '.join(sorted(pools))}; emulator replicas below")
-        for name in pools:
-            _echo("scaler", f"pool {name}: {len(actuator.urls(name))} replicas {' '.join(actuator.urls(name))}")
         # Admitters read the replicas topic from the beginning: let the first reports of this run land
         # there first, so they never route to the replicas of an earlier run.
         await _first_of(scaler.reported.wait(), scaler_task)
@@ -239,6 +245,26 @@ async def run_up(opts: UpOptions, platform: Any, stop: asyncio.Event | None = No
         if kafka is not None:
             await kafka.astop()
         typer.echo("stopped")
+
+
+async def _wait_for_leaders(bootstrap: str, names: list[str], within: float = 30.0) -> None:
+    """New topics have no partition leader for a moment; clients started then log errors until they do."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="tokenpools-up")
+    await admin.start()
+    try:
+        async with asyncio.timeout(within):
+            while True:
+                described = await admin.describe_topics(names)
+                if all(t.get("error_code", 0) == 0 and t.get("partitions")
+                       and all(p.get("leader", -1) >= 0 for p in t["partitions"]) for t in described):
+                    return
+                await asyncio.sleep(0.2)
+    except TimeoutError:
+        typer.echo(f"warning: topics still without a leader after {within:g} s; going on", err=True)
+    finally:
+        await admin.close()
 
 
 async def _first_of(awaitable: Any, task: asyncio.Task[None]) -> None:
