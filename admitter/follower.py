@@ -222,9 +222,11 @@ class StateFollower:
 
     async def _run(self) -> None:
         while True:
+            # A short fetch wait: aiokafka keeps one fetch in flight per broker, and a partition just drained
+            # joins only the next one, so new states could wait up to the whole wait (500 ms by default).
             consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, group_id=None,
                                         enable_auto_commit=False, auto_offset_reset="earliest",
-                                        client_id=f"tokenpools-follower-{self.admitter_id}")
+                                        fetch_max_wait_ms=100, client_id=f"tokenpools-follower-{self.admitter_id}")
             try:
                 await consumer.start()
                 tps = await self._assign(consumer)

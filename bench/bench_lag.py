@@ -25,22 +25,26 @@ import contextlib
 import os
 import random
 import shlex
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from admitter.follower import StateFollower
 from admitter.kafka_sink import KafkaSink
-from bench.bench_streams import free_port, kafka, stop_worker, wait_ready
 from capacity.live import PoolLive
 from schemas.loader import load_config
 from schemas.records import Amounts, EntitlementState, Outcome, Phase, RequestEvent
@@ -226,6 +230,51 @@ class Bench:
         return [s for st in self.steppers.values() for s in st.samples]
 
 
+@contextlib.contextmanager
+def kafka() -> Iterator[str]:
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+        return
+    from tokenpools.infra.kafka_local import LocalKafka
+
+    with tempfile.TemporaryDirectory(prefix="bench-kafka-") as tmp:
+        broker = LocalKafka(tmp).start()
+        try:
+            yield broker.bootstrap_servers
+        finally:
+            broker.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def wait_ready(port: int, proc: subprocess.Popen[bytes], within: float = 120.0) -> None:
+    deadline = time.monotonic() + within
+    async with httpx.AsyncClient(timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {proc.returncode}")
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                status = (await client.get(f"http://127.0.0.1:{port}/streams/status")).json()
+                if status["ready"] and status["config_ready"]:
+                    return
+            await asyncio.sleep(0.2)
+    raise RuntimeError("worker not ready in time")
+
+
+def stop_worker(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def start_worker(bootstrap: str, prefix: str, port: int, log: Path, extra: list[str]) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:
         return subprocess.Popen(
@@ -235,7 +284,19 @@ def start_worker(bootstrap: str, prefix: str, port: int, log: Path, extra: list[
         )
 
 
-def measure(bootstrap: str, workdir: Path, duration: float, extra: list[str]) -> list[Sample]:
+async def worker_counters(port: int) -> dict[str, float]:
+    """Ticks and summaries so far: what the early path costs."""
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in ("tokenpools_streams_ticks_total", "tokenpools_streams_summaries_sent_total"):
+                out[sample.name] = out.get(sample.name, 0.0) + sample.value
+    return out
+
+
+def measure(bootstrap: str, workdir: Path, duration: float, extra: list[str]) -> tuple[list[Sample], dict[str, float]]:
     prefix = f"lag{uuid.uuid4().hex[:6]}."
     config = workdir / "config.yaml"
     config.write_text(CONFIG + "".join(ENT % (n, n) for n in ["rival", *(f"s{i:02d}" for i in range(N_STEPPERS))]))
@@ -244,7 +305,12 @@ def measure(bootstrap: str, workdir: Path, duration: float, extra: list[str]) ->
     proc = start_worker(bootstrap, prefix, port, workdir / "worker.log", extra)
     try:
         asyncio.run(wait_ready(port, proc))
-        return asyncio.run(Bench(bootstrap, prefix, workdir, duration).run())
+        before = asyncio.run(worker_counters(port))
+        started = time.monotonic()
+        samples = asyncio.run(Bench(bootstrap, prefix, workdir, duration).run())
+        after = asyncio.run(worker_counters(port))
+        elapsed = time.monotonic() - started
+        return samples, {k: (after.get(k, 0.0) - before.get(k, 0.0)) / elapsed for k in after}
     finally:
         stop_worker(proc)
 
@@ -272,10 +338,13 @@ def main(duration: float | None = None) -> None:
     duration = duration or float(os.environ.get("BENCH_LAG_SECONDS", "120"))
     extra = shlex.split(os.environ.get("BENCH_LAG_WORKER_ARGS", ""))
     with kafka() as bootstrap, tempfile.TemporaryDirectory(prefix="bench-lag-") as tmp:
-        samples = measure(bootstrap, Path(tmp), duration, extra)
+        samples, rates = measure(bootstrap, Path(tmp), duration, extra)
     print(f"worker options: {' '.join(extra) or '(defaults)'}; {duration:.0f} s of staggered steps, "
           f"{N_STEPPERS} entitlements")
     report(samples)
+    print(f"worker: {rates.get('tokenpools_streams_ticks_total', 0):.2f} pool ticks/s, "
+          f"{rates.get('tokenpools_streams_summaries_sent_total', 0):.1f} summaries/s "
+          f"({N_STEPPERS + 1} entitlements, 1 pool)")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ from streams.allocate import PoolTick
 from streams.codec import RawMessage, partition_for
 from streams.config_table import ConfigView, TopicFollower
 from streams.dedup import SeenBatch
+from streams.fetch_wait import set_fetch_max_wait
 from streams.gaps import KafkaGapSource
 from streams.metrics import PipelineMetrics
 from streams.records import EntitlementUsage
@@ -131,6 +132,7 @@ def create_app(
         # from waiting for a full batch to drain (16 KiB by default, about ten window records).
         producer_max_batch_size=1024 * 1024,
     )
+    set_fetch_max_wait(app, s.fetch_max_wait_s)
     bad = BadRecords()
     metrics = PipelineMetrics(bad)
     config = ConfigView(bad, s.config_topic, s.replicas_topic)
@@ -208,10 +210,20 @@ def create_app(
             except Exception:  # summaries are re-sent every interval: losing a batch costs one tick
                 log.exception("stage 2 could not store a batch of summaries")
 
-    async def send_summaries(summaries: list[EntitlementUsage]) -> None:
+    async def send_summaries(summaries: list[EntitlementUsage], *, hand_over: bool = False) -> None:
+        """To stage 2 through the usage topic; with ``hand_over``, those of pools this worker ticks also
+        go straight to its stage 2 (Faust's consumer path adds about 0.3 s; the Kafka copy then changes
+        nothing, since stage 2 keeps a summary only if it is newer than the one it has)."""
+        owned = pipeline.owned_pools() if hand_over else {}
+        local: list[RawMessage] = []
         for summary in summaries:
-            await usage.send(key=summary.pool.encode(), value=summary.model_dump_json().encode())
+            key, value = summary.pool.encode(), summary.model_dump_json().encode()
+            await usage.send(key=key, value=value)
             metrics.summaries_sent.inc()
+            if summary.pool in owned:
+                local.append(RawMessage(owned[summary.pool], -1, key, value))
+        if local:
+            await stage2.process(local)
 
     @app.timer(s.summary_interval_s, name="emit_summaries")
     async def emit_summaries() -> None:
@@ -231,7 +243,7 @@ def create_app(
             return
         try:
             await send_summaries(stage1.changed_summaries(
-                time.time(), pipeline.active_partitions(s.requests_topic), s.change_threshold))
+                time.time(), pipeline.active_partitions(s.requests_topic), s.change_threshold), hand_over=True)
         except Exception:  # the regular interval sends them anyway
             log.exception("sending changed window summaries failed")
 

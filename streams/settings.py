@@ -36,6 +36,7 @@ class PipelineSettings:
     change_threshold: float = 0.1
     min_tick_gap_s: float = 0.25
     scheduler_interval_s: float = 0.1
+    fetch_max_wait_s: float = 0.1  # longest wait of a fetch at the broker (Faust's own is 1.5 s; see fetch_wait.py)
     dedup_horizon_s: float = 600.0
     dedup_max_ids: int = 1_000_000
     stale_after_s: float | None = None  # default: the hopping window size

@@ -93,7 +93,7 @@ class Stage2:
                 latest[key] = (summary, m.partition)
         for key, (summary, partition) in latest.items():
             previous = self.inputs.get(key)
-            if previous is None or previous.ts <= summary.ts:
+            if previous is None or previous.ts < summary.ts:  # equal: the copy of one handed over in-process
                 await self.inputs.put(key, summary, partition)
                 used = self._used.get(summary.pool, {}).get(key, (0.0, 0.0, 0.0))
                 self._stored += 1
