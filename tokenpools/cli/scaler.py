@@ -2,7 +2,8 @@
 
 Follows ``tokenpools.pool-state``, applies each pool's scaling rule and starts or stops emulator
 replicas in this process (``scaler.local.LocalActuator``), and reports ready replicas on
-``tokenpools.replicas``. Replica URLs are printed on every change (an admitter's ``backends``).
+``tokenpools.replicas`` with their URLs, which admitters started with ``--discover`` route to. The URLs
+are printed on every change too (for an admitter's ``--backend`` without discovery).
 """
 
 from __future__ import annotations
@@ -49,13 +50,17 @@ def scaler(
 async def _run(bootstrap: str, pools: dict, topic_prefix: str, speedup: float, report_every: float) -> None:
     from scaler.local import LocalActuator
     from scaler.loop import ScalerLoop
+    from sim.server import EmulatorServer
 
     def changed(name: str, urls: list[str]) -> None:
         typer.echo(f"pool {name}: {len(urls)} replicas {' '.join(urls)}")
 
     start = {n: p.spec.replicas.initial if p.spec.replicas.initial is not None else p.spec.replicas.min
              for n, p in pools.items()}
-    actuator = LocalActuator(start, on_change=changed, speedup=speedup)
+    def server(name: str) -> EmulatorServer:  # the replicas serve the pool's model name, as vLLM would
+        return EmulatorServer(0, model=pools[name].spec.model, speedup=speedup)
+
+    actuator = LocalActuator(start, on_change=changed, server_factory=server)
     loop = ScalerLoop(pools, actuator)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
