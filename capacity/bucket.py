@@ -50,11 +50,16 @@ class TokenBucket:
         return deficit / self.rate
 
     def reconfigure(self, rate: float, depth: float, now: float) -> None:
-        """Keep what has been spent (depth - level) across a change, so a raised limit is usable at once."""
+        """Keep what has been spent (depth - level) across a change, whichever way the depth moves.
+
+        A raised limit is usable at once, and a limit that moves up and down (an admitter's share
+        following its demand, every tick) gives nothing away: keeping the level on a cut would hand
+        out the difference again on the next raise. After a large cut the debt is capped at one new
+        depth, so a tenant waits at most about one burst window.
+        """
         self.refill(now)
-        if depth > self.depth:
-            self.level += depth - self.depth
+        level = self.level + depth - self.depth
+        floor = self.level if self.level < -depth else -depth
+        self.level = depth if level > depth else (level if level > floor else floor)
         self.rate = rate
         self.depth = depth
-        if self.level > depth:
-            self.level = depth

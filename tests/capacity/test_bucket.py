@@ -34,6 +34,21 @@ def test_reconfigure_caps_level_at_new_depth():
     assert b.level == 5 and b.rate == 1
 
 
+def test_reconfigure_keeps_what_was_spent_both_ways():
+    b = TokenBucket(rate=10, depth=100, now=0)
+    b.take(100)
+    for depth in (120, 100, 130, 100):  # a share moving up and down gives nothing away
+        b.reconfigure(rate=depth / 10, depth=depth, now=0)
+    assert b.level == 0
+    b.reconfigure(rate=20, depth=200, now=0)
+    assert b.level == 100  # a raised limit is usable at once
+    b.reconfigure(rate=1, depth=10, now=0)
+    assert b.level == -10  # a large cut: the debt is capped at one new depth
+    b.take(50)
+    b.reconfigure(rate=1, depth=5, now=0)
+    assert b.level == -60  # a deeper debt (an oversized request) is neither forgiven nor deepened by a cut
+
+
 def test_give_back_never_overfills():
     b = TokenBucket(rate=10, depth=20, now=0)
     b.take(5)
