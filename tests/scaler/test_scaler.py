@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 
@@ -102,5 +104,34 @@ async def test_spot_demand_uses_only_the_spot_budget_and_unknown_pools_are_ignor
         assert await loop.observe(other) is None
         with pytest.raises(KeyError):
             await actuator.current("q")
+    finally:
+        await actuator.close()
+
+
+async def test_scale_down_returns_at_once_and_the_removed_replica_drains_its_request() -> None:
+    """Slow emulator (speedup 0.05: a token takes tens of ms) so the stream is surely still running."""
+    actuator = LocalActuator({"p": 2}, speedup=0.05)
+    await actuator.start()
+    try:
+        keep, victim = actuator.urls("p")
+        body = {"model": "p", "max_tokens": 40, "stream": True, "emulator": {"output_tokens": 40},
+                "messages": [{"role": "user", "content": "hello"}]}
+        async with httpx.AsyncClient(timeout=60, trust_env=False) as client:
+            async with client.stream("POST", victim + "/v1/chat/completions", json=body) as resp:
+                lines = resp.aiter_lines()
+                assert (await anext(lines)).startswith("data: ")  # the request is running on the victim
+                await actuator.scale("p", 1)
+                # Out of the live set (and of what the scaler reports) before its request is done.
+                assert await actuator.endpoints("p") == [keep] and await actuator.ready("p") == 1
+                assert actuator.draining == 1
+                again = await client.post(victim + "/v1/chat/completions", json={**body, "stream": False})
+                assert again.status_code == 503  # draining: no new work
+                rest = [line async for line in lines if line]
+            assert rest[-1] == "data: [DONE]"  # the request it had finished normally
+        for _ in range(200):  # the drain task ends once uvicorn has closed
+            if actuator.draining == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert actuator.draining == 0
     finally:
         await actuator.close()
