@@ -2,8 +2,9 @@
 
 They follow the conventions of ``schemas.records`` (snake_case JSON, ``schema_version``, decoded with
 ``schemas.wire.decode`` so a bad one is counted and skipped). They live here, not in ``schemas/``,
-because only the pipeline (and whoever feeds ``tokenpools.replicas``) reads them; the contracts
-other components follow are ``EntitlementState`` and ``PoolState``.
+because only the pipeline, the scaler that feeds ``tokenpools.replicas`` and the admitters that
+discover replicas there (``admitter.discovery``) use them; the contracts other components follow
+are ``EntitlementState`` and ``PoolState``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.records import Amounts, Count, Record
 from schemas.specs import Tier
-
 
 Endpoint = Annotated[str, Field(pattern=r"^https?://[^\s/]+(/\S*)?$", max_length=2048)]
 
