@@ -99,17 +99,9 @@ def _raw(events: Sequence[Any]) -> list[RawMessage]:
     return [RawMessage(e.message.partition, e.message.offset, e.message.key, e.message.value) for e in events]
 
 
-def create_app(
-    settings: PipelineSettings,
-    *,
-    requests_partitions: int,
-    usage_partitions: int,
-    sink: HistorySink = no_history,
-) -> Pipeline:
-    """Build the worker's Faust app. Topics must exist (``streams.worker.prepare`` creates them)."""
-    s = settings
-    app = faust.App(
-        s.full_app_id,
+def faust_settings(s: PipelineSettings) -> dict[str, Any]:
+    """``faust.App`` settings of a pipeline worker (the benchmark's empty-agent baseline uses them too)."""
+    return dict(
         broker=[f"kafka://{h.strip()}" for h in s.bootstrap_servers.split(",") if h.strip()],
         store="memory://",  # tables recover from their changelogs at start: no RocksDB needed
         processing_guarantee=s.processing_guarantee,
@@ -132,6 +124,18 @@ def create_app(
         # from waiting for a full batch to drain (16 KiB by default, about ten window records).
         producer_max_batch_size=1024 * 1024,
     )
+
+
+def create_app(
+    settings: PipelineSettings,
+    *,
+    requests_partitions: int,
+    usage_partitions: int,
+    sink: HistorySink = no_history,
+) -> Pipeline:
+    """Build the worker's Faust app. Topics must exist (``streams.worker.prepare`` creates them)."""
+    s = settings
+    app = faust.App(s.full_app_id, **faust_settings(s))
     set_fetch_max_wait(app, s.fetch_max_wait_s)
     bad = BadRecords()
     metrics = PipelineMetrics(bad)

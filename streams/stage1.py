@@ -123,6 +123,7 @@ class Stage1:
         touched: dict[str, EntitlementWindows] = {}
         new_ids: dict[int, list[tuple[str, int]]] = {}
         first_offset: dict[int, int] = {}
+        counts = [0, 0, 0, 0]  # new, duplicates, replays, late: one metric update per batch, not per event
         for m in messages:
             events, batched = decode_request_events(m.value, self.topic, self.bad)
             if not events:
@@ -161,20 +162,24 @@ class Stage1:
                     new_ids.setdefault(m.partition, []).append((ev.id, m.offset))
                     first_offset.setdefault(m.partition, m.offset)
                 if verdict is Verdict.REPLAY:
-                    self.metrics.replays.inc()
+                    counts[2] += 1
                     continue
                 if verdict is Verdict.DUPLICATE:
-                    self.metrics.duplicates.inc()
+                    counts[1] += 1
                     rec.note_duplicate(m.offset)
                 else:
-                    self.metrics.new.inc()
+                    counts[0] += 1
                     if not rec.apply(ev, m.offset, self.spec, now):
-                        self.metrics.late.inc()
+                        counts[3] += 1
                     try:
                         self.sink(ev)
                     except Exception:  # history is best effort; counting must go on
                         log.exception("history sink failed for event %s", ev.id)
                 touched[key] = rec
+        for metric, n in zip((self.metrics.new, self.metrics.duplicates, self.metrics.replays, self.metrics.late),
+                             counts, strict=True):
+            if n:
+                metric.inc(n)
         for key, rec in touched.items():
             rec.prune(self.spec, now)
             self._pending_windows[key] = rec
