@@ -64,10 +64,20 @@ def build(settings: PipelineSettings, counts: dict[str, int]) -> Pipeline:
     )
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where installed: Faust's per-record path costs about a quarter less CPU on it
+    (``bench/bench_streams.py``); the standard loop otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 def run_worker(settings: PipelineSettings, config_paths: Sequence[Path] = ()) -> None:
     """Blocks until the worker stops (SIGINT/SIGTERM)."""
     counts = asyncio.run(prepare(settings, config_paths))
-    asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed its loop; Faust needs a fresh one
+    asyncio.set_event_loop(new_event_loop())  # asyncio.run closed its loop; Faust needs a fresh one
     pipeline = build(settings, counts)
     if settings.metrics_port is not None:
         from prometheus_client import start_http_server
