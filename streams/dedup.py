@@ -11,6 +11,11 @@ Two kinds of repeats reach stage 1, and they are told apart differently:
   (admitters key events by entitlement, so a re-sent event lands on the same partition) for a
   bounded horizon of processing time, with the offset where each id first appeared.
 
+A record may be a batch of one entitlement's events (``schemas.records.RequestEventBatch``): its
+events share one offset. Stage 1 then takes the replay decision against the window record's offset
+from *before* the record (all of that record's events for one window record are persisted in one
+write, so it holds per record), and treats an id repeated inside the record as a duplicate.
+
 Storing the first offset matters for crash consistency under at-least-once: the id batch and the
 window record are separate changelog writes, so after a crash the id may be remembered while the
 count was lost. The replayed record then carries the *same* offset as the remembered one, which
