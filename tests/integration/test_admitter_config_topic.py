@@ -32,6 +32,7 @@ from admitter.limits import LocalAllocator
 from admitter.settings import AdmitterSettings
 from schemas.loader import PlatformConfig
 from schemas.specs import Manifest
+from schemas.wire import BadRecords, decode_request_events
 from streams.config_table import config_key, config_value
 from streams.topics import CONFIG, REQUESTS, create_topics, topic_specs
 from tests.admitter.conftest import ADMIN, ADMIN_KEY, FakeReplica, Served, auth, chat, ent, platform, pool, sha
@@ -340,8 +341,10 @@ async def test_the_cli_admitter_with_kafka_starts_serves_and_stops(kafka: Any, t
         io = Kafka(kafka.bootstrap_servers, topics)
         try:
             async def event_sent() -> bool:
-                events = [orjson.loads(v) for _, v in await io.read_all(REQUESTS) if v]
-                return any(e["entitlement"] == "gold" and e["admitter_id"] == "cli-1" for e in events)
+                # A record is one event or a batch of one entitlement's events (KafkaSink packs them).
+                events = [e for _, v in await io.read_all(REQUESTS)
+                          for e in decode_request_events(v, REQUESTS, BadRecords())[0]]
+                return any(e.entitlement == "gold" and e.admitter_id == "cli-1" for e in events)
             await eventually(event_sent, within=30, every=0.5)
         finally:
             await io.close()
