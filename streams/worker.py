@@ -20,7 +20,7 @@ from schemas.loader import load_config
 from streams.app import Pipeline, create_app
 from streams.config_table import seed_config
 from streams.settings import PipelineSettings
-from streams.topics import create_topics, topic_specs
+from streams.topics import TopicSpec, create_topics, topic_specs
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,34 @@ def build(settings: PipelineSettings, counts: dict[str, int]) -> Pipeline:
     )
 
 
+def changelog_specs(app: faust.App) -> list[TopicSpec]:
+    """The changelog topic of every table, configured as Faust would create it."""
+    specs = []
+    for table in app.tables.values():
+        topic = table.changelog_topic
+        cleanup = [policy for policy, on in (("compact", topic.compacting), ("delete", topic.deleting)) if on]
+        config = {"cleanup.policy": ",".join(cleanup)} if cleanup else {}
+        config.update({k: str(v) for k, v in (topic.config or {}).items()})
+        specs.append(TopicSpec(topic.get_topic_name(), table.partitions or app.conf.topic_partitions, config))
+    return specs
+
+
+async def create_changelogs(settings: PipelineSettings, app: faust.App) -> None:
+    """Create the tables' changelog topics before Faust starts, and wait until metadata lists them.
+
+    Faust would create them itself at start, but two workers starting together race to do it, and a
+    worker whose consumer joins the group before a changelog is in its metadata leaves that table
+    out of recovery ("Ignoring missing topic") until its metadata refreshes. For ``pool-ticks``
+    that restarted a pool's tick sequence and debt from zero on the worker that took the pool over
+    (seen as two tick sequences from 1 in ``test_two_workers_share_the_partitions_and_count_exactly``).
+    """
+    specs = changelog_specs(app)
+    created = await create_topics(settings.bootstrap_servers, specs, settings.replication)
+    if created:
+        log.info("created changelog topics: %s", ", ".join(created))
+    await partition_counts(settings.bootstrap_servers, [spec.name for spec in specs])
+
+
 def new_event_loop() -> asyncio.AbstractEventLoop:
     """uvloop where installed: Faust's per-record path costs about a quarter less CPU on it
     (``bench/bench_streams.py``); the standard loop otherwise."""
@@ -79,6 +107,7 @@ def run_worker(settings: PipelineSettings, config_paths: Sequence[Path] = ()) ->
     counts = asyncio.run(prepare(settings, config_paths))
     asyncio.set_event_loop(new_event_loop())  # asyncio.run closed its loop; Faust needs a fresh one
     pipeline = build(settings, counts)
+    asyncio.get_event_loop().run_until_complete(create_changelogs(settings, pipeline.app))
     if settings.metrics_port is not None:
         from prometheus_client import start_http_server
 
