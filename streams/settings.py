@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from streams import topics
 from streams.windows import WindowSpec
@@ -46,6 +47,9 @@ class PipelineSettings:
     commit_interval_s: float = 1.0
     session_timeout_s: float = 10.0
     log_level: str = "info"
+    # Faust keeps only empty directories here (tables are in memory, recovered from changelogs), but
+    # its default is ``./<app id>-data``, which litters whatever directory the worker was started in.
+    data_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.processing_guarantee not in GUARANTEES:
@@ -62,6 +66,14 @@ class PipelineSettings:
     @property
     def full_app_id(self) -> str:
         return self.topic_prefix + self.app_id
+
+    @property
+    def faust_data_dir(self) -> Path:
+        """``data_dir``, or ``$XDG_STATE_HOME/tokenpools/streams/<app id>`` (``~/.local/state`` without it)."""
+        if self.data_dir is not None:
+            return Path(self.data_dir)
+        base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        return Path(base) / "tokenpools" / "streams" / self.full_app_id
 
     @property
     def requests_topic(self) -> str:

@@ -88,7 +88,7 @@ class Worker:
             "--config", str(config), "--web-port", str(self.port), "--topic-prefix", prefix,
             "--tumbling-seconds", "1", "--hop-size-seconds", "3", "--hop-step-seconds", "1", "--grace-seconds", "0.2",
             "--summary-interval", "0.25", "--commit-interval", "0.5", "--session-timeout", "6", "--log-level", "warn",
-            *extra,
+            "--data-dir", str(log.parent / f"{log.stem}.faust-data"), *extra,
         ]
         self.proc: subprocess.Popen[bytes] | None = None
 

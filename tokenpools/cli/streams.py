@@ -56,6 +56,8 @@ def worker(
         "at_least_once", "--processing-guarantee",
         help="at_least_once (default; exact through offset and id dedup) or exactly_once (experimental)."),
     log_level: str = typer.Option("info", "--log-level", help="crit, error, warn, info or debug."),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="Faust's data directory (default $XDG_STATE_HOME/tokenpools/streams/<app id>)."),
 ) -> None:
     """Run one pipeline worker until Ctrl-C."""
     from schemas.loader import ConfigError
@@ -73,6 +75,7 @@ def worker(
             summary_interval_s=summary_interval, change_check_s=change_check, change_threshold=change_threshold,
             min_tick_gap_s=min_tick_gap, dedup_horizon_s=dedup_horizon, commit_interval_s=commit_interval,
             session_timeout_s=session_timeout, log_level=log_level,
+            data_dir=str(data_dir) if data_dir is not None else None,
         )
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
