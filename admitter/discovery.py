@@ -32,8 +32,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from admitter.proxy import ReplicaSet
+from schemas.records import ReplicasReport
 from schemas.wire import BadRecords, decode
-from streams.records import ReplicasReport
 from streams.topics import REPLICAS
 
 log = logging.getLogger("tokenpools.admitter.discovery")

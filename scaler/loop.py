@@ -9,7 +9,7 @@ of a pool it manages, the loop:
    once, down only after the stabilisation window; never below the guarantees or outside bounds);
 3. calls the actuator when the decision differs from the actuator's current count;
 4. publishes the actuator's ready replicas to ``tokenpools.replicas``
-   (``streams.records.ReplicasReport``, key = pool), the pipeline's capacity belief, with their
+   (``schemas.records.ReplicasReport``, key = pool), the pipeline's capacity belief, with their
    base URLs when the actuator is an ``EndpointSource`` (what ``admitter.discovery`` follows).
 
 The clock (for the forecaster and the stabilisation window) is injected; the reports carry wall time.
@@ -28,10 +28,9 @@ from typing import TYPE_CHECKING
 
 from capacity.scaling import DemandForecaster, ScalingDecision, ScalingRule
 from scaler.actuator import Actuator, EndpointSource
-from schemas.records import Amounts, PoolState
+from schemas.records import Amounts, PoolState, ReplicasReport
 from schemas.specs import Tier, TokenPool
 from schemas.wire import BadRecords, decode, encode
-from streams.records import ReplicasReport
 from streams.topics import POOL_STATE, REPLICAS
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from schemas.loader import Workload
-from schemas.records import EntitlementState, PoolState, RequestEvent, RequestEventBatch
+from schemas.records import EntitlementState, PoolState, ReplicasReport, RequestEvent, RequestEventBatch
 from schemas.specs import Entitlement, TokenPool
 
 SCHEMA_DIR = Path(__file__).parent / "jsonschema"
@@ -20,6 +20,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "RequestEventBatch": RequestEventBatch,
     "EntitlementState": EntitlementState,
     "PoolState": PoolState,
+    "ReplicasReport": ReplicasReport,
 }
 
 

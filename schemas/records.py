@@ -1,4 +1,5 @@
-"""Records that travel on the topics: request events and the state the pipeline publishes.
+"""Records that travel on the topics between components: request events, the state the pipeline
+publishes, and the scaler's replica reports.
 
 Wire records are snake_case JSON. Each carries ``schema_version`` so a consumer can skip (and
 count) a record it does not understand instead of crashing, and an ``id`` so consumers can be
@@ -138,3 +139,21 @@ class PoolState(Record):
     guarantees: Amounts
     demand: dict[Tier, Amounts] = Field(default_factory=dict)
     usage: dict[Tier, Amounts] = Field(default_factory=dict)
+
+
+Endpoint = Annotated[str, Field(pattern=r"^https?://[^\s/]+(/\S*)?$", max_length=2048)]
+
+
+class ReplicasReport(Record):
+    """How many replicas of a pool are ready (``tokenpools.replicas``, compacted, key = pool name).
+
+    ``endpoints`` are the base URLs of those ready replicas, for admitters that discover their
+    backends from this topic (``admitter.discovery``). It is optional: an actuator whose platform
+    does discovery itself (a Kubernetes Service in front of the pool's pods) reports counts only, and
+    admitters then keep the backends they were configured with.
+    """
+
+    pool: str = Field(min_length=1)
+    ready_replicas: Count
+    ts: float = 0.0
+    endpoints: list[Endpoint] | None = None

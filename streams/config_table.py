@@ -22,9 +22,9 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas.loader import ConfigError, PlatformConfig, parse_manifest
+from schemas.records import ReplicasReport
 from schemas.specs import Entitlement, Manifest, TokenPool
 from schemas.wire import BadRecords, decode
-from streams.records import ReplicasReport
 from streams.windows import Weights
 
 log = logging.getLogger(__name__)

@@ -1,37 +1,16 @@
-"""Records on the topics the pipeline adds: the scaler's replica reports and stage 1's window summaries.
+"""Records on the pipeline's internal topic: stage 1's window summaries for stage 2.
 
 They follow the conventions of ``schemas.records`` (snake_case JSON, ``schema_version``, decoded with
 ``schemas.wire.decode`` so a bad one is counted and skipped). They live here, not in ``schemas/``,
-because only the pipeline, the scaler that feeds ``tokenpools.replicas`` and the admitters that
-discover replicas there (``admitter.discovery``) use them; the contracts other components follow
-are ``EntitlementState`` and ``PoolState``.
+because only the two stages of the pipeline read and write them.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
-
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.records import Amounts, Count, Record
+from schemas.records import Amounts, Record
 from schemas.specs import Tier
-
-Endpoint = Annotated[str, Field(pattern=r"^https?://[^\s/]+(/\S*)?$", max_length=2048)]
-
-
-class ReplicasReport(Record):
-    """How many replicas of a pool are ready (``tokenpools.replicas``, compacted, key = pool name).
-
-    ``endpoints`` are the base URLs of those ready replicas, for admitters that discover their
-    backends from this topic (``admitter.discovery``). It is optional: an actuator whose platform
-    does discovery itself (a Kubernetes Service in front of the pool's pods) reports counts only, and
-    admitters then keep the backends they were configured with.
-    """
-
-    pool: str = Field(min_length=1)
-    ready_replicas: Count
-    ts: float = 0.0
-    endpoints: list[Endpoint] | None = None
 
 
 class _Part(BaseModel):

@@ -12,7 +12,7 @@ import orjson
 
 from admitter.discovery import ReplicaDiscovery
 from admitter.proxy import ReplicaSet
-from streams.records import ReplicasReport
+from schemas.records import ReplicasReport
 from tests.admitter.conftest import auth, chat, ent, platform, pool
 
 

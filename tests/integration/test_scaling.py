@@ -22,9 +22,9 @@ import pytest
 from scaler.local import LocalActuator
 from scaler.loop import ScalerLoop
 from schemas.loader import load_config
+from schemas.records import ReplicasReport
 from schemas.wire import BadRecords, decode
 from streams import topics
-from streams.records import ReplicasReport
 from tests.integration.harness import Kafka, Worker, eventually, request_pair
 
 pytestmark = pytest.mark.integration

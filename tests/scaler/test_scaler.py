@@ -11,9 +11,8 @@ from capacity.scaling import replicas_for
 from scaler.actuator import Actuator
 from scaler.local import LocalActuator
 from scaler.loop import ScalerLoop
-from schemas.records import Amounts, PoolState
+from schemas.records import Amounts, PoolState, ReplicasReport
 from schemas.specs import TokenPool
-from streams.records import ReplicasReport
 
 WINDOW = 10.0
 
