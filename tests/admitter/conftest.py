@@ -44,6 +44,13 @@ from tests.factories import pool as make_pool
 ADMIN_KEY = "tp-admin-test-secret"
 
 
+@pytest.fixture(autouse=True)
+def standalone_admitter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``tokenpools admitter`` reads ``--kafka`` from ``KAFKA_BOOTSTRAP_SERVERS``: with the variable set
+    (a shared cluster for the integration tests) these standalone tests would silently join it."""
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+
+
 def sha(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
