@@ -106,6 +106,7 @@ def run_worker(settings: PipelineSettings, config_paths: Sequence[Path] = ()) ->
     """Blocks until the worker stops (SIGINT/SIGTERM)."""
     counts = asyncio.run(prepare(settings, config_paths))
     asyncio.set_event_loop(new_event_loop())  # asyncio.run closed its loop; Faust needs a fresh one
+    settings.faust_data_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     pipeline = build(settings, counts)
     asyncio.get_event_loop().run_until_complete(create_changelogs(settings, pipeline.app))
     if settings.metrics_port is not None:
