@@ -117,7 +117,12 @@ class EntitlementLive:
         self.limit_conc = concurrency if concurrency > g[2] else g[2]
         self.bucket.reconfigure(self.limit_tp, self.limit_tp * self.window, now)
         if self.g_bucket is not None:
-            self.g_bucket.reconfigure(g[0], g[0] * self.window, now)
+            # Rate: this admitter's share of the guarantee. Depth: the whole guarantee's burst window, so
+            # a burst that happens to land on one admitter is not refused for how the tenant's traffic
+            # split across admitters last tick. The rates still sum to the guarantee; what the split
+            # can let through on top is at most one burst window per extra admitter, once.
+            full = self.spec.spec.guarantee.throughput
+            self.g_bucket.reconfigure(g[0], (full if full > g[0] else g[0]) * self.window, now)
 
 
 class PoolLive:

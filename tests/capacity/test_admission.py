@@ -168,3 +168,21 @@ def test_demand_counts_refused_work_once():
     assert e.demand_tp == 2 * c.throughput
     decide(live, e, "r2", c, now=0, retry=True)
     assert e.demand_tp == 2 * c.throughput
+
+
+def test_a_guarantee_split_across_admitters_keeps_the_whole_burst_window_at_each():
+    """Two admitters each get half the rate of a 1,000/s guarantee; a 5 s burst of the whole guarantee
+    that lands on one of them is admitted, and only then does its half rate hold."""
+    g = ent("g", tier="guaranteed", guarantee=(1000.0, 1e6, 100), burst=(1000.0, 1e6, 100), window=5.0)
+    live = make(g, replicas=8, per=(1000.0, 1e6, 100.0))
+    e, c = cost(live, "g", prompt=100, max_tokens=400)
+    live.set_guarantee_share("g", (500.0, 5e5, 50), now=0)
+    e.set_limits(500.0, 5e5, 50, now=0)
+    admitted = 0
+    while decide(live, e, f"r{admitted}", c, now=0).admitted:
+        admitted += 1
+    assert admitted == 5000 // c.throughput  # the whole 1,000/s x 5 s, not this admitter's half
+    # Refilled at this admitter's half of the guarantee: the next request waits deficit / 500 s.
+    wait = (c.throughput - e.g_bucket.level) / 500.0
+    assert not decide(live, e, "early", c, now=wait * 0.9).admitted
+    assert decide(live, e, "on-time", c, now=wait * 1.01).admitted
