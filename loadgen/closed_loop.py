@@ -1,0 +1,351 @@
+"""The closed loop, live: ``tokenpools up`` on real Kafka, a workload through both admitters, and
+what the control plane did about it.
+
+``tokenpools up`` runs in its own process (Kafka, the Faust worker, the scaler with emulator
+replicas, two admitters), so the load generator here does not share its event loop. While the
+workload runs, this process also follows the compacted topics the pipeline and the scaler write
+(``pool-state``, ``entitlement-state``, ``replicas``): the pool's demand and capacity, every
+entitlement's global limit, and the replica count, as the rest of the platform saw them.
+
+Outputs in ``out``: ``load/`` (the load generator's own report: per-tenant table, latency.png,
+records), ``timeline.json`` (what the topics said, by second), ``closed_loop.png``, ``table.md``,
+``summary.json`` with the checked claims, and ``up/`` (logs of every part).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from loadgen.keys import resolve_keys
+from loadgen.plan import Plan, make_plan
+from loadgen.progress import run_with_progress
+from loadgen.report import TIER_COLOURS, report, write_outputs
+from loadgen.runner import LoadOptions, LoadResult, LoadRunner, Record
+from schemas.records import EntitlementState, PoolState, ReplicasReport
+from schemas.wire import BadRecords, decode
+from sim.experiments.common import figure, markdown_table, write_json
+from streams import topics
+
+CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "demo" / "closed-loop"
+WORKLOAD = "closed-loop"
+START_TIMEOUT_S = 600.0  # the first start resolves Kafka's jars with Maven
+SHRINK_WAIT_S = 60.0  # after the workload: how long to wait for the pool to return to its minimum
+TIERS = ("guaranteed", "elastic", "spot")
+# The workload's phases (deploy/demo/closed-loop/workloads/closed-loop.yaml), seconds since its start.
+SPOT_ONLY_UNTIL = 15.0  # guaranteed + spot only: the pool must stay at its minimum
+ELASTIC_FULL = (25.0, 80.0)  # elastic demand at its peak (with its fall): the pool grows
+FAIR_SHARE_SPAN = (40.0, 75.0)  # settled overload: the elastic tenants' shares are compared here
+ELASTIC_FALLS = 75.0  # elastic demand starts to fall (zero at 80 s): no shrink can be due before this + window
+GUARANTEED, ELASTIC_A, ELASTIC_B = "acme-live", "tenant-a-live", "tenant-b-live"  # weights 2 and 1
+
+
+class UpFailed(RuntimeError):
+    """``tokenpools up`` exited or never became ready; the message holds its log's tail."""
+
+
+@dataclass
+class Timeline:
+    """What the compacted topics said during the run, stamped with the records' own clocks."""
+
+    pools: list[PoolState] = field(default_factory=list)
+    entitlements: list[EntitlementState] = field(default_factory=list)
+    replicas: list[ReplicasReport] = field(default_factory=list)
+    bad: BadRecords = field(default_factory=BadRecords)
+
+
+async def follow(bootstrap: str, prefix: str, timeline: Timeline, stop: asyncio.Event) -> None:
+    """Read the three topics from the beginning until ``stop`` (no consumer group: nothing committed)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    names = {prefix + topics.POOL_STATE: (PoolState, timeline.pools),
+             prefix + topics.ENTITLEMENT_STATE: (EntitlementState, timeline.entitlements),
+             prefix + topics.REPLICAS: (ReplicasReport, timeline.replicas)}
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
+                                client_id="tokenpools-demo-observer")
+    await consumer.start()
+    try:
+        from streams.config_table import partitions_of
+
+        partitions = [TopicPartition(t, p) for t in names for p in await partitions_of(consumer, t)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=200)
+            for tp, messages in batches.items():
+                model, sink = names[tp.topic]
+                for m in messages:
+                    record = decode(model, m.value, tp.topic, timeline.bad)
+                    if record is not None:
+                        sink.append(record)
+    finally:
+        await consumer.stop()
+
+
+@dataclass
+class Up:
+    """A ``tokenpools up`` subprocess and what its ready file says."""
+
+    proc: subprocess.Popen[bytes]
+    folder: Path
+    ready: dict[str, Any]
+
+    @property
+    def log(self) -> Path:
+        return self.folder / "up.log"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(90)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    if not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def launch_up(config: Path, folder: Path, prefix: str) -> subprocess.Popen[bytes]:
+    """``tokenpools up`` on free ports with its data, logs and ready file in a fresh ``folder``."""
+    if folder.exists():
+        shutil.rmtree(folder)  # a fresh broker each run: nothing left over from an earlier one
+    folder.mkdir(parents=True)
+    args = [sys.executable, "-m", "tokenpools.cli", "up", "--config", str(config), "--port", "0",
+            "--data-dir", str(folder), "--ready-file", str(folder / "ready.json"), "--topic-prefix", prefix,
+            "--report-every", "2"]
+    with (folder / "up.log").open("wb") as out:
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+async def start_up(config: Path, folder: Path, prefix: str, console: Console) -> Up:
+    """Start ``tokenpools up`` and wait for its ready file, showing what it is doing meanwhile."""
+    proc = await asyncio.to_thread(launch_up, config, folder, prefix)
+    ready_file, log = folder / "ready.json", folder / "up.log"
+    started = time.monotonic()
+    with console.status("starting") as status:
+        while not ready_file.exists():
+            if proc.poll() is not None:
+                raise UpFailed(f"tokenpools up exited with code {proc.returncode}:\n{_tail(log)}")
+            elapsed = time.monotonic() - started
+            if elapsed > START_TIMEOUT_S:
+                Up(proc, folder, {}).stop()
+                raise UpFailed(f"tokenpools up not ready after {START_TIMEOUT_S:.0f} s:\n{_tail(log)}")
+            last = _tail(log, 1).strip()
+            status.update(f"starting Kafka, the pipeline, the scaler and two admitters ({elapsed:.0f} s)"
+                          + (f": {last[:90]}" if last else ""))
+            await asyncio.sleep(0.5)
+    up = Up(proc, folder, json.loads(ready_file.read_text()))
+    console.print(f"up in {time.monotonic() - started:.0f} s: Kafka {up.ready['bootstrap']}, admitters "
+                  f"{', '.join(up.ready['admitters'])} (logs in {folder})")
+    return up
+
+
+async def wait_for_minimum(timeline: Timeline, pool: str, minimum: int, within: float, console: Console) -> None:
+    """After the load: give the scaler its stabilisation window to bring the pool back down."""
+    started = time.monotonic()
+    with console.status("waiting for the scale-down") as status:
+        while time.monotonic() - started < within:
+            reports = [r for r in timeline.replicas if r.pool == pool]
+            current = reports[-1].ready_replicas if reports else None
+            if current is not None and current <= minimum:
+                return
+            status.update(f"pool {pool}: {current} ready replicas, waiting for {minimum} "
+                          f"({time.monotonic() - started:.0f}/{within:.0f} s)")
+            await asyncio.sleep(0.5)
+
+
+async def run_live(plan: Plan, keys: dict[str, str], config: Path, out: Path, console: Console
+                   ) -> tuple[LoadResult, Timeline, float]:
+    """Start the platform, run the workload through both admitters, follow the topics; stop it all."""
+    prefix = f"demo{secrets.token_hex(3)}."
+    up = await start_up(config, out / "up", prefix, console)
+    timeline = Timeline()
+    stop = asyncio.Event()
+    observer = asyncio.create_task(follow(up.ready["bootstrap"], prefix, timeline, stop))
+    try:
+        options = LoadOptions(urls=up.ready["admitters"], model=plan.model, keys=keys, tiers=plan.tiers,
+                              endpoint="chat", timeout=60.0, drain=10.0)
+        runner = LoadRunner(plan.arrivals, options, plan.spec.duration_seconds)
+        t0 = time.time()
+        result = await run_with_progress(runner, console, plan.name)
+        pool = plan.config.pools[plan.spec.pool]
+        await wait_for_minimum(timeline, pool.name, pool.spec.replicas.min, SHRINK_WAIT_S, console)
+        await asyncio.sleep(1.0)  # the last records in flight
+        return result, timeline, t0
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await observer
+        await asyncio.to_thread(up.stop)
+
+
+def weighted_tokens(r: Record, weights: tuple[float, float]) -> float:
+    return weights[0] * (r.prompt_tokens or 0) + weights[1] * (r.output_tokens or 0)
+
+
+def admitted_rate(records: Sequence[Record], entitlement: str, weights: tuple[float, float], lo: float, hi: float
+                  ) -> float:
+    """Weighted tokens/s served to an entitlement's requests scheduled in [lo, hi)."""
+    chosen = [r for r in records if r.entitlement == entitlement and r.outcome == "ok" and lo <= r.scheduled < hi]
+    return sum(weighted_tokens(r, weights) for r in chosen) / (hi - lo)
+
+
+def analyse(plan: Plan, result: LoadResult, timeline: Timeline, t0: float, summary: dict[str, Any]) -> dict[str, Any]:
+    """The claims the demo makes, measured on this run."""
+    pool = plan.config.pools[plan.spec.pool]
+    weights = (pool.spec.token_weights.input, pool.spec.token_weights.output)
+    window = pool.spec.scaling.stabilisation_window_seconds
+    replicas = [(r.ts - t0, r.ready_replicas) for r in timeline.replicas if r.pool == pool.name]
+    before = [n for t, n in replicas if t < SPOT_ONLY_UNTIL]
+    peak = max((n for t, n in replicas if ELASTIC_FULL[0] <= t <= ELASTIC_FULL[1]), default=0)
+    shrunk = next((t for t, n in replicas if t > ELASTIC_FULL[1] and n <= pool.spec.replicas.min), None)
+    a = admitted_rate(result.records, ELASTIC_A, weights, *FAIR_SHARE_SPAN)
+    b = admitted_rate(result.records, ELASTIC_B, weights, *FAIR_SHARE_SPAN)
+    guaranteed = next((row for row in summary["tiers"] if row["tier"] == "guaranteed"), None)
+    slo = plan.config.entitlements[GUARANTEED].spec.slo
+    ttft_p99 = guaranteed["ttft_p99"] if guaranteed else None
+    figures = {
+        "replicas_before_elastic_load": max(before, default=None),
+        "replicas_peak_under_elastic_load": peak,
+        "replicas_max": pool.spec.replicas.max,
+        "shrunk_to_min_at_s": shrunk,
+        "stabilisation_window_s": window,
+        "elastic_a_tokens_per_s": a,
+        "elastic_b_tokens_per_s": b,
+        "elastic_share_span_s": list(FAIR_SHARE_SPAN),
+        "elastic_ratio_a_to_b": a / b if b else None,
+        "guaranteed_ttft_p99_s": ttft_p99,
+        "guaranteed_ttft_slo_s": slo.ttft_seconds if slo else None,
+        "guaranteed_ok": f"{guaranteed['ok']}/{guaranteed['requests']}" if guaranteed else None,
+        "errors_all_tiers": summary["all"]["errors"] + summary["all"]["timeouts"],
+        "bad_records": {f"{t}|{r}": n for (t, r), n in timeline.bad.counts.items()},
+    }
+    checks = {
+        "spot alone does not scale the pool": bool(before) and max(before) == pool.spec.replicas.min,
+        "elastic demand above capacity grows the pool": peak > pool.spec.replicas.min,
+        "the pool shrinks back, after the stabilisation window": shrunk is not None
+        and shrunk >= ELASTIC_FALLS + window,
+        "elastic tenants share about 2:1 (weights 2 and 1)": b > 0 and 1.4 <= a / b <= 2.8,
+        "guaranteed P99 TTFT within its SLO": ttft_p99 is not None and slo is not None
+        and ttft_p99 <= (slo.ttft_seconds or float("inf")),
+    }
+    return {"figures": figures, "pass": checks}
+
+
+def _series(points: Sequence[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:
+    pts = sorted(points)
+    return np.array([p[0] for p in pts], dtype=float), np.array([p[1] for p in pts], dtype=float)
+
+
+def plot(plan: Plan, result: LoadResult, timeline: Timeline, t0: float, path: Path) -> None:
+    """Top: served tokens/s per tenant and its global limit; bottom: demand, capacity and replicas."""
+    pool = plan.config.pools[plan.spec.pool]
+    weights = (pool.spec.token_weights.input, pool.spec.token_weights.output)
+    end = max(plan.spec.duration_seconds, *(r.ts - t0 for r in timeline.replicas)) if timeline.replicas \
+        else plan.spec.duration_seconds
+    bin_s = 10.0  # a few requests per second per tenant: shorter bins are mostly Poisson noise
+    edges = np.arange(0.0, end + bin_s, bin_s)
+    colours = {GUARANTEED: "tab:blue", ELASTIC_A: "tab:green", ELASTIC_B: "tab:olive", "batchco-live": "tab:orange"}
+    with figure(path, 2, 1, figsize=(11, 8), sharex=True) as (_, (top, bottom)):
+        for name in plan.tiers:
+            served = [admitted_rate(result.records, name, weights, lo, hi) for lo, hi in itertools.pairwise(edges)]
+            colour = colours.get(name)
+            top.plot(edges[:-1] + bin_s / 2, served, "-o", markersize=3, color=colour,
+                     label=f"{name} ({plan.tiers[name]}) served")
+            x, y = _series([(s.ts - t0, s.limits.throughput) for s in timeline.entitlements if s.id == name])
+            if len(x):
+                top.step(x, y, where="post", linestyle="--", linewidth=1, color=colour, alpha=0.8,
+                         label=f"{name} limit")
+        top.set_ylabel(f"weighted tokens/s ({bin_s:g} s bins, by send time)")
+        top.set_title("Closed loop on Kafka: served tokens per tenant (solid) and the pipeline's global limit (dashed)")
+        top.set_ylim(bottom=0)
+        top.grid(True, alpha=0.3)
+        top.legend(fontsize=7, ncol=2)
+
+        states = [s for s in timeline.pools if s.id == pool.name]
+        x = np.array([s.ts - t0 for s in states], dtype=float)
+        for tier in TIERS:
+            colour = TIER_COLOURS[tier]
+            y = np.array([s.demand[tier].throughput if tier in s.demand else 0.0 for s in states], dtype=float)
+            if len(y) and y.any():
+                bottom.plot(x, y, "-", color=colour, linewidth=1.2, label=f"{tier} demand")
+        if states:
+            bottom.plot(x, [s.capacity.throughput for s in states], "-", color="black", linewidth=1.6,
+                        label="pool capacity")
+        bottom.set_ylabel("weighted tokens/s (trailing window)")
+        bottom.set_xlabel("seconds since the workload started")
+        bottom.set_ylim(bottom=0)
+        bottom.grid(True, alpha=0.3)
+        twin = bottom.twinx()
+        rx, ry = _series([(r.ts - t0, r.ready_replicas) for r in timeline.replicas if r.pool == pool.name])
+        if len(rx):
+            twin.step(rx, ry, where="post", color="tab:red", linewidth=2, label="ready replicas")
+        twin.set_ylabel("ready replicas", color="tab:red")
+        twin.set_ylim(0, pool.spec.replicas.max + 1)
+        lines = bottom.get_legend_handles_labels()
+        more = twin.get_legend_handles_labels()
+        bottom.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7, loc="upper right")
+        window = pool.spec.scaling.stabilisation_window_seconds
+        bottom.set_title(f"Pool {pool.name}: demand by tier, capacity, and the scaler's replicas "
+                         f"(spot does not drive scaling; shrink after {window:g} s)")
+
+
+def timeline_json(timeline: Timeline, t0: float) -> dict[str, Any]:
+    return {
+        "pool_state": [{"t": s.ts - t0, "seq": s.seq, "ready_replicas": s.ready_replicas,
+                        "desired_replicas": s.desired_replicas, "capacity": s.capacity.throughput,
+                        "demand": {tier: a.throughput for tier, a in s.demand.items()}} for s in timeline.pools],
+        "entitlement_state": [{"t": s.ts - t0, "id": s.id, "seq": s.seq, "limit": s.limits.throughput,
+                               "usage": s.usage.throughput, "demand": s.demand.throughput, "debt": s.debt}
+                              for s in timeline.entitlements],
+        "replicas": [{"t": r.ts - t0, "pool": r.pool, "ready_replicas": r.ready_replicas} for r in timeline.replicas],
+    }
+
+
+def run(out: Path = Path("results/closed-loop"), *, console: Console | None = None, config: Path = CONFIG
+        ) -> dict[str, Any]:
+    """The whole demo part; returns the summary (claims under ``pass``)."""
+    console = console or Console()
+    plan = make_plan([config], WORKLOAD)
+    keys = resolve_keys([t.entitlement for t in plan.spec.tenants], plan.config.entitlements, explicit={},
+                        use_demo=True)
+    out.mkdir(parents=True, exist_ok=True)
+    console.print(f"workload [bold]{plan.name}[/]: {len(plan.arrivals)} requests over "
+                  f"{plan.spec.duration_seconds:g} s through two admitters (config {config})")
+    result, timeline, t0 = asyncio.run(run_live(plan, keys, config, out, console))
+    pool = plan.config.pools[plan.spec.pool]
+    weights = (pool.spec.token_weights.input, pool.spec.token_weights.output)
+    load_summary = report(result, weights)
+    write_outputs(out / "load", result, load_summary, f"{plan.name} (closed loop)", {"workload": plan.name})
+    analysis = analyse(plan, result, timeline, t0, load_summary)
+    write_json(out / "timeline.json", timeline_json(timeline, t0))
+    plot(plan, result, timeline, t0, out / "closed_loop.png")
+    rows = [[name, ok] for name, ok in analysis["pass"].items()]
+    table = (markdown_table(["figure", "value"], [[k, v] for k, v in analysis["figures"].items()])
+             + "\n\n" + markdown_table(["claim", "met"], rows))
+    (out / "table.md").write_text(table + "\n", encoding="utf-8")
+    summary = {"workload": plan.name, "requests": len(result.records), **analysis}
+    write_json(out / "summary.json", summary)
+    console.print(table, soft_wrap=True)
+    return summary
