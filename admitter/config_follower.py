@@ -40,9 +40,10 @@ from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from admitter.compacted import assign_resuming, reached
 from schemas.specs import Entitlement, Manifest, TokenPool
 from schemas.wire import BadRecords
-from streams.config_table import ConfigView, config_key, config_value, partitions_of
+from streams.config_table import ConfigView, config_key, config_value
 from streams.topics import CONFIG, REPLICAS
 
 log = logging.getLogger("tokenpools.admitter.config")
@@ -194,7 +195,8 @@ class ConfigSync:
                                         client_id=self.client_id)
             try:
                 await consumer.start()
-                tps = await self._assign(consumer)
+                tps = await assign_resuming(consumer, (self.topic,), self._positions,
+                                            retry_backoff=self.retry_backoff, log=log)
                 end = None if self.ready.is_set() else await consumer.end_offsets(tps)
                 while True:
                     batches = await consumer.getmany(timeout_ms=500, max_records=1000)
@@ -203,7 +205,7 @@ class ConfigSync:
                             self._handle(r.key, r.value)
                             self._positions[tp] = r.offset + 1
                     if end is not None:
-                        if not await _reached(consumer, end):
+                        if not await reached(consumer, end):
                             continue
                         if not self._seeded:
                             end = await self._publish_seed(end)
@@ -232,21 +234,6 @@ class ConfigSync:
             self.view.apply_config(key, value)
         except Exception as exc:  # a record must never stop the follower
             self.bad.note(self.topic, "error", repr(exc))
-
-    async def _assign(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
-        while True:
-            tps = [TopicPartition(self.topic, p) for p in await partitions_of(consumer, self.topic)]
-            if tps:
-                break
-            log.info("waiting for the config topic %s to exist", self.topic)
-            await asyncio.sleep(self.retry_backoff)
-        consumer.assign(tps)
-        for tp in tps:  # a reconnect resumes where the previous consumer stopped
-            if tp in self._positions:
-                consumer.seek(tp, self._positions[tp])
-            else:
-                await consumer.seek_to_beginning(tp)
-        return tps
 
     async def _publish_seed(self, end: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
         """Publish the YAML documents whose key is absent; returns the end offsets to read up to."""
@@ -297,13 +284,6 @@ class ConfigSync:
             if self.rejected.get(key) != problem:
                 self.bad.note(self.topic, "rejected", f"{key}: {problem}")
         self.rejected = problems
-
-
-async def _reached(consumer: AIOKafkaConsumer, end: Mapping[TopicPartition, int]) -> bool:
-    for tp, offset in end.items():
-        if await consumer.position(tp) < offset:
-            return False
-    return True
 
 
 async def _stop_quietly(producer: AIOKafkaProducer) -> None:

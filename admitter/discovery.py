@@ -31,6 +31,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from admitter.compacted import assign_resuming, reached
 from admitter.proxy import ReplicaSet
 from schemas.records import ReplicasReport
 from schemas.wire import BadRecords, decode
@@ -127,10 +128,11 @@ class ReplicaDiscovery:
                                         client_id=self.client_id)
             try:
                 await consumer.start()
-                tps = await self._assign(consumer)
+                tps = await assign_resuming(consumer, (self.topic,), self._positions,
+                                            retry_backoff=self.retry_backoff, log=log)
                 end = await consumer.end_offsets(tps) if not self.caught_up.is_set() else {}
                 while True:
-                    if end and not self.caught_up.is_set() and await _reached(consumer, end):
+                    if end and not self.caught_up.is_set() and await reached(consumer, end):
                         self.caught_up.set()
                         log.info("replica discovery caught up: %d pools reported", len(self.reports))
                     batches = await consumer.getmany(timeout_ms=500, max_records=1000)
@@ -148,32 +150,6 @@ class ReplicaDiscovery:
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(5):
                         await consumer.stop()
-
-    async def _assign(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
-        while True:
-            cluster = await consumer._client.fetch_all_metadata()
-            parts = cluster.partitions_for_topic(self.topic)
-            if parts:
-                break
-            log.info("waiting for the replicas topic %s", self.topic)
-            await asyncio.sleep(self.retry_backoff)
-        tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        fresh = [tp for tp in tps if tp not in self._positions]
-        if fresh:
-            await consumer.seek_to_beginning(*fresh)
-        for tp in tps:
-            if tp in self._positions:
-                consumer.seek(tp, self._positions[tp])
-        return tps
-
-
-async def _reached(consumer: AIOKafkaConsumer, end: Mapping[TopicPartition, int]) -> bool:
-    for tp, off in end.items():
-        if await consumer.position(tp) < off:
-            return False
-    return True
-
 
 def attach_discovery(app: Any, bootstrap_servers: str, *, topic_prefix: str = "", **options: Any) -> ReplicaDiscovery:
     """Run a ``ReplicaDiscovery`` for an admitter app (``admitter.app.create_app``) within its lifespan.

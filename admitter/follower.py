@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from admitter.compacted import assign_resuming, reached
 from admitter.limits import LimitTarget
 from schemas.records import EntitlementState, PoolState
 from schemas.wire import BadRecords, decode
@@ -229,7 +230,8 @@ class StateFollower:
                                         fetch_max_wait_ms=100, client_id=f"tokenpools-follower-{self.admitter_id}")
             try:
                 await consumer.start()
-                tps = await self._assign(consumer)
+                tps = await assign_resuming(consumer, (self.entitlement_topic, self.pool_topic), self._positions,
+                                            retry_backoff=self.retry_backoff, log=log)
                 end = await consumer.end_offsets(tps) if not self.caught_up.is_set() else {}
                 while True:
                     batches = await consumer.getmany(timeout_ms=500, max_records=1000)
@@ -241,7 +243,7 @@ class StateFollower:
                             self._positions[tp] = r.offset + 1
                     for pool in changed:
                         self._targets[pool].limits_changed()
-                    if end and not self.caught_up.is_set() and await self._reached(consumer, end):
+                    if end and not self.caught_up.is_set() and await reached(consumer, end):
                         self.caught_up.set()
                         for pool in self._targets:  # the fallback split depends on every state read
                             self.refresh(pool)
@@ -279,28 +281,3 @@ class StateFollower:
         elif self.connected and not alive:
             log.warning("state follower lost Kafka; keeping the last limits")
         self.connected = alive
-
-    @staticmethod
-    async def _reached(consumer: AIOKafkaConsumer, end: dict[TopicPartition, int]) -> bool:
-        for tp, off in end.items():
-            if await consumer.position(tp) < off:
-                return False
-        return True
-
-    async def _assign(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
-        while True:
-            cluster = await consumer._client.fetch_all_metadata()
-            tps = [TopicPartition(t, p) for t in (self.entitlement_topic, self.pool_topic)
-                   for p in sorted(cluster.partitions_for_topic(t) or ())]
-            if {tp.topic for tp in tps} == {self.entitlement_topic, self.pool_topic}:
-                break
-            log.info("waiting for the state topics %s and %s", self.entitlement_topic, self.pool_topic)
-            await asyncio.sleep(self.retry_backoff)
-        consumer.assign(tps)
-        fresh = [tp for tp in tps if tp not in self._positions]
-        if fresh:
-            await consumer.seek_to_beginning(*fresh)
-        for tp in tps:
-            if tp in self._positions:
-                consumer.seek(tp, self._positions[tp])
-        return tps
