@@ -24,7 +24,7 @@ from admitter.app import create_app
 from admitter.events import InMemorySink
 from admitter.limits import LocalAllocator
 from admitter.settings import AdmitterSettings
-from bench.bench_lag import kafka
+from bench.kafka_parts import kafka
 from schemas.loader import PlatformConfig
 from schemas.specs import Entitlement, TokenPool
 from streams.topics import create_topics, topic_specs

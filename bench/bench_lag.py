@@ -25,14 +25,11 @@ import contextlib
 import os
 import random
 import shlex
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +42,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from admitter.follower import StateFollower
 from admitter.kafka_sink import KafkaSink
+from bench.kafka_parts import free_port, kafka, stop_worker
 from capacity.live import PoolLive
 from schemas.loader import load_config
 from schemas.records import Amounts, EntitlementState, Outcome, Phase, RequestEvent
@@ -230,27 +228,6 @@ class Bench:
         return [s for st in self.steppers.values() for s in st.samples]
 
 
-@contextlib.contextmanager
-def kafka() -> Iterator[str]:
-    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
-        return
-    from tokenpools.infra.kafka_local import LocalKafka
-
-    with tempfile.TemporaryDirectory(prefix="bench-kafka-") as tmp:
-        broker = LocalKafka(tmp).start()
-        try:
-            yield broker.bootstrap_servers
-        finally:
-            broker.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def wait_ready(port: int, proc: subprocess.Popen[bytes], within: float = 120.0) -> None:
     deadline = time.monotonic() + within
     async with httpx.AsyncClient(timeout=2.0) as client:
@@ -263,16 +240,6 @@ async def wait_ready(port: int, proc: subprocess.Popen[bytes], within: float = 1
                     return
             await asyncio.sleep(0.2)
     raise RuntimeError("worker not ready in time")
-
-
-def stop_worker(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def start_worker(bootstrap: str, prefix: str, port: int, log: Path, extra: list[str]) -> subprocess.Popen[bytes]:

@@ -25,14 +25,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +39,7 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from admitter.kafka_sink import pack_events
+from bench.kafka_parts import free_port, kafka, stop_worker
 from schemas.records import Amounts, Outcome, Phase, RequestEvent
 from schemas.wire import BadRecords, encode
 from streams.codec import RawMessage
@@ -119,27 +118,6 @@ def bench_stage1_code(records: Sequence[Record], batch: int = 1000) -> float:
     return asyncio.run(run())
 
 
-@contextlib.contextmanager
-def kafka() -> Iterator[str]:
-    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
-        return
-    from tokenpools.infra.kafka_local import LocalKafka
-
-    with tempfile.TemporaryDirectory(prefix="bench-kafka-") as tmp:
-        broker = LocalKafka(tmp).start()
-        try:
-            yield broker.bootstrap_servers
-        finally:
-            broker.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def pipeline_count(client: httpx.AsyncClient, port: int) -> float:
     text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
     for family in text_string_to_metric_families(text):
@@ -186,16 +164,6 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (Linux): the worker's cost, whatever else shares the cores."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def stop_worker(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 @dataclass
