@@ -3,7 +3,8 @@
 Three levels of weighted water-filling, capped by demand (which includes refused and queued work):
   1. guaranteed entitlements get ``min(demand, guarantee)``;
   2. guaranteed burst and elastic share the rest by effective weight, up to their burst ceiling;
-  3. spot shares what is left, minus a reclaim buffer.
+  3. spot shares what is left, minus a reclaim buffer. On throughput "what is left" is counted
+     against the replicas' rated capacity (``backfill``), not the sold ``targetUtilisation`` of it.
 On the held dimensions (KV, concurrency) the guarantees stay reserved against elastic: a returning
 guaranteed tenant must find its reservation free or held by preemptible spot. On throughput, a
 rate, unused guarantees are lent to elastic too. Capacity nobody demands is then handed out as
@@ -53,6 +54,10 @@ class TickInput:
     usage: Array  # (n, 3) mean over the tick
     debt: Array  # (n,) usage memory: decayed dominant-share-seconds, carried from the previous tick
     dt: float
+    # What spot may backfill, per dimension (default: ``capacity``). On throughput a pool passes its
+    # replicas' rated capacity: ``targetUtilisation`` keeps headroom for the latency of what is sold,
+    # and that headroom is exactly the idle capacity spot, throttled and preempted first, should fill.
+    backfill: Array | None = None
 
 
 @dataclass
@@ -90,7 +95,8 @@ def allocate(inp: TickInput, policy: AllocatorPolicy) -> TickResult:
         mid = guaranteed | elastic
         caps2 = np.where(mid, wanted[:, d] - level1, 0.0)
         level2 = waterfill(room2, caps2, mid_weight)
-        room3 = max(0.0, c * (1.0 - policy.reclaim_buffer) - level1.sum() - level2.sum())
+        cb = c if inp.backfill is None else max(c, float(inp.backfill[d]))
+        room3 = max(0.0, cb * (1.0 - policy.reclaim_buffer) - level1.sum() - level2.sum())
         level3 = waterfill(room3, np.where(spot, wanted[:, d], 0.0), inp.weight)
         alloc = level1 + level2 + level3
         allocation[:, d] = alloc
@@ -99,13 +105,13 @@ def allocate(inp: TickInput, policy: AllocatorPolicy) -> TickResult:
         free = max(0.0, c - alloc.sum())
         head_caps = np.where(mid, inp.burst[:, d] - alloc, 0.0)
         head2 = waterfill(min(free, max(0.0, room2 - level2.sum())), head_caps, mid_weight)
-        free3 = max(0.0, c * (1.0 - policy.reclaim_buffer) - alloc.sum() - head2.sum())
+        free3 = max(0.0, cb * (1.0 - policy.reclaim_buffer) - alloc.sum() - head2.sum())
         head3 = waterfill(free3, np.where(spot, inp.burst[:, d] - alloc, 0.0), inp.weight)
         limits[:, d] = np.minimum(alloc + head2 + head3, inp.burst[:, d])
 
     fair, dominant, memory, over_use = _update_debt(inp, elastic, cap, policy)
     after = TickInput(inp.capacity, inp.rank, inp.weight, inp.guarantee, inp.burst, inp.demand, inp.usage,
-                      memory, inp.dt)
+                      memory, inp.dt, inp.backfill)
     return TickResult(allocation, limits, memory, _effective_weight(after, elastic, policy), fair, dominant,
                       over_use)
 

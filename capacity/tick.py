@@ -35,8 +35,9 @@ def collect(pool: PoolLive, now: float, dt: float) -> tuple[list[EntitlementLive
                      max(e.demand_conc_peak, e.seqs_in_flight))
         usage[i] = (e.used_tp / span, e.kv_seconds / span, e.seq_seconds / span)
         e.reset_accumulators(now)
+    capacity = np.array([pool.cap_tp, pool.cap_kv, pool.cap_conc])
     inp = TickInput(
-        capacity=np.array([pool.cap_tp, pool.cap_kv, pool.cap_conc]),
+        capacity=capacity,
         rank=np.fromiter((e.rank for e in ents), dtype=np.int64, count=n),
         weight=np.fromiter((e.weight for e in ents), dtype=float, count=n),
         guarantee=np.array([e.spec.spec.guarantee.as_tuple() for e in ents]).reshape(n, 3),
@@ -45,6 +46,7 @@ def collect(pool: PoolLive, now: float, dt: float) -> tuple[list[EntitlementLive
         usage=usage,
         debt=np.fromiter((e.debt for e in ents), dtype=float, count=n),
         dt=dt,
+        backfill=capacity * np.array(pool.spec.spec.backfill_factor()),
     )
     return ents, inp
 

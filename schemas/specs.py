@@ -145,6 +145,13 @@ class TokenPoolSpec(SpecModel):
         s = self.sellable_per_replica()
         return (s[0] * replicas, s[1] * replicas, s[2] * replicas)
 
+    def backfill_factor(self) -> tuple[float, float, float]:
+        """What spot may fill, as a multiple of ``capacity``: all of the rated throughput (spot is
+        throttled and preempted first), but only the sold part of KV and concurrency, where a full
+        replica preempts and recomputes."""
+        t = self.target_utilisation.throughput
+        return (1.0 / t if t > 0 else 1.0, 1.0, 1.0)
+
 
 class SLO(SpecModel):
     ttft_seconds: Annotated[float, Field(gt=0)]

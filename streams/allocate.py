@@ -154,6 +154,7 @@ def allocate_pool(
             usage=np.array([i.usage for i in ins], dtype=float).reshape(n, 3),
             debt=np.array([prev.debt.get(e.name, 0.0) for e in ents], dtype=float),
             dt=dt,
+            backfill=np.array(capacity, dtype=float) * np.array(spec.backfill_factor()),
         )
         result = allocate(inp, policy_for(pool))
         limits = result.limits.tolist()

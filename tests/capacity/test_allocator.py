@@ -102,3 +102,24 @@ def test_no_memory_policy_ignores_debt():
     res = allocate(inp, AllocatorPolicy(reclaim_buffer=0.0, use_debt=False))
     assert np.allclose(res.allocation[:, 0], [50, 50])
     assert np.all(res.debt == 0)
+
+
+def test_spot_backfills_up_to_the_rated_capacity_and_elastic_only_to_the_sold_one():
+    """Capacity sold is 100; the replicas are rated 125 on throughput (a 0.8 utilisation target)."""
+    demand = [[30, 30, 30], [100, 100, 100], [100, 100, 100]]
+    plain = allocate(tick_input(rank=[0, 1, 2], demand=demand), NO_BUFFER)
+    inp = tick_input(rank=[0, 1, 2], demand=demand)
+    inp.backfill = np.array([125.0, 100.0, 100.0])
+    res = allocate(inp, AllocatorPolicy(reclaim_buffer=0.2))
+    assert np.allclose(plain.allocation[:, 0], [30, 70, 0])  # without backfill spot gets nothing
+    assert np.allclose(res.allocation[:, 0], [30, 70, 0])  # 125 x 0.8 = 100: all of it is sold
+    inp.backfill = np.array([125.0, 100.0, 100.0])
+    res = allocate(inp, NO_BUFFER)
+    assert np.allclose(res.allocation[:, 0], [30, 70, 25])  # the utilisation target's headroom goes to spot
+    assert np.allclose(res.allocation[:, 1:], plain.allocation[:, 1:])  # held dimensions: the sold capacity only
+
+
+def test_backfill_never_lowers_what_spot_gets():
+    inp = tick_input(rank=[2], demand=[[100, 100, 100]])
+    inp.backfill = np.array([50.0, 50.0, 50.0])
+    assert np.allclose(allocate(inp, NO_BUFFER).allocation[0], [100, 100, 100])
