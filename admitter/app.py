@@ -44,7 +44,7 @@ def create_app(settings: AdmitterSettings, config: PlatformConfig | None = None,
     if settings.kafka_bootstrap is not None:
         sink, limits, config_sync = kafka_parts(settings, config, sink, limits, config_sync)
     state = AdmitterState(settings, config, sink=sink, limits=limits, config_sync=config_sync)
-    state.metrics.watch_kafka(lambda: state.sink, lambda: state.limits)
+    state.metrics.watch_kafka(lambda: state.sink, lambda: state.limits, lambda: state.config_sync)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

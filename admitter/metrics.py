@@ -20,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from admitter.config_follower import ConfigSync
     from admitter.events import EventSink
     from admitter.follower import StateFollower
     from admitter.gate import PoolGate
@@ -60,9 +61,11 @@ class AdmitterMetrics:
         r.register(_LiveCollector(gates, replicas))
         self._children: dict[tuple[object, ...], object] = {}
 
-    def watch_kafka(self, sink: Callable[[], EventSink], limits: Callable[[], LimitSource]) -> None:
-        """Export the Kafka sink's and the state follower's counters, if those are what the app runs."""
-        self.registry.register(KafkaCollector(sink, limits))
+    def watch_kafka(self, sink: Callable[[], EventSink], limits: Callable[[], LimitSource],
+                    config_sync: Callable[[], ConfigSync | None] = lambda: None) -> None:
+        """Export the Kafka sink's, the state follower's and the config follower's counters, if those are
+        what the app runs."""
+        self.registry.register(KafkaCollector(sink, limits, config_sync))
 
     def child(self, metric: Counter | Histogram, *values: str) -> Counter | Histogram:
         key = (id(metric), *values)
@@ -130,9 +133,11 @@ class KafkaCollector(Collector):
     """
 
     def __init__(self, sink: Callable[[], EventSink], limits: Callable[[], LimitSource],
+                 config_sync: Callable[[], ConfigSync | None] = lambda: None,
                  wall: Callable[[], float] = time.time) -> None:
         self._sink = sink
         self._limits = limits
+        self._config_sync = config_sync
         self._wall = wall
 
     def describe(self) -> Iterable[Metric]:
@@ -143,6 +148,9 @@ class KafkaCollector(Collector):
         follower = _state_follower(self._limits())
         if follower is not None:
             yield from _follower_metrics(follower)
+        config_sync = self._config_sync()
+        if config_sync is not None:
+            yield from _config_metrics(config_sync)
 
     def _sink_metrics(self, sinks: list[KafkaSink]) -> Iterable[Metric]:
         if not sinks:
@@ -245,3 +253,18 @@ def _follower_metrics(f: StateFollower) -> Iterable[Metric]:
     for pool, n in sorted(f.last_seq.items()):
         seq.add_metric([pool], n)
     yield from (records, bad, caught_up, connected, reconnects, staleness, seq)
+
+
+def _config_metrics(c: ConfigSync) -> Iterable[Metric]:
+    records = CounterMetricFamily(PREFIX + "config_records", "Records read from the config topic")
+    records.add_metric([], c.records)
+    bad = CounterMetricFamily(PREFIX + "config_bad_records", "Config records skipped as bad, by topic and reason",
+                              labels=["topic", "reason"])
+    for (topic, reason), n in sorted(c.bad.counts.items()):
+        bad.add_metric([topic, reason], n)
+    rejected = GaugeMetricFamily(PREFIX + "config_rejected_documents",
+                                 "Documents on the config topic this admitter could not apply (see GET /admin/config)")
+    rejected.add_metric([], len(c.rejected))
+    ready = GaugeMetricFamily(PREFIX + "config_ready", "1 once the config topic was read to its end")
+    ready.add_metric([], 1.0 if c.ready.is_set() else 0.0)
+    yield from (records, bad, rejected, ready)

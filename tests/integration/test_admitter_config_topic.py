@@ -24,6 +24,7 @@ import orjson
 import pytest
 import yaml
 from aiokafka import AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from admitter.app import create_app
@@ -247,6 +248,17 @@ async def test_bad_records_on_the_config_topic_are_counted_and_skipped(edges: St
     assert not {"x", "other", "mismatch", "bad", "stray"} & set(a1.state.config.entitlements)
     assert await a1.chat(auth("good")) == 200
     assert await a1.chat(auth("acme")) == 200
+    # The same counts on /metrics, for dashboards and alerts.
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families((await a1.http.get("/metrics", headers=ADMIN)).text)
+               for s in family.samples}
+    topic = prefix + CONFIG
+    for reason, n in status["bad_records"].items():
+        key = ("tokenpools_admitter_config_bad_records_total", (("reason", reason), ("topic", topic)))
+        assert samples[key] == n, reason
+    assert samples[("tokenpools_admitter_config_ready", ())] == 1.0
+    assert samples[("tokenpools_admitter_config_rejected_documents", ())] == 1.0
+    assert samples[("tokenpools_admitter_config_records_total", ())] >= 6
 
 
 async def test_an_admin_write_without_kafka_is_503_and_changes_nothing(edges: StartEdge, kafka: Any,
