@@ -186,9 +186,13 @@ class AdmitterState:
         """
         async with self._write_lock:
             self.check_entitlement(ent)
+            # Decided before the write: once Kafka acks it, this admitter's own config follower may
+            # apply the record from the topic before the line below does (a 200 for a create, seen in CI).
+            created = ent.name not in self.config.entitlements
             if self.config_sync is not None:
                 await self.config_sync.write(config_key(ent), ent)
-            return self.apply_entitlement(ent)
+            self.apply_entitlement(ent)
+            return created
 
     async def delete_entitlement(self, name: str) -> bool:
         """The admin API's delete: False if there is no such entitlement (see ``put_entitlement``)."""
@@ -198,7 +202,8 @@ class AdmitterState:
                 return False
             if self.config_sync is not None:
                 await self.config_sync.write(config_key(ent), None)
-            return self.remove_entitlement(name)
+            self.remove_entitlement(name)  # may already be gone: the follower can apply the tombstone first
+            return True
 
     def add_pool(self, pool: TokenPool) -> None:
         """A pool that appeared on the config topic: its gate, replicas, routing and limits."""
