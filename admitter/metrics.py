@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from admitter.kafka_sink import KafkaSink
     from admitter.limits import LimitSource
     from admitter.proxy import ReplicaSet
+    from schemas.wire import BadRecords
 
 Gates = Callable[[], Mapping[str, "PoolGate"]]
 Replicas = Callable[[], Mapping[str, "ReplicaSet"]]
@@ -231,10 +232,7 @@ def _follower_metrics(f: StateFollower) -> Iterable[Metric]:
                                   "this admitter serves, ignored, deleted by a tombstone)", labels=["kind", "result"])
     for (kind, result), n in sorted(f.records.items()):
         records.add_metric([kind, result], n)
-    bad = CounterMetricFamily(PREFIX + "state_bad_records", "State records skipped as bad, by topic and reason",
-                              labels=["topic", "reason"])
-    for (topic, reason), n in sorted(f.bad.counts.items()):
-        bad.add_metric([topic, reason], n)
+    bad = _bad_records("state", f.bad)
     caught_up = GaugeMetricFamily(PREFIX + "state_caught_up",
                                   "1 once the state topics were read to the end offsets seen at start")
     caught_up.add_metric([], 1.0 if f.caught_up.is_set() else 0.0)
@@ -258,13 +256,19 @@ def _follower_metrics(f: StateFollower) -> Iterable[Metric]:
 def _config_metrics(c: ConfigSync) -> Iterable[Metric]:
     records = CounterMetricFamily(PREFIX + "config_records", "Records read from the config topic")
     records.add_metric([], c.records)
-    bad = CounterMetricFamily(PREFIX + "config_bad_records", "Config records skipped as bad, by topic and reason",
-                              labels=["topic", "reason"])
-    for (topic, reason), n in sorted(c.bad.counts.items()):
-        bad.add_metric([topic, reason], n)
+    bad = _bad_records("config", c.bad)
     rejected = GaugeMetricFamily(PREFIX + "config_rejected_documents",
                                  "Documents on the config topic this admitter could not apply (see GET /admin/config)")
     rejected.add_metric([], len(c.rejected))
     ready = GaugeMetricFamily(PREFIX + "config_ready", "1 once the config topic was read to its end")
     ready.add_metric([], 1.0 if c.ready.is_set() else 0.0)
     yield from (records, bad, rejected, ready)
+
+
+def _bad_records(kind: str, bad: BadRecords) -> Metric:
+    family = CounterMetricFamily(PREFIX + f"{kind}_bad_records",
+                                 f"{kind.capitalize()} records skipped as bad, by topic and reason",
+                                 labels=["topic", "reason"])
+    for (topic, reason), n in sorted(bad.counts.items()):
+        family.add_metric([topic, reason], n)
+    return family

@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from tokenpools.infra.dirs import state_home
+
 ENV_PREFIX = "TOKENPOOLS_"
 MIB = 1024 * 1024
 
@@ -124,9 +126,8 @@ def default_spool_dir(admitter_id: str) -> Path:
     Per admitter id, because a restarted admitter replays what its previous run spooled: give it a
     stable ``--admitter-id`` (the default one contains the pid) or an explicit ``--spool-dir``.
     """
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", admitter_id).lstrip(".") or "admitter"
-    return Path(base) / "tokenpools" / "admitter" / safe / "spool"
+    return state_home() / "admitter" / safe / "spool"
 
 
 def parse_backend_options(options: list[str]) -> dict[str, list[str]]:

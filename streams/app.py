@@ -103,8 +103,8 @@ def faust_settings(s: PipelineSettings) -> dict[str, Any]:
     """``faust.App`` settings of a pipeline worker (the benchmark's empty-agent baseline uses them too)."""
     return dict(
         broker=[f"kafka://{h.strip()}" for h in s.bootstrap_servers.split(",") if h.strip()],
-        store="memory://",
-        datadir=str(s.faust_data_dir),  # tables recover from their changelogs at start: no RocksDB needed
+        store="memory://",  # tables recover from their changelogs at start: no RocksDB needed
+        datadir=str(s.faust_data_dir),
         processing_guarantee=s.processing_guarantee,
         autodiscover=False,
         web_enabled=True,

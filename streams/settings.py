@@ -8,6 +8,7 @@ from pathlib import Path
 
 from streams import topics
 from streams.windows import WindowSpec
+from tokenpools.infra.dirs import state_home
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 GUARANTEES = ("at_least_once", "exactly_once")
@@ -72,8 +73,7 @@ class PipelineSettings:
         """``data_dir``, or ``$XDG_STATE_HOME/tokenpools/streams/<app id>`` (``~/.local/state`` without it)."""
         if self.data_dir is not None:
             return Path(self.data_dir)
-        base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-        return Path(base) / "tokenpools" / "streams" / self.full_app_id
+        return state_home() / "streams" / self.full_app_id
 
     @property
     def requests_topic(self) -> str:
