@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
+from schemas import yaml_load
+from schemas.echo import echo, echo_str
 from schemas.specs import API_VERSION, DIMENSIONS, Entitlement, Manifest, Tier, TokenPool
 from schemas.workload import WorkloadSpec
 
@@ -26,6 +27,7 @@ class Workload(Manifest):
 
 KINDS: dict[str, type[Manifest]] = {"TokenPool": TokenPool, "Entitlement": Entitlement, "Workload": Workload}
 YAML_SUFFIXES = (".yaml", ".yml")
+MAX_MESSAGE = 200  # characters of a validator's own message in a problem line
 
 
 @dataclass(frozen=True)
@@ -78,13 +80,17 @@ class PlatformConfig:
         return None
 
 
-def load_config(*paths: str | Path) -> PlatformConfig:
-    """Load files and folders (``*.yaml``/``*.yml``, sorted) into one validated config."""
+def load_config(*paths: str | Path, loader: type | None = None) -> PlatformConfig:
+    """Load files and folders (``*.yaml``/``*.yml``, sorted) into one validated config.
+
+    ``loader`` is a class from ``schemas.yaml_load`` (the C one where installed); tests and the
+    benchmark pass the pure-Python one to compare.
+    """
     problems: list[ConfigProblem] = []
     config = PlatformConfig()
     files = list(_expand(paths, problems))
     for file in files:
-        for source, doc in _documents(file, problems):
+        for source, doc in _documents(file, problems, loader or yaml_load.LOADER):
             manifest = _parse_manifest(source, doc, problems)
             if manifest is not None:
                 _register(config, manifest, source, problems)
@@ -174,23 +180,18 @@ def _expand(paths: Iterable[str | Path], problems: list[ConfigProblem]) -> Itera
             problems.append(ConfigProblem(Source(str(path), 0), "", "", "no such file or folder"))
 
 
-def _documents(file: Path, problems: list[ConfigProblem]) -> Iterator[tuple[Source, Any]]:
+def _documents(file: Path, problems: list[ConfigProblem], loader: type) -> Iterator[tuple[Source, Any]]:
     try:
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         problems.append(ConfigProblem(Source(str(file), 0), "", "", f"cannot read: {exc}"))
         return
-    index = 0
     try:
-        for doc in yaml.safe_load_all(text):
-            index += 1
+        for index, doc in yaml_load.load_all(text, loader):
             if doc is not None:
                 yield Source(str(file), index), doc
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        problems.append(ConfigProblem(Source(str(file), index + 1), "", "", f"invalid YAML{line}: {reason}"))
+    except yaml_load.YAMLInputError as exc:
+        problems.append(ConfigProblem(Source(str(file), exc.document), "", "", str(exc)))
 
 
 def _parse_manifest(source: Source, doc: Any, problems: list[ConfigProblem]) -> Manifest | None:
@@ -200,15 +201,17 @@ def _parse_manifest(source: Source, doc: Any, problems: list[ConfigProblem]) -> 
         return None
     kind = doc.get("kind")
     name = (doc.get("metadata") or {}).get("name") if isinstance(doc.get("metadata"), dict) else None
-    label = f'{kind} "{name}"' if kind and name else str(kind or "")
+    label = _label(kind, name)
     if doc.get("apiVersion") != API_VERSION:
         problems.append(
-            ConfigProblem(source, label, "apiVersion", f"must be '{API_VERSION}', got {doc.get('apiVersion')!r}")
+            ConfigProblem(source, label, "apiVersion", f"must be '{API_VERSION}', got {echo(doc.get('apiVersion'))}")
         )
         return None
     model = KINDS.get(kind) if isinstance(kind, str) else None
     if model is None:
-        problems.append(ConfigProblem(source, label, "kind", f"unknown kind {kind!r}; expected one of {sorted(KINDS)}"))
+        problems.append(
+            ConfigProblem(source, label, "kind", f"unknown kind {echo(kind)}; expected one of {sorted(KINDS)}")
+        )
         return None
     try:
         return model.model_validate(doc)
@@ -245,12 +248,23 @@ def _unknown(what: str, name: str, known: dict[str, BaseModel]) -> str:
     return f"unknown {what} '{name}' (known: {listing})"
 
 
+def _label(kind: Any, name: Any) -> str:
+    """'Kind "name"' for a problem line, from what the document says (bounded: it is unvalidated)."""
+    def part(value: Any) -> str:
+        return echo_str(value) if isinstance(value, str) else echo(value)
+
+    if kind and name:
+        return f'{part(kind)} "{part(name)}"'
+    return part(kind) if kind else ""
+
+
 def _loc(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(part) for part in loc)
+    # Parts can be keys the document made up (an unknown field), so each is bounded.
+    return ".".join(echo_str(str(part)) for part in loc)
 
 
 def _message(err: Any) -> str:
-    msg = str(err["msg"])
+    msg = echo_str(str(err["msg"]), MAX_MESSAGE)  # a validator's message may quote what it was given
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     if err.get("type") == "extra_forbidden":
@@ -258,5 +272,5 @@ def _message(err: Any) -> str:
     elif err.get("type") == "missing":
         msg = "required field is missing"
     elif "input" in err and err.get("type") not in {"model_type"} and not isinstance(err["input"], dict | list):
-        msg = f"{msg} (got {err['input']!r})"
+        msg = f"{msg} (got {echo(err['input'])})"
     return msg
