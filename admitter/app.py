@@ -25,6 +25,7 @@ from admitter.events import EventSink
 from admitter.handler import CompletionEndpoint
 from admitter.kafka import kafka_parts
 from admitter.limits import LimitSource
+from admitter.openapi import install_openapi
 from admitter.settings import AdmitterSettings
 from admitter.state import AdmitterState
 from schemas.loader import PlatformConfig, load_config
@@ -57,6 +58,7 @@ def create_app(settings: AdmitterSettings, config: PlatformConfig | None = None,
     app = FastAPI(title="tokenpools admitter", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.admitter = state
     install_handlers(app)
+    install_openapi(app)  # GET /openapi.json: hand-written, as the routes read Request themselves
     for path, kind in (("/v1/chat/completions", CHAT), ("/v1/completions", COMPLETIONS)):
         app.router.routes.append(Route(path, CompletionEndpoint(state, kind, path), methods=["POST"]))
     app.include_router(build_router())
