@@ -14,9 +14,14 @@ from schemas.specs import Tier
 
 
 class _Part(BaseModel):
-    """A nested part of a record (no version of its own)."""
+    """A nested part of a record (no version of its own).
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    Finite only, like the records of ``schemas.records``: ``Record``'s ``allow_inf_nan=False`` does
+    not reach nested models, and pydantic otherwise reads the strings "inf" and "nan" as floats, so a
+    summary with ``"start": "inf"`` in its window was decoded and handed to the allocator.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
 
 class WindowSummary(_Part):
