@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from admitter.limits import LimitSource
     from admitter.proxy import ReplicaSet
     from schemas.wire import BadRecords
+    from tokenpools.infra.slow_clients import ConnectionGuard
 
 Gates = Callable[[], Mapping[str, "PoolGate"]]
 Replicas = Callable[[], Mapping[str, "ReplicaSet"]]
@@ -67,6 +68,10 @@ class AdmitterMetrics:
         """Export the Kafka sink's, the state follower's and the config follower's counters, if those are
         what the app runs."""
         self.registry.register(KafkaCollector(sink, limits, config_sync))
+
+    def watch_connections(self, guard: ConnectionGuard) -> None:
+        """Export the slow-client guard's counters (``tokenpools.infra.slow_clients``) of the server serving us."""
+        self.registry.register(_ConnectionCollector(guard))
 
     def child(self, metric: Counter | Histogram, *values: str) -> Counter | Histogram:
         key = (id(metric), *values)
@@ -124,6 +129,29 @@ class _LiveCollector(Collector):
             for replica in replica_set:
                 outstanding.add_metric([name, replica.url], replica.outstanding)
         yield from (limit, in_flight, bucket, debt, weight, capacity, pool_in_flight, waiting, outstanding)
+
+
+class _ConnectionCollector(Collector):
+    """Slow clients: connections closed for a read timeout, dropped over the cap, and still unread now."""
+
+    def __init__(self, guard: ConnectionGuard) -> None:
+        self._guard = guard
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        stats = self._guard.stats
+        closed = CounterMetricFamily(PREFIX + "slow_connections_closed",
+                                     "Connections closed because the client was too slow to send its request",
+                                     labels=["reason"])
+        closed.add_metric(["header_timeout"], stats.head_timeouts)
+        closed.add_metric(["body_timeout"], stats.body_timeouts)
+        closed.add_metric(["over_cap"], stats.evicted)
+        unread = GaugeMetricFamily(PREFIX + "unauthenticated_connections",
+                                   "Connections still sending their request (not yet read in full)")
+        unread.add_metric([], len(self._guard.unadmitted))
+        yield from (closed, unread)
 
 
 class KafkaCollector(Collector):

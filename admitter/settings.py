@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from tokenpools.infra import slow_clients
 from tokenpools.infra.dirs import state_home
 
 ENV_PREFIX = "TOKENPOOLS_"
@@ -40,6 +41,22 @@ class AdmitterSettings(BaseModel):
     )
     passthrough: bool = Field(default=False, description="Admit everything (still authenticate, route, emit events)")
     max_body_bytes: int = Field(default=MIB, gt=0)
+    # Slow clients (tokenpools/infra/slow_clients.py): uvicorn itself never times out a request being read.
+    header_timeout_seconds: float = Field(
+        default=slow_clients.HEAD_TIMEOUT, gt=0,
+        description="A connection whose request head (line and headers) is not complete this long after it opened, "
+        "or after the first byte of its next request, is closed")
+    body_idle_timeout_seconds: float = Field(
+        default=slow_clients.BODY_IDLE_TIMEOUT, gt=0,
+        description="Longest silence while a request body is being sent; then 408 and close")
+    body_timeout_seconds: float = Field(
+        default=slow_clients.BODY_TIMEOUT, gt=0,
+        description="Longest time from a request's head to the end of its body; then 408 and close "
+        "(1 MiB at 20 KB/s fits)")
+    max_unauthenticated_connections: int = Field(
+        default=slow_clients.MAX_UNADMITTED, ge=1,
+        description="Connections still sending their request (not yet read in full, so not yet authenticated); "
+        "over this the oldest of them is dropped, so slow clients can neither hold memory nor shut out new ones")
     connect_timeout: float = Field(default=2.0, gt=0)
     read_timeout: float = Field(default=300.0, gt=0, description="Longest silence from a replica, seconds")
     write_timeout: float = Field(default=10.0, gt=0)

@@ -42,6 +42,34 @@ def test_options_become_settings(monkeypatch) -> None:
     assert seen["kw"]["port"] == 9123
 
 
+def test_slow_client_options_reach_the_server(monkeypatch) -> None:
+    """The read timeouts and the cap become settings, and uvicorn serves with the guarded protocol."""
+    from tokenpools.infra.slow_clients import GuardedH11Protocol
+
+    seen = {}
+    monkeypatch.setattr("uvicorn.run", lambda asgi, **kw: seen.update(state=asgi.state.admitter, kw=kw))
+    result = CliRunner().invoke(app, [
+        "admitter", "--config", str(EXAMPLES), "--header-timeout", "1.5", "--body-idle-timeout", "2.5",
+        "--body-timeout", "7", "--max-unauthenticated-connections", "33"])
+    assert result.exit_code == 0, result.output
+    settings = seen["state"].settings
+    assert (settings.header_timeout_seconds, settings.body_idle_timeout_seconds, settings.body_timeout_seconds,
+            settings.max_unauthenticated_connections) == (1.5, 2.5, 7.0, 33)
+    protocol = seen["kw"]["http"]
+    assert issubclass(protocol, GuardedH11Protocol)
+    guard = protocol.guard
+    assert (guard.head_timeout, guard.body_idle_timeout, guard.body_timeout, guard.max_unadmitted) == \
+        (1.5, 2.5, 7.0, 33)
+
+
+def test_default_slow_client_limits() -> None:
+    from admitter.settings import AdmitterSettings
+
+    s = AdmitterSettings()
+    assert (s.header_timeout_seconds, s.body_idle_timeout_seconds, s.body_timeout_seconds,
+            s.max_unauthenticated_connections) == (10.0, 10.0, 60.0, 1024)
+
+
 def test_admin_key_from_the_environment(monkeypatch) -> None:
     seen = {}
     monkeypatch.setattr("uvicorn.run", lambda asgi, **kw: seen.update(state=asgi.state.admitter))

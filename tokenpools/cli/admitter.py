@@ -38,6 +38,18 @@ def admitter(
     admitter_id: str | None = typer.Option(None, "--admitter-id",
                                            help="This admitter's id in events (default host-pid)."),
     max_body_bytes: int | None = typer.Option(None, "--max-body-bytes", min=1, help="Request body limit (1 MiB)."),
+    header_timeout: float | None = typer.Option(
+        None, "--header-timeout", min=0.001,
+        help="Seconds a client has to send a complete request head before its connection is closed (10)."),
+    body_idle_timeout: float | None = typer.Option(
+        None, "--body-idle-timeout", min=0.001,
+        help="Longest silence while a request body is sent, seconds; then 408 and close (10)."),
+    body_timeout: float | None = typer.Option(
+        None, "--body-timeout", min=0.001,
+        help="Seconds from a request's head to the end of its body; then 408 and close (60)."),
+    max_unauthenticated_connections: int | None = typer.Option(
+        None, "--max-unauthenticated-connections", min=1,
+        help="Connections still sending their request; over this the oldest is dropped (1024)."),
     read_timeout: float | None = typer.Option(None, "--read-timeout", min=0.001,
                                               help="Longest silence from a replica, seconds (300)."),
     public_metrics: bool = typer.Option(False, "--public-metrics",
@@ -72,6 +84,7 @@ def admitter(
     from pydantic import ValidationError
 
     from admitter.app import create_app
+    from admitter.server import uvicorn_options
     from admitter.settings import AdmitterSettings, default_spool_dir, parse_backend_options, parse_bootstrap
     from schemas.loader import ConfigError, PlatformConfig, load_config
 
@@ -80,6 +93,8 @@ def admitter(
             config_paths=config, host=host, port=port, backends=parse_backend_options(backend),
             passthrough=passthrough or None, admin_key_sha256=admin_key_sha256.lower() if admin_key_sha256 else None,
             admitter_id=admitter_id, max_body_bytes=max_body_bytes, read_timeout=read_timeout,
+            header_timeout_seconds=header_timeout, body_idle_timeout_seconds=body_idle_timeout,
+            body_timeout_seconds=body_timeout, max_unauthenticated_connections=max_unauthenticated_connections,
             public_metrics=public_metrics or None, upstream_client=upstream_client,
             kafka_bootstrap=parse_bootstrap(kafka) if kafka is not None else None, topic_prefix=topic_prefix,
             spool_dir=spool_dir, expected_admitters=expected_admitters, config_wait_seconds=config_wait,
@@ -126,8 +141,7 @@ def admitter(
                    f"{settings.spool_dir}, expecting {settings.expected_admitters} admitter(s); config from "
                    f"{settings.topic_prefix}tokenpools.config"
                    f"{f', replicas from {settings.topic_prefix}tokenpools.replicas' if discover else ''}", err=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, access_log=access_log,
-                lifespan="on")
+    uvicorn.run(app, **uvicorn_options(app, settings, log_level=log_level, access_log=access_log))
 
 
 def _unusable_dir(path: Path) -> str | None:

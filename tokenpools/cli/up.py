@@ -131,6 +131,7 @@ async def run_up(opts: UpOptions, platform: Any, stop: asyncio.Event | None = No
 
     from admitter.app import create_app
     from admitter.discovery import attach_discovery
+    from admitter.server import uvicorn_config
     from admitter.settings import AdmitterSettings
     from scaler.local import LocalActuator
     from scaler.loop import ScalerLoop
@@ -196,8 +197,7 @@ async def run_up(opts: UpOptions, platform: Any, stop: asyncio.Event | None = No
                                         expected_admitters=opts.admitters)
             app = create_app(settings, platform)
             attach_discovery(app, bootstrap, topic_prefix=opts.topic_prefix)
-            server = _Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
-                                            lifespan="on"))
+            server = _Server(uvicorn_config(app, settings))  # the same server setup as `tokenpools admitter`
             task = asyncio.create_task(server.serve(), name=admitter_id)
             servers.append((server, task))
             while not server.started and not task.done():  # noqa: ASYNC110 - uvicorn sets a flag, no event
