@@ -8,13 +8,15 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from tokenpools.cli.options import finite
+
 app = typer.Typer(help="Reproduce the experiments in simulated time (JSON, Markdown and PNG results).",
                   no_args_is_help=True)
 console = Console()
 
 SEED = typer.Option(None, "--seed", help="Arrival seed (default: the workload's own).", min=0)
 DURATION = typer.Option(None, "--duration", help="Stretch or shrink the workload's timeline to this many seconds.",
-                        min=10.0)
+                        parser=finite(min=10.0))
 
 
 @app.command("overload")

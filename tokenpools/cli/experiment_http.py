@@ -10,13 +10,15 @@ from pathlib import Path
 
 import typer
 
+from tokenpools.cli.options import finite
+
 
 def overload_http(
     seed: int | None = typer.Option(None, "--seed", min=0, help="Arrival seed (default: the workload's, 42)."),
-    duration: float | None = typer.Option(None, "--duration", min=5.0,
+    duration: float | None = typer.Option(None, "--duration", parser=finite(min=5.0),
                                           help="Stretch or shrink the 90 s timeline to this many seconds."),
     drain: float = typer.Option(
-        10.0, "--drain", min=0.0,
+        10.0, "--drain", parser=finite(min=0.0),
         help="Seconds the replicas get after the last arrival before waiting requests are cut."),
     out: Path = typer.Option(Path("results/overload-http"), "--out", help="Folder for summary.json, table.md, PNG."),
     simulation: bool = typer.Option(True, "--simulation/--no-simulation",

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from tokenpools.cli.options import finite
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -37,13 +39,17 @@ def load(
     workload: str | None = typer.Option(None, "--workload", "-w",
                                         help="Workload name (default: the only one in the config)."),
     seed: int | None = typer.Option(None, "--seed", min=0, help="Arrival seed (default: the workload's)."),
-    duration: float | None = typer.Option(None, "--duration", min=0.001,
+    duration: float | None = typer.Option(None, "--duration", parser=finite(min=0.001),
                                           help="Stretch or shrink the whole timeline to this many seconds."),
-    rate_scale: float = typer.Option(1.0, "--rate-scale", min=0.0001, help="Multiply every tenant's rate."),
+    rate_scale: float = typer.Option(
+        1.0, "--rate-scale", parser=finite(min=0.0001),
+        help="Multiply every tenant's rate."),
     out: Path = typer.Option(Path("results/load"), "--out", "-o", help="Folder for summary.json, table.md, PNG."),
-    timeout: float = typer.Option(300.0, "--timeout", min=0.001, help="Give up on one request after this (s)."),
+    timeout: float = typer.Option(
+        300.0, "--timeout", parser=finite(min=0.001),
+        help="Give up on one request after this (s)."),
     drain: float | None = typer.Option(
-        None, "--drain", min=0.0,
+        None, "--drain", parser=finite(min=0.0),
         help="Seconds after the last arrival before requests still running are cut (default: wait for all)."),
     endpoint: EndpointOption = typer.Option(EndpointOption.chat, "--endpoint",
                                             help="chat (/v1/chat/completions) or completions (/v1/completions)."),

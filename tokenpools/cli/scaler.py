@@ -16,6 +16,8 @@ from pathlib import Path
 
 import typer
 
+from tokenpools.cli.options import finite
+
 EXIT_BAD_CONFIG = 2
 
 
@@ -26,8 +28,10 @@ def scaler(
     config: list[Path] = typer.Option(..., "--config", "-c", help="Pool YAML files or folders (pools to scale)."),
     topic_prefix: str = typer.Option("", "--topic-prefix", help="Prefix of every topic name."),
     pool: list[str] = typer.Option([], "--pool", help="Scale only these pools (default: every pool in the config)."),
-    speedup: float = typer.Option(1.0, "--speedup", help="Emulator speed-up factor."),
-    report_every: float = typer.Option(10.0, "--report-every", help="Re-publish ready replicas every N seconds."),
+    speedup: float = typer.Option(1.0, "--speedup", parser=finite(above=0), help="Emulator speed-up factor."),
+    report_every: float = typer.Option(
+        10.0, "--report-every", parser=finite(above=0),
+        help="Re-publish ready replicas every N seconds."),
     log_level: str = typer.Option("info", "--log-level", help="Python log level."),
 ) -> None:
     """Scale local emulator replicas from pool states (an in-process stand-in for a Kubernetes scaler)."""

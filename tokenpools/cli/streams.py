@@ -10,6 +10,8 @@ from pathlib import Path
 
 import typer
 
+from tokenpools.cli.options import finite
+
 app = typer.Typer(help="The metering pipeline: windows, debt and limits from request events (Faust).",
                   no_args_is_help=True)
 
@@ -31,25 +33,34 @@ def worker(
     topic_prefix: str = typer.Option("", "--topic-prefix", help="Prefix of every topic name and of the app id."),
     partitions: int = typer.Option(6, "--partitions", min=1, help="Partitions of topics this worker creates."),
     tumbling: float = typer.Option(
-        10.0, "--tumbling-seconds",
+        10.0, "--tumbling-seconds", parser=finite(above=0),
         help="The allocator's averaging window: its trailing rate feeds every tick (closed windows are reported)."),
     resolution: float | None = typer.Option(
-        None, "--resolution-seconds", help="Bucket size of the trailing window (default: a tenth of it)."),
-    hop_size: float = typer.Option(60.0, "--hop-size-seconds", help="Hopping window size."),
-    hop_step: float = typer.Option(10.0, "--hop-step-seconds", help="Hopping window step."),
-    grace: float = typer.Option(1.0, "--grace-seconds", help="A window closes this long after its end."),
-    summary_interval: float = typer.Option(1.0, "--summary-interval",
+        None, "--resolution-seconds", parser=finite(above=0),
+        help="Bucket size of the trailing window (default: a tenth of it)."),
+    hop_size: float = typer.Option(60.0, "--hop-size-seconds", parser=finite(above=0), help="Hopping window size."),
+    hop_step: float = typer.Option(10.0, "--hop-step-seconds", parser=finite(above=0), help="Hopping window step."),
+    grace: float = typer.Option(
+        1.0, "--grace-seconds", parser=finite(min=0),
+        help="A window closes this long after its end."),
+    summary_interval: float = typer.Option(1.0, "--summary-interval", parser=finite(above=0),
                                            help="Period of every record's summary, seconds."),
     change_check: float = typer.Option(
-        0.1, "--change-check-seconds",
+        0.1, "--change-check-seconds", parser=finite(min=0),
         help="How often stage 1 sends the summaries whose trailing demand moved (0: only every summary interval)."),
     change_threshold: float = typer.Option(
-        0.1, "--change-threshold", help="Relative change of a trailing demand that sends a summary and ticks early."),
+        0.1, "--change-threshold", parser=finite(min=0),
+        help="Relative change of a trailing demand that sends a summary and ticks early."),
     min_tick_gap: float = typer.Option(
-        0.25, "--min-tick-gap-seconds", help="Soonest an early tick follows the pool's previous tick, seconds."),
-    dedup_horizon: float = typer.Option(600.0, "--dedup-horizon", help="How long event ids are remembered, seconds."),
-    commit_interval: float = typer.Option(1.0, "--commit-interval", help="Offset commit period, seconds."),
-    session_timeout: float = typer.Option(10.0, "--session-timeout",
+        0.25, "--min-tick-gap-seconds", parser=finite(min=0),
+        help="Soonest an early tick follows the pool's previous tick, seconds."),
+    dedup_horizon: float = typer.Option(
+        600.0, "--dedup-horizon", parser=finite(above=0),
+        help="How long event ids are remembered, seconds."),
+    commit_interval: float = typer.Option(
+        1.0, "--commit-interval", parser=finite(above=0),
+        help="Offset commit period, seconds."),
+    session_timeout: float = typer.Option(10.0, "--session-timeout", parser=finite(above=0),
                                           help="Consumer group session timeout, seconds (a dead worker's partitions "
                                                "move after this long)."),
     processing_guarantee: str = typer.Option(
