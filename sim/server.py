@@ -73,6 +73,7 @@ from sim.costmodel import ReplicaCostModel
 from sim.engine import Engine
 from sim.engine import Request as EngineRequest
 from sim.realtime import ModelClock, RealtimeDriver, TokenChunk
+from tokenpools.infra.slow_clients import ConnectionGuard, guarded_protocol
 
 __all__ = [
     "EmulatorConfig",
@@ -90,6 +91,10 @@ OutputTokensMode = Literal["auto", "lognormal", "max-tokens"]
 OUTPUT_TOKENS_MODES: tuple[str, ...] = get_args(OutputTokensMode)
 #: vLLM's default context length for Llama-3-8B.
 DEFAULT_MAX_MODEL_LEN = 8192
+#: Request body limit. vLLM has none (100 MB took the emulator from 82 to 409 MB); 4 MiB is far above any
+#: prompt that fits a context and above the admitter's 1 MiB, which forwards bodies slightly rewritten,
+#: so clients behind an admitter meet the admitter's limit, not this one.
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 #: Status sent to a client that disconnected: nobody reads it, but access logs show what happened.
 _CLIENT_CLOSED = 499
 _T = TypeVar("_T")
@@ -125,6 +130,7 @@ class EmulatorConfig:
     seed: int = 0
     fail_rate: float = 0.0
     fail_status: int = 500
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -143,6 +149,8 @@ class EmulatorConfig:
             raise ValueError("seed must be >= 0")
         if not 400 <= self.fail_status <= 599:
             raise ValueError("fail_status must be an HTTP error status (400-599)")
+        if self.max_body_bytes < 1:
+            raise ValueError("max_body_bytes must be >= 1")
         kv = self.cost_model.total_blocks * self.cost_model.block_size
         if self.max_model_len is not None and not 2 <= self.max_model_len <= kv:
             raise ValueError(f"max_model_len must be within [2, {kv}] (the KV cache of one replica)")
@@ -341,6 +349,29 @@ def _json(obj: Any, status: int = 200) -> Response:
 
 def _error(exc: wire.WireError) -> Response:
     return _json(exc.body(), exc.status)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, or 413 as soon as it (declared or so far received) exceeds ``limit`` bytes.
+
+    A running cap rather than ``request.body()`` and a length check, so a chunked or lying client
+    cannot make the replica buffer more than ``limit`` before it is refused.
+    """
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> wire.WireError:
+    return wire.WireError(413, f"request body exceeds the limit of {limit} bytes", code="request_too_large")
 
 
 async def _wait_disconnect(receive: Receive) -> None:
@@ -586,9 +617,11 @@ class EmulatorReplica:
 
     async def _serve_inference(self, request: Request, kind: wire.Kind) -> Response:
         try:
-            raw = await request.body()
+            raw = await _read_body(request, self.config.max_body_bytes)
         except ClientDisconnect:
             return Response(status_code=_CLIENT_CLOSED)
+        except wire.WireError as exc:
+            return _error(exc)
         try:
             if self._closing.is_set():
                 raise wire.WireError(503, "the replica is shutting down", type_="server_error")
@@ -651,7 +684,7 @@ class EmulatorReplica:
                 self.faults.clear()
             elif request.method == "POST":
                 try:
-                    body = wire.parse_body(await request.body())
+                    body = wire.parse_body(await _read_body(request, cfg.max_body_bytes))
                     allowed = {"status", "count", "delay_seconds", "fail_rate", "fail_status", "health_status",
                                "clear"}
                     unknown = sorted(set(body) - allowed)
@@ -668,7 +701,7 @@ class EmulatorReplica:
 
         async def abort(request: Request) -> Response:
             try:
-                body = wire.parse_body(await request.body())
+                body = wire.parse_body(await _read_body(request, cfg.max_body_bytes))
                 rid = body.get("id")
                 if not isinstance(rid, str):
                     raise wire.WireError(400, "'id' (a response id) is required", param="id")
@@ -746,8 +779,11 @@ class EmulatorServer:
         sock = _bind(self.host, port)
         self._next_index += 1
         rep = EmulatorReplica(index, self.config, self.clock, self.host, sock.getsockname()[1])
+        # The admitter's slow-client protections (head/body read timeouts, a cap on connections still
+        # sending their request, default limits): uvicorn has none of its own.
         config = uvicorn.Config(rep.app, lifespan="off", log_config=None, log_level=self.log_level,
-                                access_log=self.access_log, ws="none", timeout_graceful_shutdown=None)
+                                access_log=self.access_log, ws="none", timeout_graceful_shutdown=None,
+                                http=guarded_protocol(ConnectionGuard()))
         rep.server = server = _Uvicorn(config)
         rep.driver.start()
         rep.task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]),

@@ -12,6 +12,7 @@ import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -539,3 +540,111 @@ async def test_cli_rejects_bad_options() -> None:
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 2 and b"speedup" in err and b"Traceback" not in err
+
+
+# ------------------------------------------------------------------ body limit and slow clients
+def _peak_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+async def _chunked_post(url: str, path: str, total: int) -> tuple[bytes, int]:
+    """POST ``total`` bytes chunked, generated lazily; stop sending once the server answers. (answer, sent)."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 "Transfer-Encoding: chunked\r\n\r\n".encode())
+    answer = asyncio.ensure_future(reader.readuntil(b"\r\n\r\n"))
+    piece = b"x" * (256 * 1024)
+    frame = f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
+    sent = 0
+    try:
+        while sent < total and not answer.done():
+            writer.write(frame)
+            sent += len(piece)
+            await writer.drain()
+        if not answer.done():
+            writer.write(b"0\r\n\r\n")
+        head = await asyncio.wait_for(answer, 30)
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        body = await asyncio.wait_for(reader.readexactly(length), 10)
+    finally:
+        answer.cancel()
+        writer.close()
+    return head + body, sent
+
+
+async def test_body_limit_declared_and_chunked() -> None:
+    async with EmulatorServer(1, speedup=FAST, max_body_bytes=2000) as em, \
+            httpx.AsyncClient(base_url=em.urls[0], timeout=20) as c:
+        ok = await c.post("/v1/chat/completions", json=chat_body(emulator={"output_tokens": 2}))
+        assert ok.status_code == 200
+        declared = await c.post("/v1/chat/completions", content=b"{" + b" " * 3000 + b"}",
+                                headers={"content-type": "application/json"})
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for _ in range(100):
+                yield b" " * 100
+
+        chunked = await c.post("/v1/completions", content=chunks(), headers={"content-type": "application/json"})
+        faults = await c.post("/emulator/faults", content=b" " * 3000)
+    for r in (declared, chunked, faults):
+        assert r.status_code == 413, r.text
+        assert r.json()["error"]["code"] == "request_too_large"
+        assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+    with pytest.raises(ValueError, match="max_body_bytes"):
+        EmulatorConfig(max_body_bytes=0)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/<pid>/status")
+async def test_a_100_mb_chunked_body_is_refused_without_buffering_it() -> None:
+    """Unbounded, the emulator went from 82 to 409 MB; with the (default 4 MiB) running cap it stays put."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tokenpools.cli", "emulate", "--port", "0", "--speedup", "50",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    assert proc.stdout is not None
+    try:
+        url = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().strip()
+        async with httpx.AsyncClient(timeout=20) as c:  # warm: first-request allocations are not the body's
+            assert (await c.post(url + "/v1/chat/completions", json=chat_body())).status_code == 200
+        baseline = _peak_mb(proc.pid)
+        raw, sent = await _chunked_post(url, "/v1/chat/completions", 100 * 1000 * 1000)
+        peak = _peak_mb(proc.pid)
+        assert peak - baseline < 40, (baseline, peak, sent)
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 413"), raw[:300]
+        assert orjson.loads(body)["error"]["code"] == "request_too_large"
+        assert sent < 100 * 1000 * 1000  # answered before it was all sent: never read in full
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            await asyncio.wait_for(proc.wait(), 30)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_slow_clients_are_timed_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The admitter's slow-client guard (tokenpools.infra.slow_clients), here with short timeouts."""
+    from tokenpools.infra import slow_clients
+
+    monkeypatch.setattr("sim.server.ConnectionGuard", lambda: slow_clients.ConnectionGuard(
+        head_timeout=0.5, body_idle_timeout=0.5, body_timeout=1.0, max_unadmitted=8))
+    async with EmulatorServer(1, speedup=FAST) as em:
+        port = em.replicas[0].port
+        head_r, head_w = await asyncio.open_connection("127.0.0.1", port)
+        body_r, body_w = await asyncio.open_connection("127.0.0.1", port)
+        head_w.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: a")
+        body_w.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 10000\r\n\r\n" + b"x" * 40)
+        try:
+            head, body = await asyncio.wait_for(asyncio.gather(head_r.read(), body_r.read()), 30)
+        finally:
+            head_w.close()
+            body_w.close()
+    assert head == b""
+    status_line, _, payload = body.partition(b"\r\n\r\n")
+    assert status_line.startswith(b"HTTP/1.1 408")
+    assert orjson.loads(payload)["error"]["code"] == "request_timeout"

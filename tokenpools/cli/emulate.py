@@ -68,6 +68,8 @@ def emulate(
     seed: int = typer.Option(0, "--seed", help="Seed of output-length and fail-rate draws."),
     fail_rate: float = typer.Option(0.0, "--fail-rate", min=0.0, max=1.0,
                                     help="Fraction of inference requests answered with HTTP 500."),
+    max_body_bytes: int = typer.Option(4 * 1024 * 1024, "--max-body-bytes", min=1,
+                                       help="Request body limit; larger bodies get 413 (4 MiB)."),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn's log level."),
     access_log: bool = typer.Option(False, "--access-log/--no-access-log", help="Log every HTTP request."),
 ) -> None:
@@ -84,7 +86,8 @@ def emulate(
         config = EmulatorConfig(model=model, cost_model=cost, speedup=speedup, max_model_len=max_model_len,
                                 default_max_tokens=default_max_tokens,
                                 output_tokens_mode=output_tokens_mode.value,
-                                mean_output_tokens=mean_output_tokens, seed=seed, fail_rate=fail_rate)
+                                mean_output_tokens=mean_output_tokens, seed=seed, fail_rate=fail_rate,
+                                max_body_bytes=max_body_bytes)
     except (ValueError, TypeError, KeyError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_BAD_OPTIONS) from None
