@@ -6,7 +6,7 @@ import importlib
 import sys
 
 BENCHMARKS = ["bench.bench_capacity", "bench.bench_engine", "bench.bench_sim", "bench.bench_streams",
-              "bench.bench_admitter", "bench.bench_lag", "bench.bench_config_lag"]
+              "bench.bench_admitter", "bench.bench_lag", "bench.bench_config_lag", "bench.bench_config_load"]
 
 
 def main(names: list[str]) -> None:

@@ -47,6 +47,7 @@ MAX_PROBLEM = 200  # characters of a YAML problem text (it can quote a tag or a 
 
 _STR = "tag:yaml.org,2002:str"
 _SEQ = "tag:yaml.org,2002:seq"
+_INT = "tag:yaml.org,2002:int"
 _MAP = "tag:yaml.org,2002:map"
 _SET = "tag:yaml.org,2002:set"
 _OMAP = "tag:yaml.org,2002:omap"
@@ -102,6 +103,25 @@ class _Builder:
     _added: int  # nodes added by alias expansion so far in this document
     _nodes: int  # nodes built so far in this document, aliases expanded
 
+    _resolved: dict[tuple[str, tuple[bool, bool]], str]
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)  # type: ignore[call-arg]
+        self._resolved = {}
+
+    def resolve(self, kind: type, value: Any, implicit: Any) -> str:
+        # Called for every node by both composers; a plain scalar's tag depends only on its text,
+        # and configs repeat the same few ('elastic', '1', 'true'), so resolve each text once.
+        if kind is not ScalarNode or implicit is None:
+            return super().resolve(kind, value, implicit)  # type: ignore[misc,no-any-return]
+        key = (value, implicit)  # both composers pass implicit as a (plain, quoted) tuple
+        tag = self._resolved.get(key)
+        if tag is None:
+            if len(self._resolved) > 50_000:  # unique values (keys' digests) must not grow it without bound
+                self._resolved.clear()
+            tag = self._resolved[key] = super().resolve(kind, value, implicit)  # type: ignore[misc]
+        return tag
+
     def construct_document(self, node: Node) -> Any:
         self._memo, self._added, self._nodes = {}, 0, 0
         try:
@@ -118,6 +138,8 @@ class _Builder:
             if tag in _COLLECTION_TAGS:
                 raise ConstructorError(None, None, f"expected a {_COLLECTION_TAGS[tag]} node, but found scalar",
                                        node.start_mark)
+            if tag == _INT and node.value.isdigit() and (node.value[0] != "0" or node.value == "0"):
+                return int(node.value)  # the common case, without PyYAML's sign/base/sexagesimal parsing
             ctor = self.yaml_constructors.get(tag)
             if ctor is None:
                 raise ConstructorError(None, None, f"could not determine a constructor for the tag {echo(tag)}",
