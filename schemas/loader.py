@@ -28,6 +28,7 @@ class Workload(Manifest):
 KINDS: dict[str, type[Manifest]] = {"TokenPool": TokenPool, "Entitlement": Entitlement, "Workload": Workload}
 YAML_SUFFIXES = (".yaml", ".yml")
 MAX_MESSAGE = 200  # characters of a validator's own message in a problem line
+LABEL_PART = 40  # characters of an unvalidated kind or name in a problem's label
 
 
 @dataclass(frozen=True)
@@ -251,7 +252,7 @@ def _unknown(what: str, name: str, known: dict[str, BaseModel]) -> str:
 def _label(kind: Any, name: Any) -> str:
     """'Kind "name"' for a problem line, from what the document says (bounded: it is unvalidated)."""
     def part(value: Any) -> str:
-        return echo_str(value) if isinstance(value, str) else echo(value)
+        return echo_str(value, LABEL_PART) if isinstance(value, str) else echo(value, LABEL_PART)
 
     if kind and name:
         return f'{part(kind)} "{part(name)}"'
@@ -272,5 +273,7 @@ def _message(err: Any) -> str:
     elif err.get("type") == "missing":
         msg = "required field is missing"
     elif "input" in err and err.get("type") not in {"model_type"} and not isinstance(err["input"], dict | list):
-        msg = f"{msg} (got {echo(err['input'])})"
+        got = echo(err["input"])
+        if got not in msg:  # a validator's own message may quote the value already
+            msg = f"{msg} (got {got})"
     return msg
