@@ -291,3 +291,27 @@ async def test_a_300_mib_chunked_admin_put_is_refused_without_buffering_it(admit
     status, error = _status_and_error(raw)
     assert status == 413 and error["code"] == "request_too_large", raw[:300]
     assert sent < 300 * MIB  # the answer came before the body was all sent: it was not read in full
+
+
+def test_the_guard_drops_the_oldest_unadmitted_connection_not_the_new_one() -> None:
+    from tokenpools.infra.slow_clients import ConnectionGuard
+
+    guard = ConnectionGuard(max_unadmitted=2)
+    dropped: list[str] = []
+
+    class Conn:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def drop(self, status: int | None, message: str, code: str) -> None:
+            dropped.append(self.name)
+
+    a, b, c = Conn("a"), Conn("b"), Conn("c")
+    for conn in (a, b, b, c):  # entering twice (next head, then its body) counts once
+        guard.enter(conn)  # type: ignore[arg-type]
+    assert dropped == ["a"] and list(guard.unadmitted) == [b, c] and guard.stats.evicted == 1
+    guard.leave(b)  # type: ignore[arg-type]
+    guard.enter(a)  # type: ignore[arg-type]
+    assert dropped == ["a"] and list(guard.unadmitted) == [c, a]
+    with pytest.raises(ValueError):
+        ConnectionGuard(head_timeout=0)

@@ -141,6 +141,7 @@ class GuardedH11Protocol(H11Protocol):
                 self._start_head()
         elif state is h11.SEND_BODY:
             self._cancel_head()
+            self.guard.enter(self)  # a kept-alive connection whose next head came in one piece enters here
             if self._body_deadline is None:
                 self._body_deadline = self.loop.call_later(self.guard.body_timeout, self._body_expired, False)
                 got_data = True
