@@ -14,9 +14,8 @@ import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-import yaml
-
 from schemas.specs import Entitlement
+from schemas.yaml_load import YAMLInputError, load_one
 
 #: The plaintext demo keys of deploy/examples (their SHA-256 digests are in entitlements.yaml).
 DEMO_KEYS: dict[str, str] = {
@@ -55,8 +54,8 @@ def load_keys_file(path: str | Path) -> dict[str, str]:
     """A YAML or JSON object ``{entitlement: key}`` (JSON is YAML, so one parser reads both)."""
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        data = load_one(p.read_bytes())
+    except (OSError, UnicodeDecodeError, YAMLInputError) as exc:
         raise KeysError(f"{p}: cannot read the keys file: {exc}") from None
     if not isinstance(data, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
         raise KeysError(f"{p}: expected a map of entitlement name to API key, e.g. "

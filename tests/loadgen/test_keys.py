@@ -45,3 +45,23 @@ def test_keys_file_must_be_a_map(tmp_path: Path) -> None:
     path.write_text('["not", "a", "map"]')
     with pytest.raises(keys.KeysError, match="map of entitlement name to API key"):
         keys.load_keys_file(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("a: k1\na: k2\n", "duplicate key"),
+        ("a: &x [" + "y, " * 5 + "y]\n" + "".join(f"b{i}: &b{i} [*{'x' if i == 0 else f'b{i-1}'}, "
+                                                     f"*{'x' if i == 0 else f'b{i-1}'}]\n" for i in range(20)),
+         "alias"),
+    ],
+    ids=["duplicate key", "alias bomb"],
+)
+def test_keys_file_is_read_with_the_hardened_loader(tmp_path: Path, text: str, match: str) -> None:
+    """A keys file gets the config loader's limits: a repeated entitlement is refused, not silently
+    overwritten, and an alias bomb is refused before it expands (2^20 nodes here)."""
+    path = tmp_path / "keys.yaml"
+    path.write_text(text)
+    with pytest.raises(keys.KeysError, match=match) as info:
+        keys.load_keys_file(path)
+    assert len(str(info.value)) < 400
