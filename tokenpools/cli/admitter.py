@@ -17,6 +17,8 @@ from pathlib import Path
 
 import typer
 
+from tokenpools.cli.options import finite
+
 EXIT_BAD_OPTIONS = 2
 
 
@@ -39,18 +41,18 @@ def admitter(
                                            help="This admitter's id in events (default host-pid)."),
     max_body_bytes: int | None = typer.Option(None, "--max-body-bytes", min=1, help="Request body limit (1 MiB)."),
     header_timeout: float | None = typer.Option(
-        None, "--header-timeout", min=0.001,
+        None, "--header-timeout", parser=finite(min=0.001),
         help="Seconds a client has to send a complete request head before its connection is closed (10)."),
     body_idle_timeout: float | None = typer.Option(
-        None, "--body-idle-timeout", min=0.001,
+        None, "--body-idle-timeout", parser=finite(min=0.001),
         help="Longest silence while a request body is sent, seconds; then 408 and close (10)."),
     body_timeout: float | None = typer.Option(
-        None, "--body-timeout", min=0.001,
+        None, "--body-timeout", parser=finite(min=0.001),
         help="Seconds from a request's head to the end of its body; then 408 and close (60)."),
     max_unauthenticated_connections: int | None = typer.Option(
         None, "--max-unauthenticated-connections", min=1,
         help="Connections still sending their request; over this the oldest is dropped (1024)."),
-    read_timeout: float | None = typer.Option(None, "--read-timeout", min=0.001,
+    read_timeout: float | None = typer.Option(None, "--read-timeout", parser=finite(min=0.001),
                                               help="Longest silence from a replica, seconds (300)."),
     public_metrics: bool = typer.Option(False, "--public-metrics",
                                         help="Serve /metrics without the admin token."),
@@ -70,7 +72,7 @@ def admitter(
         1, "--expected-admitters", min=1,
         help="Admitters sharing the pools (with --kafka): each enforces 1/N of a limit the pipeline has not split."),
     config_wait: float = typer.Option(
-        10.0, "--config-wait", min=0,
+        10.0, "--config-wait", parser=finite(min=0),
         help="Seconds to wait at start for the config topic before serving the YAML (with --kafka)."),
     discover: bool = typer.Option(
         False, "--discover/--no-discover",

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from tokenpools.cli.options import finite
+
 if TYPE_CHECKING:
     from sim.server import EmulatorConfig
 
@@ -41,7 +43,7 @@ def emulate(
                              help="Port of the first replica; replica i listens on PORT+i. 0 picks free ports."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default)."),
     model: str = typer.Option("llama-3-8b", "--model", help="Served model name (`model` in requests, /v1/models)."),
-    speedup: float = typer.Option(1.0, "--speedup",
+    speedup: float = typer.Option(1.0, "--speedup", parser=finite(above=0),
                                   help="Model seconds per wall second; >1 runs the replicas faster than real GPUs."),
     cost_model: Path | None = typer.Option(
         None, "--cost-model", exists=True, dir_okay=False,
@@ -63,10 +65,10 @@ def emulate(
         OutputTokensModeOption.auto, "--output-tokens-mode", case_sensitive=False,
         help="auto: the request's `emulator.output_tokens` / x-emulator-output-tokens, else a lognormal draw; "
         "lognormal: always draw; max-tokens: always generate max_tokens (ignore_eos)."),
-    mean_output_tokens: float = typer.Option(200.0, "--mean-output-tokens", min=1.0,
+    mean_output_tokens: float = typer.Option(200.0, "--mean-output-tokens", parser=finite(min=1.0),
                                              help="Mean of the lognormal output length."),
     seed: int = typer.Option(0, "--seed", help="Seed of output-length and fail-rate draws."),
-    fail_rate: float = typer.Option(0.0, "--fail-rate", min=0.0, max=1.0,
+    fail_rate: float = typer.Option(0.0, "--fail-rate", parser=finite(min=0.0, max=1.0),
                                     help="Fraction of inference requests answered with HTTP 500."),
     max_body_bytes: int = typer.Option(4 * 1024 * 1024, "--max-body-bytes", min=1,
                                        help="Request body limit; larger bodies get 413 (4 MiB)."),

@@ -31,6 +31,8 @@ from typing import Any
 
 import typer
 
+from tokenpools.cli.options import finite
+
 
 def _server_class() -> type:
     import uvicorn
@@ -82,15 +84,16 @@ def up(
     admitters: int = typer.Option(2, "--admitters", min=1, help="Admitters to start."),
     port: int = typer.Option(8080, "--port", "-p", min=0, max=65535,
                              help="First admitter port (then +1, ...); 0 picks free ports."),
-    speedup: float = typer.Option(1.0, "--speedup", min=0.001, help="Emulator speed-up factor."),
+    speedup: float = typer.Option(1.0, "--speedup", parser=finite(min=0.001), help="Emulator speed-up factor."),
     bootstrap: str | None = typer.Option(
         None, "--bootstrap", "-b",
         help="Use this Kafka (HOST:PORT[,HOST:PORT]) instead of starting one under --data-dir."),
     topic_prefix: str = typer.Option("", "--topic-prefix", help="Prefix of every topic name and the pipeline app id."),
     ready_file: Path | None = typer.Option(None, "--ready-file",
                                            help="Write what runs where as JSON here once everything serves."),
-    duration: float | None = typer.Option(None, "--duration", min=0.001, help="Stop after this many seconds."),
-    report_every: float = typer.Option(5.0, "--report-every", min=0.1,
+    duration: float | None = typer.Option(
+        None, "--duration", parser=finite(min=0.001), help="Stop after this many seconds."),
+    report_every: float = typer.Option(5.0, "--report-every", parser=finite(min=0.1),
                                        help="Seconds between the scaler's periodic replica reports."),
     worker_arg: list[str] = typer.Option(
         [], "--worker-arg", help="Extra option for the pipeline worker, e.g. --worker-arg=--tumbling-seconds=1."),
