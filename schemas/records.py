@@ -4,6 +4,12 @@ publishes, and the scaler's replica reports.
 Wire records are snake_case JSON. Each carries ``schema_version`` so a consumer can skip (and
 count) a record it does not understand instead of crashing, and an ``id`` so consumers can be
 idempotent under at-least-once delivery.
+
+Numbers are finite (``allow_inf_nan=False``) and amounts never negative, so a consumer skips and
+counts a record that would put NaN, infinity or a negative limit into its arithmetic. The limits
+and shares a state record carries, and a request's reservation, are bounded like the specs they
+come from (``schemas.specs``, "Bounds"); these records are decoded at high rates, so the bounds are
+plain field constraints, without the specs' friendlier messages.
 """
 
 from __future__ import annotations
@@ -12,18 +18,20 @@ import uuid
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from schemas.specs import Dimension, Tier
+from schemas.specs import MAX_AMOUNT, MAX_COUNT, MAX_REPLICAS, Dimension, Tier
 
 SCHEMA_VERSION = 1
 
-Count = Annotated[int, Field(ge=0)]
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+ReplicaCount = Annotated[int, Field(ge=0, le=MAX_REPLICAS)]
 Seconds = Annotated[float, Field(ge=0)]
+NonNegative = Annotated[float, Field(ge=0)]
 
 
 class Record(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
     schema_version: Literal[1] = SCHEMA_VERSION
 
@@ -46,11 +54,23 @@ class Outcome(StrEnum):
 
 
 class Amounts(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Amounts on the three dimensions. Not bounded above: these are also sums over a window or a pool
+    (``within`` bounds the ones that are one entitlement's or one request's)."""
 
-    throughput: float = 0.0
-    kv: float = 0.0
-    concurrency: float = 0.0
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    throughput: NonNegative = 0.0
+    kv: NonNegative = 0.0
+    concurrency: NonNegative = 0.0
+
+
+def within(amounts: Amounts, limit: float = MAX_AMOUNT) -> Amounts:
+    """``amounts`` if no dimension exceeds ``limit`` (a field validator's check)."""
+    for name in ("throughput", "kv", "concurrency"):
+        value = getattr(amounts, name)
+        if value > limit:
+            raise ValueError(f"{name} is {value:g}, above the largest amount of one entitlement ({limit:g})")
+    return amounts
 
 
 def new_event_id() -> str:
@@ -83,6 +103,12 @@ class RequestEvent(Record):
     retry_after_s: Seconds | None = None
     status_code: int | None = None
     preempted_by: str | None = None
+
+    @field_validator("reserved")
+    @classmethod
+    def _one_request(cls, reserved: Amounts) -> Amounts:
+        """One request reserves at most one entitlement's amount, so the pipeline's sums stay finite."""
+        return within(reserved)
 
     @property
     def key(self) -> str:
@@ -126,6 +152,20 @@ class EntitlementState(Record):
     fair_share: float = 0.0
     dominant_share: float = 0.0
 
+    @field_validator("limits")
+    @classmethod
+    def _limits_within_burst(cls, limits: Amounts) -> Amounts:
+        """A limit never exceeds its burst ceiling, itself at most ``MAX_AMOUNT``; an admitter multiplies
+        it by the burst window for its bucket."""
+        return within(limits)
+
+    @field_validator("admitter_shares")
+    @classmethod
+    def _shares_within_burst(cls, shares: dict[str, Amounts]) -> dict[str, Amounts]:
+        for share in shares.values():
+            within(share)
+        return shares
+
 
 class PoolState(Record):
     """One pool after an allocator tick: what the scaler and dashboards read (compacted, keyed by pool)."""
@@ -133,8 +173,8 @@ class PoolState(Record):
     id: str = Field(min_length=1, description="Pool name; the compaction key")
     seq: Count
     ts: float
-    ready_replicas: Count
-    desired_replicas: Count | None = None
+    ready_replicas: ReplicaCount
+    desired_replicas: ReplicaCount | None = None
     capacity: Amounts
     guarantees: Amounts
     demand: dict[Tier, Amounts] = Field(default_factory=dict)
@@ -154,6 +194,6 @@ class ReplicasReport(Record):
     """
 
     pool: str = Field(min_length=1)
-    ready_replicas: Count
+    ready_replicas: ReplicaCount
     ts: float = 0.0
     endpoints: list[Endpoint] | None = None

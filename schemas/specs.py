@@ -1,16 +1,30 @@
 """Kubernetes-style specs for pools and entitlements: the contract platform engineers write.
 
 YAML uses camelCase (as Kubernetes does); Python uses snake_case. Every model forbids unknown
-fields, so a typo in a config is an error instead of a silently ignored setting.
+fields, so a typo in a config is an error instead of a silently ignored setting. Every number is
+finite and bounded (see "Bounds" below) and every name is an RFC 1123 name (``Name``), here and
+in the workload spec and the wire records, which take both from this module.
 """
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
+
+from schemas.echo import echo
 
 API_VERSION = "tokenpools.dev/v1alpha1"
 
@@ -33,22 +47,120 @@ DIMENSIONS: tuple[Dimension, ...] = (Dimension.THROUGHPUT, Dimension.KV, Dimensi
 TIER_RANK: dict[Tier, int] = {Tier.GUARANTEED: 0, Tier.ELASTIC: 1, Tier.SPOT: 2}
 
 
+# -- Bounds ---------------------------------------------------------------------------------------
+# One entitlement with ``weight: .inf`` once made the allocator compute NaN and zero every elastic
+# and spot limit of its pool, so no number reaches the capacity model unless it is finite and within
+# these bounds. Each is far beyond any real deployment (a replica serves ~1e4-1e5 weighted tokens/s
+# and holds ~1e6-1e7 KV tokens; a pool has tens to thousands of replicas), yet tight enough that
+# every sum, product and quotient the capacity model forms stays finite in float64 (max ~1.8e308):
+#   capacity = perReplica (<= MAX_AMOUNT) x targetUtilisation (<= 1) x replicas (<= MAX_REPLICAS)
+#              <= 1e17, and spot's backfill = capacity / targetUtilisation (>= MIN_FRACTION) <= 1e19;
+#   a pool's guarantees must be provisionable, so they sum to at most that capacity;
+#   water-filling divides demand (capped at burst <= MAX_AMOUNT) by an effective weight of at least
+#     MIN_WEIGHT x 1e-3 (the debt factor's floor) = 1e-6: quotients <= 1e18; and 1e-6 is above
+#     water-filling's own 1e-12 floor, so no configured weight is distorted by it;
+#   the allocator divides usage by capacity (>= MIN_PER_REPLICA x MIN_FRACTION = 0.01 per replica)
+#     and debt integrates that with a half-life of at most MAX_SECONDS: < 1e30;
+#   a token bucket is limit (<= MAX_AMOUNT) x burstWindowSeconds (<= MAX_SECONDS) = 1e19 deep;
+#   one request reserves tokenWeight (<= MAX_TOKEN_WEIGHT) x tokens (<= 2 x MAX_TOKENS) = 2e11
+#     <= MAX_AMOUNT, so the pipeline's window sums over millions of events stay far from overflow.
+MAX_AMOUNT = 1e12  # throughput (weighted tokens/s), KV tokens or sequences of one replica or entitlement
+MIN_PER_REPLICA = 1.0  # a replica with less than one token/s, KV token or sequence serves nothing
+MAX_REPLICAS = 100_000
+MIN_FRACTION = 0.01  # least part of a replica's capacity that may be sold (targetUtilisation)
+MIN_WEIGHT, MAX_WEIGHT = 1e-3, 1e6  # an entitlement's weight: up to 1e9 between two tenants
+MIN_TOKEN_WEIGHT, MAX_TOKEN_WEIGHT = 1e-3, 1e3  # throughput units per prompt or output token
+MAX_TOKENS = 100_000_000  # a context length, or the tokens of one request
+MIN_SECONDS, MAX_SECONDS = 1e-3, 1e7  # positive durations: 1 ms to about 116 days
+MAX_COUNT = 2**53  # counters on the wire: exact in the float64 the pipeline sums them in
+
+
+def range_text(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False,
+               integer: bool = False) -> str:
+    """What a bounded field accepts, in words (error messages)."""
+    kind = "an integer" if integer else "a finite number"
+    a, b = (str(int(lo)), str(int(hi))) if integer else (f"{lo:g}", f"{hi:g}")
+    low = f"greater than {a}" if lo_open else f"at least {a}"
+    high = f"less than {b}" if hi_open else f"at most {b}"
+    return f"must be {kind} {low} and {high}"
+
+
+def bounded(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False, integer: bool = False,
+            unit: str = "") -> Any:
+    """A finite float (or an int) field type from ``lo`` to ``hi`` (each end excluded if ``*_open``).
+
+    The bounds go into the JSON Schema (minimum/maximum). A value outside them, NaN, infinity or a
+    string such as "inf" gets one message that says the whole allowed range, where pydantic would
+    say "Input should be a finite number" or name only the bound that was crossed.
+    """
+    text = range_text(lo, hi, lo_open=lo_open, hi_open=hi_open, integer=integer) + (f" {unit}" if unit else "")
+
+    def within(value: object, handler: ValidatorFunctionWrapHandler) -> object:
+        try:
+            return handler(value)
+        except ValidationError:
+            raise ValueError(text) from None  # the loader and the admin API quote the value
+
+    base = int if integer else float
+    low = Field(gt=lo) if lo_open else Field(ge=lo)
+    high = Field(lt=hi) if hi_open else Field(le=hi)
+    return Annotated[base, low, high, WrapValidator(within)]
+
+
+# -- Names --------------------------------------------------------------------------------------
+# Pools, entitlements, tenants and workloads are named like Kubernetes objects: RFC 1123 subdomains.
+# One rule for all of them, so no name carries CR/LF, spaces or '/' into a header, a metric label or
+# a URL path.
+NAME_MAX = 253
+_LABEL = r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?"  # one dot-separated part: 1 to 63 characters
+NAME_PATTERN = rf"^{_LABEL}(?:\.{_LABEL})*$"
+_NAME_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+NAME_RULE = (
+    "use lowercase letters, digits, '-' and '.', at most 253 characters, in dot-separated parts of "
+    "1 to 63 characters that each start and end with a letter or digit (e.g. 'acme-prod' or 'team.acme')"
+)
+
+
+def check_name(value: str) -> str:
+    """An RFC 1123 subdomain. The length test comes first so a huge value costs no regex scan."""
+    if len(value) > NAME_MAX or _NAME_RE.fullmatch(value) is None:
+        raise ValueError(f"{echo(value)} is not a valid name: {NAME_RULE}")
+    return value
+
+
+Name = Annotated[
+    str,
+    Field(json_schema_extra={"minLength": 1, "maxLength": NAME_MAX, "pattern": NAME_PATTERN}),
+    AfterValidator(check_name),
+]
+
+
 class SpecModel(BaseModel):
     model_config = ConfigDict(
-        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True
+        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True, allow_inf_nan=False
     )
 
 
-NonNegative = Annotated[float, Field(ge=0)]
-Fraction = Annotated[float, Field(gt=0, le=1)]
+Amount = bounded(0, MAX_AMOUNT)
+Fraction = bounded(MIN_FRACTION, 1)
+Weight = bounded(MIN_WEIGHT, MAX_WEIGHT)
+TokenWeight = bounded(MIN_TOKEN_WEIGHT, MAX_TOKEN_WEIGHT)
+Replicas = bounded(0, MAX_REPLICAS, integer=True)
+SomeReplicas = bounded(1, MAX_REPLICAS, integer=True)
+Tokens = bounded(1, MAX_TOKENS, integer=True)
+PositiveSeconds = bounded(MIN_SECONDS, MAX_SECONDS, unit="seconds")
+NonNegativeSeconds = bounded(0, MAX_SECONDS, unit="seconds")
+Sharpness = bounded(0, 10, lo_open=True)
+Headroom = bounded(0, 10)
+ReclaimBuffer = bounded(0, 1, hi_open=True)
 
 
 class Resources(SpecModel):
     """An amount on each dimension: weighted tokens/s, KV-cache tokens, sequences."""
 
-    throughput: NonNegative = 0.0
-    kv: NonNegative = 0.0
-    concurrency: NonNegative = 0.0
+    throughput: Amount = 0.0
+    kv: Amount = 0.0
+    concurrency: Amount = 0.0
 
     def as_tuple(self) -> tuple[float, float, float]:
         return (self.throughput, self.kv, self.concurrency)
@@ -69,9 +181,9 @@ class UtilisationTargets(SpecModel):
 
 
 class ReplicaBounds(SpecModel):
-    min: int = Field(default=1, ge=0)
-    max: int = Field(default=8, ge=1)
-    initial: int | None = Field(default=None, ge=0)
+    min: Replicas = 1
+    max: SomeReplicas = 8
+    initial: Replicas | None = None
 
     @model_validator(mode="after")
     def _ordered(self) -> ReplicaBounds:
@@ -89,39 +201,39 @@ class ReplicaBounds(SpecModel):
 class TokenWeights(SpecModel):
     """Cost of a prompt token and an output token in throughput units (decode costs more than prefill)."""
 
-    input: Annotated[float, Field(gt=0)] = 0.5
-    output: Annotated[float, Field(gt=0)] = 1.0
+    input: TokenWeight = 0.5
+    output: TokenWeight = 1.0
 
 
 class DebtPolicy(SpecModel):
-    half_life_seconds: Annotated[float, Field(gt=0)] = 300.0
+    half_life_seconds: PositiveSeconds = 300.0
     # Effective weight = weight * 2^(-sharpness * remembered share / configured share).
-    sharpness: Annotated[float, Field(gt=0, le=10)] = 1.0
+    sharpness: Sharpness = 1.0
 
 
 class QueuePolicy(SpecModel):
-    max_wait_seconds: NonNegative = 2.0
-    spot_max_wait_seconds: NonNegative = 0.0
+    max_wait_seconds: NonNegativeSeconds = 2.0
+    spot_max_wait_seconds: NonNegativeSeconds = 0.0
 
 
 class ScalingPolicy(SpecModel):
-    headroom: Annotated[float, Field(ge=0, le=10)] = 0.2
-    stabilisation_window_seconds: NonNegative = 300.0
-    startup_delay_seconds: NonNegative = 60.0
-    spot_budget_replicas: int = Field(default=0, ge=0)
-    forecast_half_life_seconds: Annotated[float, Field(gt=0)] = 60.0
+    headroom: Headroom = 0.2
+    stabilisation_window_seconds: NonNegativeSeconds = 300.0
+    startup_delay_seconds: NonNegativeSeconds = 60.0
+    spot_budget_replicas: Replicas = 0
+    forecast_half_life_seconds: PositiveSeconds = 60.0
 
 
 class TokenPoolSpec(SpecModel):
     model: str = Field(min_length=1)
     region: str = "local"
-    context_length: int = Field(default=8192, gt=0)
+    context_length: Tokens = 8192
     per_replica: Resources
     target_utilisation: UtilisationTargets = UtilisationTargets()
     replicas: ReplicaBounds = ReplicaBounds()
     token_weights: TokenWeights = TokenWeights()
-    reclaim_buffer: Annotated[float, Field(ge=0, lt=1)] = 0.05
-    tick_seconds: Annotated[float, Field(gt=0)] = 1.0
+    reclaim_buffer: ReclaimBuffer = 0.05
+    tick_seconds: PositiveSeconds = 1.0
     debt: DebtPolicy = DebtPolicy()
     queue: QueuePolicy = QueuePolicy()
     scaling: ScalingPolicy = ScalingPolicy()
@@ -133,8 +245,11 @@ class TokenPoolSpec(SpecModel):
     @model_validator(mode="after")
     def _positive_replica(self) -> TokenPoolSpec:
         for dim in DIMENSIONS:
-            if self.per_replica.get(dim) <= 0:
-                raise ValueError(f"perReplica.{dim.value} must be > 0: a replica that serves nothing cannot be sold")
+            if self.per_replica.get(dim) < MIN_PER_REPLICA:
+                raise ValueError(
+                    f"perReplica.{dim.value} must be at least {MIN_PER_REPLICA:g} (and at most {MAX_AMOUNT:g}): "
+                    "a replica that serves nothing cannot be sold"
+                )
         return self
 
     def sellable_per_replica(self) -> tuple[float, float, float]:
@@ -154,8 +269,8 @@ class TokenPoolSpec(SpecModel):
 
 
 class SLO(SpecModel):
-    ttft_seconds: Annotated[float, Field(gt=0)]
-    tpot_seconds: Annotated[float, Field(gt=0)] | None = None
+    ttft_seconds: PositiveSeconds
+    tpot_seconds: PositiveSeconds | None = None
 
 
 class ApiKeyRef(SpecModel):
@@ -165,13 +280,13 @@ class ApiKeyRef(SpecModel):
 
 
 class EntitlementSpec(SpecModel):
-    pool: str = Field(min_length=1)
-    tenant: str = Field(min_length=1)
+    pool: Name
+    tenant: Name
     tier: Tier
     guarantee: Resources = Resources()
     burst: Resources
-    burst_window_seconds: Annotated[float, Field(gt=0)] = 10.0
-    weight: Annotated[float, Field(gt=0)] = 1.0
+    burst_window_seconds: PositiveSeconds = 10.0
+    weight: Weight = 1.0
     slo: SLO | None = None
     api_keys: list[ApiKeyRef] = Field(default_factory=list)
 
@@ -193,7 +308,7 @@ class EntitlementSpec(SpecModel):
 
 
 class Metadata(SpecModel):
-    name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    name: Name
     labels: dict[str, str] = Field(default_factory=dict)
 
 

@@ -6,17 +6,16 @@ the same list of arrivals every time, so an experiment can be rerun, compared ac
 the control plane, and replayed over HTTP.
 
 YAML uses camelCase, Python snake_case, like the TokenPool and Entitlement specs; unknown fields,
-NaN and infinity are errors, because a typo in an experiment silently changes its result.
+NaN and infinity are errors, because a typo in an experiment silently changes its result. Names and
+numeric bounds are the specs' own (``schemas.specs``: ``Name``, "Bounds").
 """
 
 from __future__ import annotations
 
 import math
-import re
 from typing import Annotated, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -26,22 +25,20 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+from schemas.specs import MAX_SECONDS, MAX_TOKENS, MIN_SECONDS, Name, bounded, range_text
 
+# Far above any load a test or an experiment generates; bounded so a profile's rates and times, and
+# the arrivals they imply, stay finite.
+MAX_RATE = 1e6
 
-def _check_name(value: str) -> str:
-    """Pool, entitlement and tenant names are Kubernetes object names; say so instead of a regex."""
-    if not value or len(value) > 253 or not _NAME_RE.match(value):
-        raise ValueError(
-            f"{value!r} is not a valid name: use lowercase letters, digits, '-' and '.', "
-            "starting and ending with a letter or digit (e.g. 'acme-prod')"
-        )
-    return value
-
-
-Name = Annotated[str, AfterValidator(_check_name)]
-Seconds = Annotated[float, Field(ge=0, description="seconds since the start of the workload")]
-Rate = Annotated[float, Field(ge=0, description="requests per second")]
+Duration = bounded(MIN_SECONDS, MAX_SECONDS, unit="seconds")
+NonNegativeDuration = bounded(0, MAX_SECONDS, unit="seconds")
+Seconds = Annotated[NonNegativeDuration, Field(description="seconds since the start of the workload")]
+Rate = Annotated[bounded(0, MAX_RATE, unit="requests per second"), Field(description="requests per second")]
+TokenCount = bounded(1, MAX_TOKENS, integer=True)
+MeanTokens = bounded(0, MAX_TOKENS, lo_open=True)
+Sigma = bounded(0, 3)
+Seed = bounded(0, 2**63 - 1, integer=True)  # a signed 64-bit integer: what JSON tools round-trip exactly
 
 
 class WorkloadModel(BaseModel):
@@ -74,10 +71,12 @@ class PoissonArrivals(WorkloadModel):
         if profile is None:
             return None
         for i, (t, rate) in enumerate(profile):
-            if t < 0:
-                raise ValueError(f"point {i} [{t:g}, {rate:g}]: time must be >= 0 seconds")
-            if rate < 0:
-                raise ValueError(f"point {i} [{t:g}, {rate:g}]: rate must be >= 0 requests per second")
+            if not 0 <= t <= MAX_SECONDS:
+                raise ValueError(f"point {i} [{t:g}, {rate:g}]: time {range_text(0, MAX_SECONDS)} seconds")
+            if not 0 <= rate <= MAX_RATE:
+                raise ValueError(
+                    f"point {i} [{t:g}, {rate:g}]: rate {range_text(0, MAX_RATE)} requests per second"
+                )
             if i > 0 and t <= profile[i - 1][0]:
                 raise ValueError(
                     f"point {i} [{t:g}, {rate:g}]: times must be strictly increasing, but {t:g} follows "
@@ -108,8 +107,8 @@ class OnOffArrivals(WorkloadModel):
 
     process: Literal["onoff"]
     rate: Rate
-    on_seconds: float = Field(gt=0, description="length of each burst")
-    off_seconds: float = Field(ge=0, description="silence between bursts")
+    on_seconds: Annotated[Duration, Field(description="length of each burst")]
+    off_seconds: Annotated[NonNegativeDuration, Field(description="silence between bursts")]
 
     @property
     def peak_rate(self) -> float:
@@ -131,12 +130,10 @@ class LengthDistribution(WorkloadModel):
     Clipping moves the realised mean slightly; `sim.workload.expected_length` computes it exactly.
     """
 
-    mean_tokens: float = Field(gt=0)
-    sigma: float = Field(
-        ge=0, le=3, description="lognormal shape; above 3 nearly every sample is the minimum"
-    )
-    min_tokens: int = Field(default=1, ge=1)
-    max_tokens: int = Field(ge=1)
+    mean_tokens: MeanTokens
+    sigma: Annotated[Sigma, Field(description="lognormal shape; above 3 nearly every sample is the minimum")]
+    min_tokens: TokenCount = 1
+    max_tokens: TokenCount
 
     @model_validator(mode="after")
     def _ordered(self) -> LengthDistribution:
@@ -170,8 +167,8 @@ class TenantLoad(WorkloadModel):
     end: Seconds | None = None
     prompt: LengthDistribution
     output: LengthDistribution
-    max_tokens: int | None = Field(
-        default=None, ge=1, description="sent with each request; default output.maxTokens"
+    max_tokens: TokenCount | None = Field(
+        default=None, description="sent with each request; default output.maxTokens"
     )
     stream: bool = False
 
@@ -201,10 +198,8 @@ class WorkloadSpec(WorkloadModel):
     """A seeded, reproducible workload against one pool."""
 
     pool: Name
-    duration_seconds: float = Field(gt=0)
-    seed: int | None = Field(
-        default=None, ge=0, description="default seed; generate_arrivals may override it"
-    )
+    duration_seconds: Duration
+    seed: Seed | None = Field(default=None, description="default seed; generate_arrivals may override it")
     tenants: list[TenantLoad] = Field(min_length=1)
 
     @field_validator("tenants")

@@ -74,7 +74,7 @@ def test_unknown_pool(tmp_path):
 def test_negative_capacity(tmp_path):
     (line,) = problems(write(tmp_path, POOL.replace("kv: 10000", "kv: -5")))
     assert "document 1 (TokenPool \"small\"): spec.perReplica.kv:" in line
-    assert "greater than or equal to 0" in line and "-5" in line
+    assert "must be a finite number at least 0 and at most 1e+12" in line and "-5" in line
 
 
 def test_duplicate_name(tmp_path):
