@@ -15,7 +15,9 @@ The entitlement's guarantee is scaled by the same ratio (share / limit, per dime
 its guarantee share). ``PoolState`` sets the pool's capacity to this admitter's part of the pipeline's
 capacity belief (``ready_replicas`` divided by the number of known admitters).
 
-Bad records are counted (``schemas.wire.BadRecords``) and skipped. If Kafka goes away the admitter
+Bad records are counted (``schemas.wire.BadRecords``) and skipped; that includes any state whose limits
+or shares are negative, NaN, infinite or above one entitlement's largest amount (``schemas.records``
+validates them on decode), so no such limit is ever applied. If Kafka goes away the admitter
 keeps enforcing the last limits it applied; aiokafka reconnects, and a consumer that fails outright is
 recreated and resumes from the positions it had reached. ``connected``, ``reconnects``, ``records``
 and ``last_applied`` are what ``admitter.metrics`` exports (docs/observability.md).

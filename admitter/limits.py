@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
@@ -49,7 +50,9 @@ class LocalAllocator:
     """Runs ``capacity.tick.tick`` per pool on the monotonic clock; one asyncio task per pool.
 
     The first tick runs at start, so entitlements get limits (headroom up to burst) before the
-    first request instead of refusing everything for a tick.
+    first request instead of refusing everything for a tick. A tick the capacity model rejects
+    (inputs or results not finite) keeps the previous limits; ``rejected`` counts those by pool and
+    reason for ``admitter.metrics``.
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
@@ -58,6 +61,7 @@ class LocalAllocator:
         self._last: dict[str, float] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.ticks = 0
+        self.rejected: Counter[tuple[str, str]] = Counter()  # (pool, reason) -> rejected ticks
 
     async def start(self, targets: Mapping[str, LimitTarget]) -> None:
         self._targets = dict(targets)
@@ -100,9 +104,13 @@ class LocalAllocator:
         dt = target.live.tick_seconds if first else now - self._last.get(name, now)
         self._last[name] = now
         try:
-            tick(target.live, now, dt if dt > 0 else target.live.tick_seconds)
+            result = tick(target.live, now, dt if dt > 0 else target.live.tick_seconds)
         except Exception:  # a bad tick must not stop enforcement: keep the last limits
             log.exception("allocator tick failed for pool %s; keeping the previous limits", name)
+            return
+        if result.rejected is not None:
+            self.rejected[name, result.rejected] += 1
+            log.warning("allocator tick of pool %s rejected (%s); keeping the previous limits", name, result.rejected)
             return
         self.ticks += 1
         target.limits_changed()

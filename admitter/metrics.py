@@ -174,9 +174,11 @@ class KafkaCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         yield from self._sink_metrics(_kafka_sinks(self._sink()))
-        follower = _state_follower(self._limits())
+        limits = self._limits()
+        follower = _state_follower(limits)
         if follower is not None:
             yield from _follower_metrics(follower)
+        yield from _allocator_metrics(limits)
         config_sync = self._config_sync()
         if config_sync is not None:
             yield from _config_metrics(config_sync)
@@ -252,6 +254,21 @@ def _state_follower(limits: object) -> StateFollower | None:
     if module is not None and isinstance(limits, module.StateFollower):
         return limits
     return None
+
+
+def _allocator_metrics(limits: object) -> Iterable[Metric]:
+    """The in-process allocator's rejected ticks: its inputs or results were not finite, so the pool
+    kept its previous limits (``capacity.allocator``); any at all means a bug or a bad input got in."""
+    from admitter.limits import LocalAllocator
+
+    if not isinstance(limits, LocalAllocator):
+        return
+    family = CounterMetricFamily(PREFIX + "allocator_rejected_ticks",
+                                 "In-process allocator ticks that kept the previous limits because their inputs "
+                                 "or results were not finite, by pool and reason", labels=["pool", "reason"])
+    for (pool, reason), n in sorted(limits.rejected.items()):
+        family.add_metric([pool, reason], n)
+    yield family
 
 
 def _follower_metrics(f: StateFollower) -> Iterable[Metric]:

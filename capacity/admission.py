@@ -16,6 +16,7 @@ from capacity.live import GUARANTEED, SPOT, EntitlementLive, PoolLive, Reservati
 from schemas.specs import Dimension
 
 SLO_QUEUE_FRACTION = 0.5
+_INF = math.inf
 
 
 class Verdict(IntEnum):
@@ -68,6 +69,12 @@ def decide(
     ``retry`` marks a queued request trying again, so its demand is not counted twice.
     ``deadline`` (arrival + SLO TTFT) orders the queue within a tier.
     """
+    if not (0.0 <= cost.throughput < _INF and 0.0 <= cost.kv < _INF):
+        # Never fits, and must not reach the accounting: a full bucket would take an infinite cost
+        # (``can_take`` caps the need at the depth) and stay at -inf for good, and NaN demand would
+        # make the next allocator tick reject the whole pool's inputs.
+        dim = Dimension.THROUGHPUT if not 0.0 <= cost.throughput < _INF else Dimension.KV
+        return Decision(Verdict.REFUSE, dimension=dim, retry_after=_retry_after(pool, math.inf))
     if not retry:
         ent.demand_tp += cost.throughput
         if ent.kv_in_flight + cost.kv > ent.demand_kv_peak:

@@ -17,10 +17,17 @@ everything the pool's elastic tenants are remembered to have used. The effective
 exponentially with the ratio of remembered to configured share, as in Slurm's fair-share factor,
 so a tenant that used idle capacity yields first when capacity is scarce and shares converge to
 weights; tenants that were idle start with the full factor (no banked credit beyond it).
+
+A tick never publishes a non-finite or negative limit. One NaN (a weight of infinity once did it)
+spreads through water-filling to every limit of the pool, so a tick whose inputs are not all finite,
+or whose arithmetic overflowed, keeps the limits in force (``TickInput.previous``) and says why in
+``TickResult.rejected``; the services count that. Specs bound every number (``schemas.specs``) so
+that this stays a guard, not a path taken.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +65,9 @@ class TickInput:
     # replicas' rated capacity: ``targetUtilisation`` keeps headroom for the latency of what is sold,
     # and that headroom is exactly the idle capacity spot, throttled and preempted first, should fill.
     backfill: Array | None = None
+    # The limits in force (n, 3), kept if this tick cannot compute usable ones. None: before the first
+    # tick, when an entitlement has its guarantee (or nothing, below the guaranteed tier).
+    previous: Array | None = None
 
 
 @dataclass
@@ -69,10 +79,59 @@ class TickResult:
     fair_share: Array  # (n,) configured share of elastic capacity: weight / sum of elastic weights
     dominant_share: Array  # (n,) dominant share of usage over the tick
     over_use: Array  # (n,) debt: remembered usage minus the configured share of all remembered usage
+    # Why this tick kept the previous limits: REJECTED_INPUT or REJECTED_OUTPUT; None when it computed them.
+    rejected: str | None = None
 
+
+REJECTED_INPUT = "non_finite_input"
+REJECTED_OUTPUT = "non_finite_output"
 
 
 def allocate(inp: TickInput, policy: AllocatorPolicy) -> TickResult:
+    """One tick; the previous limits (``rejected`` set) if its inputs or results are not finite."""
+    if not _finite_input(inp, policy):
+        return _kept(inp, REJECTED_INPUT)
+    with np.errstate(all="ignore"):  # an overflow is caught below and counted, not warned about per tick
+        result = _allocate(inp, policy)
+        result.limits = np.maximum(result.limits, 0.0)  # only a negative burst ceiling could go below
+    if not _finite_result(result):
+        return _kept(inp, REJECTED_OUTPUT)
+    return result
+
+
+def _finite_input(inp: TickInput, policy: AllocatorPolicy) -> bool:
+    arrays = [inp.capacity, inp.weight, inp.guarantee, inp.burst, inp.demand, inp.usage, inp.debt]
+    if inp.backfill is not None:
+        arrays.append(inp.backfill)
+    scalars = (inp.dt, policy.reclaim_buffer, policy.debt_half_life, policy.debt_sharpness)
+    return all(math.isfinite(x) for x in scalars) and all(bool(np.isfinite(a).all()) for a in arrays)
+
+
+def _finite_result(res: TickResult) -> bool:
+    arrays = (res.allocation, res.limits, res.debt, res.effective_weight, res.fair_share, res.dominant_share,
+              res.over_use)
+    return all(bool(np.isfinite(a).all()) for a in arrays)
+
+
+def _usable(values: Array) -> Array:
+    """Finite and non-negative, else 0."""
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isfinite(values) & (values >= 0), values, 0.0)
+
+
+def _kept(inp: TickInput, reason: str) -> TickResult:
+    """The limits in force, and debt carried as it was: a rejected tick changes nothing."""
+    n = inp.weight.shape[0]
+    previous = inp.previous
+    if previous is None or previous.shape != (n, 3):
+        previous = np.where((inp.rank == 0)[:, None], inp.guarantee, 0.0).reshape(n, 3)
+    limits = _usable(np.asarray(previous, dtype=float))
+    zeros = np.zeros(n)
+    return TickResult(limits.copy(), limits, _usable(np.asarray(inp.debt, dtype=float)),
+                      _usable(np.asarray(inp.weight, dtype=float)), zeros, zeros.copy(), zeros.copy(), reason)
+
+
+def _allocate(inp: TickInput, policy: AllocatorPolicy) -> TickResult:
     n = inp.weight.shape[0]
     cap = np.asarray(inp.capacity, dtype=float)
     guaranteed = inp.rank == 0
@@ -111,7 +170,7 @@ def allocate(inp: TickInput, policy: AllocatorPolicy) -> TickResult:
 
     fair, dominant, memory, over_use = _update_debt(inp, elastic, cap, policy)
     after = TickInput(inp.capacity, inp.rank, inp.weight, inp.guarantee, inp.burst, inp.demand, inp.usage,
-                      memory, inp.dt, inp.backfill)
+                      memory, inp.dt, inp.backfill, inp.previous)
     return TickResult(allocation, limits, memory, _effective_weight(after, elastic, policy), fair, dominant,
                       over_use)
 

@@ -6,6 +6,7 @@ including refused and queued work, time-integrated usage) so the tick never scan
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 from capacity.bucket import TokenBucket
@@ -13,6 +14,7 @@ from capacity.cost import OutputEstimator, RequestCost
 from schemas.specs import TIER_RANK, Entitlement, Tier, TokenPool
 
 GUARANTEED, ELASTIC, SPOT = 0, 1, 2
+_INF = math.inf
 
 
 class Reservation:
@@ -110,11 +112,15 @@ class EntitlementLive:
             self.last_change = now
 
     def set_limits(self, throughput: float, kv: float, concurrency: float, now: float) -> None:
-        """Apply new limits; a guaranteed entitlement never drops below its guarantee."""
+        """Apply new limits; a guaranteed entitlement never drops below its guarantee.
+
+        NaN or infinity (which no allocator or state record should ever pass) falls back to the
+        guarantee too: an infinite limit would make the bucket infinitely deep and never refuse.
+        """
         g = self.guarantee
-        self.limit_tp = throughput if throughput > g[0] else g[0]
-        self.limit_kv = kv if kv > g[1] else g[1]
-        self.limit_conc = concurrency if concurrency > g[2] else g[2]
+        self.limit_tp = throughput if g[0] < throughput < _INF else g[0]
+        self.limit_kv = kv if g[1] < kv < _INF else g[1]
+        self.limit_conc = concurrency if g[2] < concurrency < _INF else g[2]
         self.bucket.reconfigure(self.limit_tp, self.limit_tp * self.window, now)
         if self.g_bucket is not None:
             # Rate: this admitter's share of the guarantee. Depth: the whole guarantee's burst window, so

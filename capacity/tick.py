@@ -47,11 +47,15 @@ def collect(pool: PoolLive, now: float, dt: float) -> tuple[list[EntitlementLive
         debt=np.fromiter((e.debt for e in ents), dtype=float, count=n),
         dt=dt,
         backfill=capacity * np.array(pool.spec.spec.backfill_factor()),
+        previous=np.array([(e.limit_tp, e.limit_kv, e.limit_conc) for e in ents], dtype=float).reshape(n, 3),
     )
     return ents, inp
 
 
 def apply(ents: list[EntitlementLive], result: TickResult, now: float) -> None:
+    """Set the tick's limits and debt; a rejected tick (``result.rejected``) leaves everything as it was."""
+    if result.rejected is not None:
+        return
     limits = result.limits.tolist()
     debt = result.debt.tolist()
     weight = result.effective_weight.tolist()
@@ -67,6 +71,7 @@ def apply(ents: list[EntitlementLive], result: TickResult, now: float) -> None:
 
 
 def tick(pool: PoolLive, now: float, dt: float, policy: AllocatorPolicy | None = None) -> TickResult:
+    """Collect, allocate, apply; the caller counts a result whose ``rejected`` is set."""
     ents, inp = collect(pool, now, dt)
     result = allocate(inp, policy or policy_for(pool))
     apply(ents, result, now)

@@ -16,6 +16,10 @@ vanished: a live one re-sends every record each summary interval).
 
 ``dt`` is the wall time since the pool's previous tick, persisted with the debt, clamped to
 ``max_dt_s`` so a long outage does not integrate one window's rate over minutes.
+
+A tick the capacity model rejects (inputs or results not finite: ``TickResult.rejected``) publishes
+nothing and persists nothing: admitters keep the last limits they applied, and the next tick
+continues from the last good debt.
 """
 
 from __future__ import annotations
@@ -67,9 +71,10 @@ class EntitlementInput:
 @dataclass
 class PoolOutput:
     entitlements: list[EntitlementState]
-    pool: PoolState
+    pool: PoolState | None  # None when the tick was rejected
     tick: PoolTick
     result: TickResult | None
+    rejected: str | None = None  # TickResult.rejected: why nothing is to be published
 
 
 def _add(a: tuple[float, float, float], b: Amounts) -> tuple[float, float, float]:
@@ -157,6 +162,8 @@ def allocate_pool(
             backfill=np.array(capacity, dtype=float) * np.array(spec.backfill_factor()),
         )
         result = allocate(inp, policy_for(pool))
+        if result.rejected is not None:
+            return PoolOutput([], None, prev, result, result.rejected)
         limits = result.limits.tolist()
         reported = published_debt(result)
         for i, e in enumerate(ents):

@@ -53,6 +53,10 @@ class PipelineMetrics:
         self.summaries_received = Counter(f"{PREFIX}_summaries_received",
                                           "Stage 2: window summaries received", registry=r)
         self.ticks = Counter(f"{PREFIX}_ticks", "Stage 2: allocator ticks run", ["pool"], registry=r)
+        self.rejected_ticks = Counter(
+            f"{PREFIX}_rejected_ticks", "Stage 2: allocator ticks whose inputs or results were not finite; "
+            "nothing was published, so the pool's last limits stay in force", ["pool", "reason"], registry=r,
+        )
         self.tick_seconds = Histogram(
             f"{PREFIX}_tick_seconds", "Stage 2: time of one pool tick (allocate, split, publish)", ["pool"],
             registry=r, buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1),

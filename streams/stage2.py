@@ -11,10 +11,14 @@ A pool also ticks early, ``min_tick_gap_s`` after its previous tick at the soone
 arrives whose trailing demand moved by more than ``change_threshold`` from the one its last tick
 used: a new demand then reaches the admitters without waiting for the pool's fixed tick phase.
 Early ticks are ordinary ticks (``dt`` is the time since the previous one), so debt is unaffected.
+
+A tick the capacity model rejects (not finite: ``streams.allocate``) publishes nothing, so admitters
+keep the last limits; it is logged and counted (``tokenpools_streams_rejected_ticks``).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -26,6 +30,8 @@ from streams.metrics import PipelineMetrics
 from streams.records import EntitlementUsage
 from streams.store import KeyValueStore
 from streams.windows import Triple, moved
+
+log = logging.getLogger(__name__)
 
 Publish = Callable[[str, str, bytes], Awaitable[None]]  # (topic, key, value)
 
@@ -144,6 +150,11 @@ class Stage2:
             pool, self.config.entitlements_of(pool_name), inputs, prev, self.config.ready_replicas(pool), now,
             max_dt_s=self.max_dt_s,
         )
+        if out.rejected is not None or out.pool is None:
+            self.metrics.rejected_ticks.labels(pool_name, out.rejected or "").inc()
+            log.warning("allocator tick of pool %s rejected (%s); admitters keep the last limits published",
+                        pool_name, out.rejected)
+            return out
         await self.ticks.put(pool_name, out.tick, partition)
         for state in out.entitlements:
             await self.publish(self.entitlement_state_topic, state.id, encode(state))
