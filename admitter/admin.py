@@ -14,16 +14,19 @@ import orjson
 import yaml
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from starlette.convertors import PathConvertor, register_url_convertor
 
-from admitter.auth import KeyOwner, bearer_token
+from admitter.auth import KeyOwner, request_token
 from admitter.body import ClientGone, read_body
 from admitter.config_follower import ConfigUnavailable
 from admitter.errors import OpenAIError
 from admitter.gate import PoolGate
 from admitter.state import AdmitterState, EntitlementRejected
 from capacity.live import EntitlementLive
+from schemas.echo import echo, echo_str
 from schemas.loader import ConfigError, Source, parse_manifest
 from schemas.specs import Entitlement
+from schemas.specs import check_name as spec_check_name
 
 RETRY_AFTER_S = 5  # a broker restart or leader move usually takes seconds
 
@@ -38,7 +41,8 @@ def _state(request: Request) -> AdmitterState:
 
 def require_admin(request: Request) -> AdmitterState:
     state = _state(request)
-    if not state.admin_key.check(bearer_token(request.headers.get("authorization"))):
+    # The raw header list, not request.headers: see request_token (two Authorization headers are a 400).
+    if not state.admin_key.check(request_token(request.scope["headers"])):
         raise OpenAIError(401, "admin credential missing or invalid", "invalid_admin_key",
                           headers={"www-authenticate": "Bearer"})
     return state
@@ -46,11 +50,36 @@ def require_admin(request: Request) -> AdmitterState:
 
 def require_tenant(request: Request) -> tuple[AdmitterState, KeyOwner]:
     state = _state(request)
-    owner = state.keyring.lookup(bearer_token(request.headers.get("authorization")))
+    owner = state.keyring.lookup(request_token(request.scope["headers"]))
     if owner is None:
         raise OpenAIError(401, "missing or invalid API key; send it as 'Authorization: Bearer <key>'",
                           "invalid_api_key")
     return state, owner
+
+
+class _AnyText(PathConvertor):
+    """The rest of the path, newlines included: Starlette's ``path`` is ``.*``, which stops at a newline,
+    so ``/admin/entitlements/a%0Ab`` missed the route and got a bare 404 before authentication."""
+
+    regex = r"[\s\S]*"
+
+
+register_url_convertor("anytext", _AnyText())  # Starlette's registry is global; the name is ours
+
+
+def check_name(value: str, param: str) -> None:
+    """400 for a name in the URL that no entitlement or tenant can have, saying what a name may be.
+
+    The same rule as the manifests' names (``schemas.specs.check_name``, an RFC 1123 subdomain), so
+    the URL cannot name what no manifest could. The routes take the rest of the path
+    (``{name:anytext}``) so that a name with '/' or an empty one reaches this check instead of the
+    router's bare 404 (or, before slash redirects were switched off, a 307 with an empty body for
+    ``PUT /admin/entitlements/``).
+    """
+    try:
+        spec_check_name(value)
+    except ValueError as exc:
+        raise OpenAIError(400, f"{param} {exc}", "invalid_name", param=param) from None
 
 
 def _amounts(t: tuple[float, float, float]) -> dict[str, float]:
@@ -147,17 +176,19 @@ def build_router() -> APIRouter:
         views = [entitlement_view(g, e) for g in state.gates.values() for e in g.live.entitlements.values()]
         return json_response({"entitlements": sorted(views, key=lambda v: v["name"])})
 
-    @router.get("/admin/entitlements/{name}")
+    @router.get("/admin/entitlements/{name:anytext}")
     async def admin_entitlement(name: str, request: Request) -> Response:
         state = require_admin(request)
+        check_name(name, "name")
         found = state.entitlement_live(name)
         if found is None:
-            raise OpenAIError(404, f"no entitlement named '{name}'", "not_found")
+            raise OpenAIError(404, f"no entitlement named '{echo_str(name)}'", "not_found")
         return json_response(entitlement_view(*found))
 
-    @router.put("/admin/entitlements/{name}")
+    @router.put("/admin/entitlements/{name:anytext}")
     async def admin_put_entitlement(name: str, request: Request) -> Response:
         state = require_admin(request)
+        check_name(name, "name")  # before the body is read: a bad URL needs no manifest to be refused
         # A running cap (read_body), not request.body() then a length check: that buffered the whole
         # body first (a 300 MiB chunked PUT took the admitter from 113 to 712 MB before its 413).
         length = request.headers.get("content-length")
@@ -174,7 +205,8 @@ def build_router() -> APIRouter:
         if not isinstance(manifest, Entitlement):
             return _unprocessable([f"kind: expected 'Entitlement', got '{manifest.kind}'"])  # type: ignore[attr-defined]
         if manifest.name != name:
-            return _unprocessable([f"metadata.name: '{manifest.name}' does not match the URL's '{name}'"])
+            return _unprocessable([f"metadata.name: '{echo_str(manifest.name)}' does not match the URL's "
+                                   f"'{echo_str(name)}'"])
         try:
             created = await state.put_entitlement(manifest)
         except EntitlementRejected as exc:
@@ -187,16 +219,17 @@ def build_router() -> APIRouter:
         assert found is not None
         return json_response(entitlement_view(*found), status=201 if created else 200)
 
-    @router.delete("/admin/entitlements/{name}")
+    @router.delete("/admin/entitlements/{name:anytext}")
     async def admin_delete_entitlement(name: str, request: Request) -> Response:
         """Its keys stop working at once (at every admitter, with Kafka); requests in flight finish."""
         state = require_admin(request)
+        check_name(name, "name")
         try:
             deleted = await state.delete_entitlement(name)
         except ConfigUnavailable as exc:
             raise _unavailable(exc) from None
         if not deleted:
-            raise OpenAIError(404, f"no entitlement named '{name}'", "not_found")
+            raise OpenAIError(404, f"no entitlement named '{echo_str(name)}'", "not_found")
         return Response(status_code=204)
 
     @router.get("/admin/config")
@@ -208,12 +241,13 @@ def build_router() -> APIRouter:
         view.update(pools=sorted(state.config.pools), entitlements=sorted(state.config.entitlements))
         return json_response(view)
 
-    @router.get("/admin/tenants/{tenant}/usage")
+    @router.get("/admin/tenants/{tenant:anytext}/usage")
     async def admin_tenant_usage(tenant: str, request: Request) -> Response:
         state = require_admin(request)
+        check_name(tenant, "tenant")
         ents = state.tenant_entitlements(tenant)
         if not ents:
-            raise OpenAIError(404, f"no entitlements for tenant '{tenant}'", "not_found")
+            raise OpenAIError(404, f"no entitlements for tenant '{echo_str(tenant)}'", "not_found")
         return json_response({"tenant": tenant, "entitlements": [usage_view(state, e, admin=True) for e in ents]})
 
     @router.get("/v1/usage")
@@ -236,16 +270,39 @@ def build_router() -> APIRouter:
 
 
 def _decode_manifest(raw: bytes, content_type: str | None) -> Any:
+    """The body as data, or 400 with one short line.
+
+    YAML goes through the config loader's hardened reader (aliases bounded, duplicate keys and deep
+    nesting refused; plain ``yaml.safe_load`` expanded an alias bomb into a 624 MB 422). JSON keeps
+    orjson (which refuses deep nesting) and is then checked for duplicate keys, which orjson, like
+    PyYAML, resolves silently to the last.
+    """
+    import json
+
+    from schemas import yaml_load
+
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out:
+                raise ValueError(f"duplicate key {echo(key)}; keep one of them")
+            out[key] = value
+        return out
+
     media = (content_type or "application/json").split(";", 1)[0].strip().lower()
     try:
         if media in {"application/yaml", "application/x-yaml", "text/yaml"}:
-            return yaml.safe_load(raw)
+            return yaml_load.load_one(raw)
         if media == "application/json":
-            return orjson.loads(raw)
-    except (orjson.JSONDecodeError, yaml.YAMLError) as exc:
+            doc = orjson.loads(raw)
+            json.loads(raw, object_pairs_hook=no_duplicates)  # orjson bounded the depth already
+            return doc
+    except yaml_load.YAMLInputError as exc:
+        raise OpenAIError(400, f"body is not acceptable YAML: {exc}", "invalid_body") from None
+    except (orjson.JSONDecodeError, yaml.YAMLError, ValueError, RecursionError) as exc:
         raise OpenAIError(400, f"body is not valid {'YAML' if 'yaml' in media else 'JSON'}: "
-                          f"{str(exc).splitlines()[0]}", "invalid_body") from None
-    raise OpenAIError(415, f"Content-Type must be application/json or application/yaml, got {media!r}",
+                          f"{echo_str(str(exc).splitlines()[0], 200)}", "invalid_body") from None
+    raise OpenAIError(415, f"Content-Type must be application/json or application/yaml, got {echo(media)}",
                       "unsupported_media_type")
 
 

@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.routing import Route
 
 from admitter.admin import build_router, json_response, require_admin
+from admitter.auth import request_token
 from admitter.body import CHAT, COMPLETIONS
 from admitter.config_follower import ConfigSync
 from admitter.errors import install_handlers
@@ -55,7 +56,10 @@ def create_app(settings: AdmitterSettings, config: PlatformConfig | None = None,
         finally:
             await state.stop()
 
-    app = FastAPI(title="tokenpools admitter", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    # No slash redirects: a 307 with an empty body is no answer for an API client (PUT /admin/entitlements/
+    # was one); a path that matches nothing gets the JSON 404 instead.
+    app = FastAPI(title="tokenpools admitter", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None,
+                  redirect_slashes=False)
     app.state.admitter = state
     install_handlers(app)
     install_openapi(app)  # GET /openapi.json: hand-written, as the routes read Request themselves
@@ -65,7 +69,9 @@ def create_app(settings: AdmitterSettings, config: PlatformConfig | None = None,
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
-        if not settings.public_metrics:
+        if settings.public_metrics:
+            request_token(request.scope["headers"])  # two Authorization headers are a 400 here too
+        else:
             require_admin(request)
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

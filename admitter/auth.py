@@ -15,6 +15,7 @@ import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from admitter.errors import OpenAIError
 from schemas.specs import Entitlement
 
 
@@ -31,6 +32,31 @@ def bearer_token(authorization: str | None) -> str | None:
     if scheme.lower() != "bearer" or not token:
         return None
     return token
+
+
+def request_token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The one credential rule, for every route: the bearer token of the request's Authorization header.
+
+    Takes the raw ASGI header list because that is the only view that shows duplicates (Starlette's
+    ``request.headers.get`` returns the first, a loop that overwrites keeps the last: the two rules
+    that once let tenant-a's key followed by tenant-b's be billed to tenant-b). None when there is
+    no usable bearer token (the caller answers 401).
+
+    More than one Authorization header is refused with 400, not 401: HTTP allows repeating a field
+    only when its value is a comma-separated list, which Authorization is not (RFC 9110 5.3), and
+    RFC 6750 3.1 names "uses more than one method for including an access token" an
+    ``invalid_request`` answered with 400. A 401 would read as "wrong key" and invite a retry with
+    the same two headers; neither credential is tried, so a request cannot pick whichever tenant
+    the route happens to prefer.
+    """
+    found: bytes | None = None
+    for name, value in headers:
+        if name == b"authorization":
+            if found is not None:
+                raise OpenAIError(400, "more than one Authorization header; send exactly one "
+                                  "'Authorization: Bearer <key>'", "multiple_credentials")
+            found = value
+    return bearer_token(found.decode("latin-1")) if found is not None else None
 
 
 @dataclass
@@ -54,9 +80,15 @@ class KeyRing:
         self.rebuild(entitlements)
 
     @staticmethod
-    def build(entitlements: Iterable[Entitlement]) -> dict[str, KeyOwner]:
+    def build(entitlements: Iterable[Entitlement], incoming: str | None = None) -> dict[str, KeyOwner]:
+        """The key table, or ``KeyConflict`` naming the entitlement that lists a key already held.
+
+        ``incoming`` is the entitlement being created or updated: it is taken last, whatever its
+        name, so a conflict is always reported as the newcomer's (the others were consistent before
+        it came). Sorting by name alone named the sides reversed whenever the newcomer sorted first.
+        """
         owners: dict[str, KeyOwner] = {}
-        for ent in sorted(entitlements, key=lambda e: e.name):
+        for ent in sorted(entitlements, key=lambda e: (e.name == incoming, e.name)):
             for ref in ent.spec.api_keys:
                 owner = owners.get(ref.sha256)
                 if owner is None:

@@ -18,6 +18,8 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Send
 
+from schemas.echo import echo_str
+
 log = logging.getLogger("tokenpools.admitter")
 
 INVALID_REQUEST = "invalid_request_error"
@@ -90,10 +92,13 @@ def retry_after_header(seconds: float) -> str:
 
 
 def _validation_message(exc: RequestValidationError) -> str:
+    """At most five problems, each location and message cut to a bounded echo: a location can hold a
+    client's key and a message a client's value, of any size."""
     parts = []
     for err in exc.errors()[:5]:
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-        parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
+        loc = echo_str(".".join(str(p) for p in err.get("loc", ()) if p != "body"))
+        msg = echo_str(str(err.get("msg")))
+        parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts) or "invalid request"
 
 
@@ -111,7 +116,7 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(exc.status_code)
-        err = OpenAIError(exc.status_code, str(exc.detail), code, headers=exc.headers)
+        err = OpenAIError(exc.status_code, echo_str(str(exc.detail)), code, headers=exc.headers)
         return err.response()
 
     @app.exception_handler(Exception)

@@ -19,7 +19,7 @@ import time
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from admitter.auth import bearer_token
+from admitter.auth import request_token
 from admitter.body import CHAT, ClientGone, ParsedRequest, check_content_type, parse_body, read_body
 from admitter.errors import OpenAIError, retry_after_header
 from admitter.gate import Flight, PoolGate
@@ -28,6 +28,7 @@ from admitter.state import AdmitterState
 from capacity.admission import Decision, Verdict
 from capacity.cost import RequestCost
 from capacity.live import EntitlementLive
+from schemas.echo import echo_str
 from schemas.records import SCHEMA_VERSION, Amounts, Outcome, Phase, RequestEvent
 from schemas.specs import TokenPool
 
@@ -90,18 +91,17 @@ class CompletionEndpoint:
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send, arrival: float) -> None:
         state = self.state
-        authorization = content_type = content_length = None
+        headers = scope["headers"]
+        token = request_token(headers)  # the credential rule every route shares (400 for two of them)
+        content_type = content_length = None
         forward: list[tuple[bytes, bytes]] = []
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                authorization = value
-            elif name == b"content-type":
+        for name, value in headers:
+            if name == b"content-type":
                 content_type = value
             elif name == b"content-length":
                 content_length = value
             elif name.startswith(b"x-") and name != b"x-request-id" and not _SECRETISH.search(name):
                 forward.append((name, value))
-        token = bearer_token(authorization.decode("latin-1") if authorization else None)
         owner = state.keyring.lookup(token)
         if owner is None:
             raise OpenAIError(401, "missing or invalid API key; send it as 'Authorization: Bearer <key>'",
@@ -115,7 +115,8 @@ class CompletionEndpoint:
         parsed = parse_body(raw, self.kind)
         pool = state.models.get(parsed.model)
         if pool is None:
-            raise OpenAIError(404, f"the model '{parsed.model}' does not exist", "model_not_found", param="model")
+            raise OpenAIError(404, f"the model '{echo_str(parsed.model)}' does not exist", "model_not_found",
+                              param="model")
         ent_name = owner.by_pool.get(pool.name)
         if ent_name is None:
             raise OpenAIError(403, f"this API key has no entitlement on model '{parsed.model}'", "no_entitlement",

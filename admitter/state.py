@@ -28,6 +28,7 @@ from admitter.settings import AdmitterSettings
 from admitter.usage import UsageBook
 from capacity.bucket import TokenBucket
 from capacity.live import GUARANTEED, EntitlementLive, PoolLive
+from schemas.echo import echo_str
 from schemas.loader import PlatformConfig, provisioning_problems
 from schemas.specs import TIER_RANK, Entitlement, TokenPool
 from streams.config_table import config_key
@@ -119,7 +120,7 @@ class AdmitterState:
         pool = self.config.pools.get(ent.spec.pool)
         if pool is None:
             known = ", ".join(sorted(self.config.pools)) or "none"
-            raise EntitlementRejected(422, [f"spec.pool: unknown pool '{ent.spec.pool}' (known: {known})"])
+            raise EntitlementRejected(422, [f"spec.pool: unknown pool '{echo_str(ent.spec.pool)}' (known: {known})"])
         previous = self.config.entitlements.get(ent.name)
         others = [e for e in self.config.entitlements_of(pool.name) if e.name != ent.name]
         # The loader names whichever entitlement tips a dimension over (in name order); here the
@@ -130,7 +131,7 @@ class AdmitterState:
         entitlements = dict(self.config.entitlements)
         entitlements[ent.name] = ent
         try:
-            owners = KeyRing.build(entitlements.values())
+            owners = KeyRing.build(entitlements.values(), incoming=ent.name)
         except KeyConflict as exc:
             raise EntitlementRejected(409, [f"spec.apiKeys: {exc}"]) from None
         if previous is not None and previous.spec.pool != ent.spec.pool:
