@@ -68,6 +68,7 @@ from prometheus_client.registry import Collector
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
+from schemas.echo import echo, echo_str
 from sim import openai_wire as wire
 from sim.costmodel import ReplicaCostModel
 from sim.engine import Engine
@@ -347,6 +348,17 @@ def _json(obj: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(obj), status_code=status, media_type="application/json")
 
 
+_REQUEST_ID_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+
+
+def _request_id(header: str | None) -> str:
+    """The caller's ``x-request-id`` as the base of response ids, if it is short and plain: it is
+    echoed into every chunk of the response, so an unbounded one would be repeated unbounded."""
+    if header and len(header) <= 128 and _REQUEST_ID_OK.issuperset(header):
+        return header
+    return uuid.uuid4().hex
+
+
 def _error(exc: wire.WireError) -> Response:
     return _json(exc.body(), exc.status)
 
@@ -514,9 +526,10 @@ class EmulatorReplica:
     def _job(self, p: wire.ParsedRequest, request: Request) -> _Job:
         cfg = self.config
         if p.model is not None and p.model != cfg.model:
-            raise wire.WireError(404, f"The model `{p.model}` does not exist.", param="model", code="model_not_found")
+            raise wire.WireError(404, f"The model `{echo_str(p.model)}` does not exist.", param="model",
+                                 code="model_not_found")
         if p.priority != 0 and cfg.cost_model.scheduling_policy != "priority":
-            raise wire.WireError(400, f"Got priority {p.priority} but Priority scheduling is not enabled.",
+            raise wire.WireError(400, f"Got priority {echo(p.priority)} but Priority scheduling is not enabled.",
                                  param="priority")
         ctx = cfg.context_length
         room = ctx - p.prompt_tokens
@@ -533,7 +546,7 @@ class EmulatorReplica:
         else:
             eos_at = self._draw_output_tokens()
         eos_at = max(eos_at, p.min_tokens, 1)
-        base = request.headers.get("x-request-id") or uuid.uuid4().hex
+        base = _request_id(request.headers.get("x-request-id"))
         return _Job(p.kind, wire.response_id(p.kind, base), int(time.time()), cfg.model, p.prompt_tokens,
                     max_tokens, eos_at, p.priority, p.include_usage, p.continuous_usage)
 
@@ -689,14 +702,15 @@ class EmulatorReplica:
                                "clear"}
                     unknown = sorted(set(body) - allowed)
                     if unknown:
-                        raise wire.WireError(400, f"unknown fault field(s): {', '.join(unknown)}", param=unknown[0])
+                        names = ", ".join(echo_str(u) for u in unknown[:5])
+                        raise wire.WireError(400, f"unknown fault field(s): {names}", param=echo_str(unknown[0]))
                     if body.pop("clear", False):
                         self.faults.clear()
                     self.faults.arm(**body)
                 except wire.WireError as exc:
                     return _error(exc)
                 except (TypeError, ValueError) as exc:
-                    return _error(wire.WireError(400, str(exc)))
+                    return _error(wire.WireError(400, echo_str(str(exc), 200)))
             return _json(self.faults.to_dict())
 
         async def abort(request: Request) -> Response:

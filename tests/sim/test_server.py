@@ -648,3 +648,18 @@ async def test_slow_clients_are_timed_out(monkeypatch: pytest.MonkeyPatch) -> No
     status_line, _, payload = body.partition(b"\r\n\r\n")
     assert status_line.startswith(b"HTTP/1.1 408")
     assert orjson.loads(payload)["error"]["code"] == "request_timeout"
+
+
+async def test_client_values_are_not_echoed_unbounded(client: httpx.AsyncClient) -> None:
+    """The emulator quotes a 1 MB model name, a huge priority and unknown fault fields back only
+    clipped, and a long or odd x-request-id is not repeated into the response id."""
+    big = "m" * 1_000_000
+    r = await client.post("/v1/completions", json={"model": big, "prompt": "hi", "max_tokens": 1})
+    assert r.status_code == 404 and len(r.content) < 1000
+    r = await client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 1, "priority": 10**4000})
+    assert r.status_code == 400 and len(r.content) < 1000
+    r = await client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 1},
+                          headers={"x-request-id": "r" * 10_000})
+    assert r.status_code == 200 and len(r.json()["id"]) < 100
+    r = await client.post("/emulator/faults", json={big: 1})
+    assert r.status_code == 400 and len(r.content) < 1000
