@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import orjson
 from pydantic import BaseModel, ValidationError
 
+from schemas.echo import echo
 from schemas.records import EVENT_BATCH, SCHEMA_VERSION, RequestEvent
 
 log = logging.getLogger(__name__)
@@ -51,14 +52,14 @@ def _load(value: bytes, topic: str, bad: BadRecords) -> dict[str, Any] | None:
         bad.note(topic, "not_json", str(exc))
         return None
     if not isinstance(data, dict):
-        bad.note(topic, "not_an_object", repr(data))
+        bad.note(topic, "not_an_object", echo(data))
         return None
     return data
 
 
 def _validate(model: type[M], data: Any, topic: str, bad: BadRecords) -> M | None:
     if not isinstance(data, dict):
-        bad.note(topic, "not_an_object", repr(data))
+        bad.note(topic, "not_an_object", echo(data))
         return None
     version = data.get("schema_version")
     if version != SCHEMA_VERSION:

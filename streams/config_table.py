@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from schemas.echo import echo
 from schemas.loader import ConfigError, PlatformConfig, parse_manifest
 from schemas.records import ReplicasReport
 from schemas.specs import Entitlement, Manifest, TokenPool
@@ -70,7 +71,7 @@ class ConfigView:
             self.bad.note(topic, "not_json", f"{skey}: {exc}")
             return
         if not isinstance(doc, dict):
-            self.bad.note(topic, "not_an_object", f"{skey}: {doc!r}")
+            self.bad.note(topic, "not_an_object", f"{skey}: {echo(doc)}")
             return
         try:
             manifest = parse_manifest(doc)
