@@ -27,6 +27,7 @@ import orjson
 import pytest
 
 from tests.admitter.conftest import sha
+from tests.raw import send_chunked
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc/<pid>/status")
 
@@ -252,41 +253,11 @@ async def test_the_next_request_on_a_kept_alive_connection_is_timed_too(admitter
     assert rest == b""
 
 
-async def _chunked_put(proc: Proc, path: str, headers: dict[str, str], total: int) -> tuple[bytes, int]:
-    """PUT ``total`` bytes chunked, generated lazily; stop sending once the server answers. (answer, bytes sent)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", proc.port)
-    head = f"PUT {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
-    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
-    writer.write(head.encode())
-    answer = asyncio.ensure_future(reader.readuntil(b"\r\n\r\n"))
-    piece = b"x" * (256 * 1024)
-    frame = f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
-    sent = 0
-    try:
-        while sent < total and not answer.done():
-            writer.write(frame)
-            sent += len(piece)
-            await writer.drain()
-        if not answer.done():
-            writer.write(b"0\r\n\r\n")
-        async with asyncio.timeout(60):
-            head_bytes = await answer
-        length = int(re.search(rb"content-length: (\d+)", head_bytes.lower()).group(1))  # type: ignore[union-attr]
-        body = await asyncio.wait_for(reader.readexactly(length), 10)
-    except ConnectionError:  # a reset after the answer was read is fine; before it, answer.result() raises
-        head_bytes = await answer
-        body = b""
-    finally:
-        answer.cancel()
-        writer.close()
-    return head_bytes + body, sent
-
-
 async def test_a_300_mib_chunked_admin_put_is_refused_without_buffering_it(admitter: Proc) -> None:
     baseline = max(admitter.rss_mb(), admitter.peak_mb())
-    raw, sent = await _chunked_put(
-        admitter, "/admin/entitlements/big",
-        {"Authorization": f"Bearer {ADMIN_KEY}", "Content-Type": "application/json"}, 300 * MIB)
+    raw, sent = await send_chunked(
+        "127.0.0.1", admitter.port, "PUT /admin/entitlements/big HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {ADMIN_KEY}\r\nContent-Type: application/json\r\n", 300 * MIB)
     assert admitter.peak_mb() - baseline < BIG_BODY_BOUND_MB, (baseline, admitter.peak_mb(), sent)
     status, error = _status_and_error(raw)
     assert status == 413 and error["code"] == "request_too_large", raw[:300]

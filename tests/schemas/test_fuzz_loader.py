@@ -25,10 +25,10 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel
 
 from schemas.loader import ConfigError, PlatformConfig, Source, load_config, parse_manifest
 from tests.factories import ent, pool
+from tests.raw import all_finite
 
 PROFILE = settings(max_examples=150, derandomize=True, database=None, deadline=None,
                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -90,18 +90,6 @@ def yaml_texts() -> st.SearchStrategy[str]:
     return st.one_of(st.text(max_size=300), dumped, many, alias_graphs())
 
 
-def finite(value: Any) -> bool:
-    if isinstance(value, BaseModel):
-        return finite(value.model_dump())
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, dict):
-        return all(finite(v) for v in value.values())
-    if isinstance(value, list | tuple):
-        return all(finite(v) for v in value)
-    return True
-
-
 def assert_short(exc: ConfigError) -> None:
     assert exc.problems, "a ConfigError without problems"
     for line in str(exc).splitlines():
@@ -128,7 +116,7 @@ def test_load_config_any_text(folder: Path) -> None:
             return
         assert isinstance(config, PlatformConfig)
         for doc in [*config.pools.values(), *config.entitlements.values(), *config.workloads.values()]:
-            assert finite(doc), f"a non-finite number was accepted: {doc!r}"
+            assert all_finite(doc), f"a non-finite number was accepted: {doc!r}"
 
     run()
 
@@ -141,7 +129,7 @@ def test_parse_manifest_any_document(doc: Any) -> None:
     except ConfigError as exc:
         assert_short(exc)
         return
-    assert finite(manifest), f"a non-finite number was accepted: {manifest!r}"
+    assert all_finite(manifest), f"a non-finite number was accepted: {manifest!r}"
 
 
 @pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan, "inf", ".inf", "1e999", 1e308])

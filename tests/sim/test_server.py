@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sim import openai_wire as wire
 from sim.costmodel import ReplicaCostModel
 from sim.server import EmulatorConfig, EmulatorServer, Faults, build_cost_model, start_emulators
+from tests.raw import send_chunked
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -550,32 +551,6 @@ def _peak_mb(pid: int) -> float:
     raise AssertionError("no VmHWM")
 
 
-async def _chunked_post(url: str, path: str, total: int) -> tuple[bytes, int]:
-    """POST ``total`` bytes chunked, generated lazily; stop sending once the server answers. (answer, sent)."""
-    host, port = url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 "Transfer-Encoding: chunked\r\n\r\n".encode())
-    answer = asyncio.ensure_future(reader.readuntil(b"\r\n\r\n"))
-    piece = b"x" * (256 * 1024)
-    frame = f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
-    sent = 0
-    try:
-        while sent < total and not answer.done():
-            writer.write(frame)
-            sent += len(piece)
-            await writer.drain()
-        if not answer.done():
-            writer.write(b"0\r\n\r\n")
-        head = await asyncio.wait_for(answer, 30)
-        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-        body = await asyncio.wait_for(reader.readexactly(length), 10)
-    finally:
-        answer.cancel()
-        writer.close()
-    return head + body, sent
-
-
 async def test_body_limit_declared_and_chunked() -> None:
     async with EmulatorServer(1, speedup=FAST, max_body_bytes=2000) as em, \
             httpx.AsyncClient(base_url=em.urls[0], timeout=20) as c:
@@ -610,7 +585,9 @@ async def test_a_100_mb_chunked_body_is_refused_without_buffering_it() -> None:
         async with httpx.AsyncClient(timeout=20) as c:  # warm: first-request allocations are not the body's
             assert (await c.post(url + "/v1/chat/completions", json=chat_body())).status_code == 200
         baseline = _peak_mb(proc.pid)
-        raw, sent = await _chunked_post(url, "/v1/chat/completions", 100 * 1000 * 1000)
+        host, port = url.removeprefix("http://").split(":")
+        raw, sent = await send_chunked(host, int(port), "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                                       "Content-Type: application/json\r\n", 100 * 1000 * 1000)
         peak = _peak_mb(proc.pid)
         assert peak - baseline < 40, (baseline, peak, sent)
         head, _, body = raw.partition(b"\r\n\r\n")

@@ -38,6 +38,7 @@ from streams.config_table import ConfigView, config_key, config_value
 from streams.records import EntitlementUsage
 from streams.store import MemoryStore
 from tests.factories import ent, pool
+from tests.raw import all_finite
 from tests.streams.helpers import decision, finish
 from tests.streams.test_allocate import usage_summary
 from tests.streams.test_stage1 import make_stage1
@@ -118,24 +119,12 @@ def records(valid: list[BaseModel | dict[str, Any]]) -> st.SearchStrategy[bytes]
     return st.one_of(st.binary(max_size=200), json_values.map(_dumps), mutated(docs))
 
 
-def finite(value: Any) -> bool:
-    if isinstance(value, BaseModel):
-        return finite(value.model_dump())
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, dict):
-        return all(finite(v) for v in value.values())
-    if isinstance(value, list | tuple | set | frozenset):
-        return all(finite(v) for v in value)
-    return True
-
-
 def decoded_or_counted(bad: BadRecords, before: int, result: object) -> None:
     if result is None:
         assert bad.total() > before, "a record was neither decoded nor counted as bad"
     else:
         assert bad.total() == before, "a decoded record was also counted as bad"
-        assert finite(result), f"a non-finite number was accepted: {result!r}"
+        assert all_finite(result), f"a non-finite number was accepted: {result!r}"
 
 
 EVENTS = [decision("e1"), finish("e1"), decision("e1", outcome="refused", refused_dimension="kv", retry_after_s=1.0)]
@@ -174,7 +163,7 @@ def test_request_events_single_or_batched(value: bytes) -> None:
     if not events:
         assert bad.total() > 0, "a record yielded no event and was not counted"
     for ev in events:
-        assert finite(ev), f"a non-finite number was accepted: {ev!r}"
+        assert all_finite(ev), f"a non-finite number was accepted: {ev!r}"
 
 
 CONFIG_DOCS = [pool("p"), ent("e1"), ent("g1", tier="guaranteed", guarantee=(10.0, 100.0, 1.0))]
@@ -190,7 +179,7 @@ def test_config_view_applies_or_counts(value: bytes, key: bytes | None) -> None:
     if not config.docs:
         assert bad.total() > 0, "a config record was neither applied nor counted"
     for doc in config.docs.values():
-        assert finite(doc), f"a non-finite number was accepted: {doc!r}"
+        assert all_finite(doc), f"a non-finite number was accepted: {doc!r}"
         assert config_key(doc).encode() == key
 
 
@@ -208,7 +197,7 @@ def test_replicas_reports_apply_or_count(value: bytes, key: bytes | None) -> Non
     discovery.handle(key, value)
     assert discovery.reports or discovery.bad.total() > 0
     for report in discovery.reports.values():
-        assert finite(report)
+        assert all_finite(report)
 
 
 def _run(coro_fn: Callable[[], Any]) -> Any:
@@ -227,7 +216,7 @@ def test_stage1_never_raises_and_keeps_finite_windows(values: list[bytes]) -> No
     for key in list(windows.data):
         rec = windows.get(key)
         assert rec is not None
-        assert finite(rec.totals_record()), f"window {key}: {rec.totals_record()!r}"
+        assert all_finite(rec.totals_record()), f"window {key}: {rec.totals_record()!r}"
 
 
 @PROFILE
@@ -247,7 +236,7 @@ def test_stage2_never_raises_and_publishes_finite_states(values: list[bytes]) ->
         doc = orjson.loads(value)  # orjson refuses non-finite numbers, and encode writes them as null
         model = EntitlementState if topic == "es" else PoolState
         state = model.model_validate(doc)
-        assert finite(state), f"{topic}/{key}: {doc}"
+        assert all_finite(state), f"{topic}/{key}: {doc}"
         assert "null" not in value.decode() or _nulls_are_optional(doc), f"{topic}/{key}: {value!r}"
 
 
