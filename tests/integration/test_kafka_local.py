@@ -17,8 +17,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from tokenpools.infra import kafka_local
-from tokenpools.infra.kafka_local import KafkaStartError, LocalKafka
+from tokenpools.infra.kafka_local import KafkaStartError, LocalKafka, broker, jars, process
+from tokenpools.infra.kafka_local import config as broker_config
 
 if TYPE_CHECKING:
     from tests.integration.conftest import KafkaUnderTest
@@ -29,16 +29,22 @@ REPO = Path(__file__).resolve().parents[2]
 # --- unit: no broker ---------------------------------------------------------------------------
 
 
-def test_deploy_pom_is_the_embedded_pom() -> None:
-    assert (REPO / "deploy/kafka/pom.xml").read_text() == kafka_local.POM_XML
+def test_deploy_pom_is_the_packaged_pom() -> None:
+    assert (REPO / "deploy/kafka/pom.xml").read_text() == jars.POM_XML
 
 
-def test_deploy_log4j2_config_is_the_embedded_one() -> None:
-    assert (REPO / "deploy/kafka/log4j2.properties").read_text() == kafka_local.LOG4J2_PROPERTIES
+def test_jar_cache_key_is_unchanged() -> None:
+    # CI caches ~/.cache/tokenpools/kafka outside the repo: a new key re-resolves every jar.
+    # Change this only together with a deliberate change of pom.xml or the versions.
+    assert jars._cache_key("4.1.1", "2.25.3") == "kafka 4.1.1 log4j 2.25.3 pom 75b489a88847076e\n"
+
+
+def test_deploy_log4j2_config_is_the_packaged_one() -> None:
+    assert (REPO / "deploy/kafka/log4j2.properties").read_text() == broker_config.LOG4J2_PROPERTIES
 
 
 def test_single_node_config_binds_loopback_with_replication_one(tmp_path: Path) -> None:
-    config = kafka_local.default_server_config(19092, 19093, tmp_path)
+    config = broker_config.default_server_config(19092, 19093, tmp_path)
     assert config["process.roles"] == "broker,controller"
     assert config["listeners"] == "PLAINTEXT://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093"
     for key in (
@@ -53,7 +59,7 @@ def test_single_node_config_binds_loopback_with_replication_one(tmp_path: Path) 
 
 
 def test_cluster_ids_never_look_like_an_option() -> None:
-    ids = {kafka_local._new_cluster_id() for _ in range(2000)}
+    ids = {broker.new_cluster_id() for _ in range(2000)}
     assert len(ids) == 2000
     assert all(len(i) == 22 and not i.startswith("-") for i in ids)
 
@@ -82,14 +88,14 @@ def fake_mvn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_concurrent_resolves_run_maven_once(fake_mvn: Path) -> None:
     results: list[Path] = []
-    threads = [threading.Thread(target=lambda: results.append(kafka_local.ensure_jars("9.9.9"))) for _ in range(4)]
+    threads = [threading.Thread(target=lambda: results.append(jars.ensure_jars("9.9.9"))) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     assert fake_mvn.read_text().count("call") == 1
     assert len(set(results)) == 1 and (results[0] / "kafka_2.13-9.9.9.jar").is_file()
-    kafka_local.ensure_jars("9.9.9")
+    jars.ensure_jars("9.9.9")
     assert fake_mvn.read_text().count("call") == 1
 
 
@@ -98,7 +104,7 @@ def test_maven_failure_shows_its_last_lines(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("TOKENPOOLS_CACHE", str(tmp_path / "cache"))
     with pytest.raises(KafkaStartError, match=r"Maven could not resolve .*Network is unreachable") as info:
-        kafka_local.ensure_jars("9.9.8")
+        jars.ensure_jars("9.9.8")
     assert "\n" not in str(info.value)
 
 
@@ -106,7 +112,7 @@ def test_missing_maven_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     monkeypatch.setenv("TOKENPOOLS_CACHE", str(tmp_path / "cache"))
     with pytest.raises(KafkaStartError, match="Maven not found"):
-        kafka_local.ensure_jars("9.9.7")
+        jars.ensure_jars("9.9.7")
 
 
 def test_missing_java_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -217,7 +223,7 @@ def test_cli_detach_status_stop(tmp_path: Path) -> None:
         stopped = _cli("stop", "--data-dir", data)
     assert stopped.returncode == 0, stopped.stderr
     assert _cli("status", "--data-dir", data).returncode == 3
-    assert not (tmp_path / kafka_local.PID_FILE).exists()
+    assert not (tmp_path / broker.PID_FILE).exists()
 
 
 @pytest.mark.integration
@@ -229,10 +235,10 @@ def test_cli_foreground_stops_on_ctrl_c(tmp_path: Path) -> None:
     try:
         bootstrap = proc.stdout.readline().strip() if proc.stdout else ""
         assert bootstrap.startswith("127.0.0.1:")
-        pid = int((tmp_path / kafka_local.PID_FILE).read_text())
+        pid = int((tmp_path / broker.PID_FILE).read_text())
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
-        assert not kafka_local._pid_alive(pid)
+        assert not process.pid_alive(pid)
     finally:
         if proc.poll() is None:
             proc.kill()
