@@ -607,7 +607,7 @@ async def test_slow_clients_are_timed_out(monkeypatch: pytest.MonkeyPatch) -> No
     """The admitter's slow-client guard (tokenpools.infra.slow_clients), here with short timeouts."""
     from tokenpools.infra import slow_clients
 
-    monkeypatch.setattr("sim.server.ConnectionGuard", lambda: slow_clients.ConnectionGuard(
+    monkeypatch.setattr("sim.server.fleet.ConnectionGuard", lambda: slow_clients.ConnectionGuard(
         head_timeout=0.5, body_idle_timeout=0.5, body_timeout=1.0, max_unadmitted=8))
     async with EmulatorServer(1, speedup=FAST) as em:
         port = em.replicas[0].port
