@@ -86,11 +86,11 @@ def decide(
     kv_after = ent.kv_in_flight + cost.kv
     seqs_after = ent.seqs_in_flight + 1.0
     within_guarantee = False
-    if ent.rank == GUARANTEED:
-        g_bucket = ent.g_bucket
-        g_bucket.refill(now)  # type: ignore[union-attr]
+    g_bucket = ent.g_bucket  # set exactly when the tier is guaranteed
+    if ent.rank == GUARANTEED and g_bucket is not None:
+        g_bucket.refill(now)
         g = ent.guarantee
-        within_guarantee = kv_after <= g[1] and seqs_after <= g[2] and g_bucket.can_take(cost.throughput)  # type: ignore[union-attr]
+        within_guarantee = kv_after <= g[1] and seqs_after <= g[2] and g_bucket.can_take(cost.throughput)
     if not within_guarantee:
         if not bucket.can_take(cost.throughput):
             return _hold(pool, ent, Dimension.THROUGHPUT, bucket.wait_for(cost.throughput), now, deadline)

@@ -10,7 +10,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from schemas.specs import TokenPoolSpec
+from schemas.specs import TokenPoolSpec, Triple
 
 
 class DemandForecaster:
@@ -20,17 +20,20 @@ class DemandForecaster:
 
     def __init__(self, half_life: float) -> None:
         self.half_life = half_life
-        self.mean: tuple[float, float, float] | None = None
+        self.mean: Triple | None = None
         self.updated = 0.0
 
-    def observe(self, demand: tuple[float, float, float], now: float) -> tuple[float, float, float]:
+    def observe(self, demand: Triple, now: float) -> Triple:
         if self.mean is None:
             self.mean = demand
         else:
             keep = 0.5 ** (max(0.0, now - self.updated) / self.half_life)
-            self.mean = tuple(keep * m + (1 - keep) * d for m, d in zip(self.mean, demand, strict=True))  # type: ignore[assignment]
+            m, d = self.mean, demand
+            self.mean = (keep * m[0] + (1 - keep) * d[0], keep * m[1] + (1 - keep) * d[1],
+                         keep * m[2] + (1 - keep) * d[2])
         self.updated = now
-        return tuple(max(m, d) for m, d in zip(self.mean, demand, strict=True))  # type: ignore[return-value]
+        m, d = self.mean, demand
+        return (max(m[0], d[0]), max(m[1], d[1]), max(m[2], d[2]))
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,7 @@ class ScalingDecision:
     reason: str
 
 
-def replicas_for(spec: TokenPoolSpec, amounts: tuple[float, float, float]) -> int:
+def replicas_for(spec: TokenPoolSpec, amounts: Triple) -> int:
     per = spec.sellable_per_replica()
     return max(0, max(math.ceil(a / p - 1e-9) for a, p in zip(amounts, per, strict=True)))
 
@@ -57,16 +60,17 @@ class ScalingRule:
         self,
         now: float,
         current: int,
-        guarantees: tuple[float, float, float],
-        forecast: tuple[float, float, float],
-        spot_demand: tuple[float, float, float] = (0.0, 0.0, 0.0),
+        guarantees: Triple,
+        forecast: Triple,
+        spot_demand: Triple = (0.0, 0.0, 0.0),
     ) -> ScalingDecision:
         """``forecast`` is guaranteed + elastic demand; spot counts only within the spot budget."""
         spec = self.spec
         bounds = spec.replicas
         headroom = 1.0 + spec.scaling.headroom
-        need = tuple(max(g, f * headroom) for g, f in zip(guarantees, forecast, strict=True))
-        recommended = replicas_for(spec, need)  # type: ignore[arg-type]
+        g, f = guarantees, forecast
+        need = (max(g[0], f[0] * headroom), max(g[1], f[1] * headroom), max(g[2], f[2] * headroom))
+        recommended = replicas_for(spec, need)
         if spec.scaling.spot_budget_replicas and any(s > 0 for s in spot_demand):
             recommended += min(spec.scaling.spot_budget_replicas, max(1, replicas_for(spec, spot_demand)))
         floor = min(bounds.max, max(bounds.min, replicas_for(spec, guarantees)))

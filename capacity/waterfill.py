@@ -29,4 +29,5 @@ def waterfill(capacity: float, caps: Array, weights: Array) -> Array:
     rest_weight = np.cumsum(ws[::-1])[::-1]
     level = (capacity - saturated) / rest_weight
     k = int(np.argmax(level <= r))
-    return np.minimum(caps, level[k] * w)
+    common: np.float64 = level[k]
+    return np.minimum(caps, common * w)

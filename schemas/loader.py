@@ -7,12 +7,12 @@ Every problem becomes one line naming the file, the document, the field and what
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from schemas import yaml_load
 from schemas.echo import echo, echo_str
@@ -222,10 +222,11 @@ def _parse_manifest(source: Source, doc: Any, problems: list[ConfigProblem]) -> 
 
 
 def _register(config: PlatformConfig, manifest: Manifest, source: Source, problems: list[ConfigProblem]) -> None:
-    kind = manifest.kind  # type: ignore[attr-defined]
-    table: dict[str, Any] = {
+    kind = manifest.kind
+    tables: dict[str, dict[str, Any]] = {
         "TokenPool": config.pools, "Entitlement": config.entitlements, "Workload": config.workloads
-    }[kind]
+    }
+    table = tables[kind]
     previous = config.sources.get((kind, manifest.name))
     if previous is not None:
         problems.append(
@@ -240,11 +241,11 @@ def _register(config: PlatformConfig, manifest: Manifest, source: Source, proble
 
 
 def _problem(config: PlatformConfig, manifest: Manifest, fld: str, msg: str) -> ConfigProblem:
-    kind = manifest.kind  # type: ignore[attr-defined]
+    kind = manifest.kind
     return ConfigProblem(config.sources.get((kind, manifest.name)), f'{kind} "{manifest.name}"', fld, msg)
 
 
-def _unknown(what: str, name: str, known: dict[str, BaseModel]) -> str:
+def _unknown(what: str, name: str, known: Mapping[str, object]) -> str:
     listing = ", ".join(sorted(known)) or "none defined"
     return f"unknown {what} '{name}' (known: {listing})"
 

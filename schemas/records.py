@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import uuid
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from schemas.specs import MAX_AMOUNT, MAX_COUNT, MAX_REPLICAS, Dimension, Tier
+from schemas.specs import MAX_AMOUNT, MAX_COUNT, MAX_REPLICAS, Dimension, Tier, Triple
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 
 Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
 ReplicaCount = Annotated[int, Field(ge=0, le=MAX_REPLICAS)]
@@ -62,6 +62,13 @@ class Amounts(BaseModel):
     throughput: NonNegative = 0.0
     kv: NonNegative = 0.0
     concurrency: NonNegative = 0.0
+
+    def as_tuple(self) -> Triple:
+        return (self.throughput, self.kv, self.concurrency)
+
+    @classmethod
+    def from_tuple(cls, amounts: Triple) -> Amounts:
+        return cls(throughput=amounts[0], kv=amounts[1], concurrency=amounts[2])
 
 
 def within(amounts: Amounts, limit: float = MAX_AMOUNT) -> Amounts:
@@ -116,7 +123,7 @@ class RequestEvent(Record):
         return self.entitlement
 
 
-EVENT_BATCH = "request_event_batch"
+EVENT_BATCH: Final = "request_event_batch"
 
 
 class RequestEventBatch(Record):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 from pydantic import (
     AfterValidator,
@@ -26,7 +26,7 @@ from pydantic.alias_generators import to_camel
 
 from schemas.echo import echo
 
-API_VERSION = "tokenpools.dev/v1alpha1"
+API_VERSION: Final = "tokenpools.dev/v1alpha1"
 
 
 class Tier(StrEnum):
@@ -44,6 +44,11 @@ class Dimension(StrEnum):
 
 
 DIMENSIONS: tuple[Dimension, ...] = (Dimension.THROUGHPUT, Dimension.KV, Dimension.CONCURRENCY)
+
+# An amount on each dimension, in ``DIMENSIONS`` order: the one type for the capacity model's
+# arithmetic (a plain tuple, cheap on the hot paths). ``Resources`` (specs) and
+# ``schemas.records.Amounts`` (wire records) convert with ``as_tuple()`` and ``from_tuple()``.
+Triple = tuple[float, float, float]
 TIER_RANK: dict[Tier, int] = {Tier.GUARANTEED: 0, Tier.ELASTIC: 1, Tier.SPOT: 2}
 
 
@@ -86,8 +91,10 @@ def range_text(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = F
 
 
 def bounded(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False, integer: bool = False,
-            unit: str = "") -> Any:
-    """A finite float (or an int) field type from ``lo`` to ``hi`` (each end excluded if ``*_open``).
+            unit: str = "") -> tuple[Any, ...]:
+    """The metadata of a finite float (or an int) field type from ``lo`` to ``hi`` (each end excluded
+    if ``*_open``), to unpack into ``Annotated``: ``Annotated[float, *bounded(0, 1)]``, or
+    ``Annotated[int, *bounded(1, 9, integer=True)]`` (the type checker sees the base type).
 
     The bounds go into the JSON Schema (minimum/maximum). A value outside them, NaN, infinity or a
     string such as "inf" gets one message that says the whole allowed range, where pydantic would
@@ -101,10 +108,9 @@ def bounded(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = Fals
         except ValidationError:
             raise ValueError(text) from None  # the loader and the admin API quote the value
 
-    base = int if integer else float
     low = Field(gt=lo) if lo_open else Field(ge=lo)
     high = Field(lt=hi) if hi_open else Field(le=hi)
-    return Annotated[base, low, high, WrapValidator(within)]
+    return (low, high, WrapValidator(within))
 
 
 # -- Names --------------------------------------------------------------------------------------
@@ -141,18 +147,18 @@ class SpecModel(BaseModel):
     )
 
 
-Amount = bounded(0, MAX_AMOUNT)
-Fraction = bounded(MIN_FRACTION, 1)
-Weight = bounded(MIN_WEIGHT, MAX_WEIGHT)
-TokenWeight = bounded(MIN_TOKEN_WEIGHT, MAX_TOKEN_WEIGHT)
-Replicas = bounded(0, MAX_REPLICAS, integer=True)
-SomeReplicas = bounded(1, MAX_REPLICAS, integer=True)
-Tokens = bounded(1, MAX_TOKENS, integer=True)
-PositiveSeconds = bounded(MIN_SECONDS, MAX_SECONDS, unit="seconds")
-NonNegativeSeconds = bounded(0, MAX_SECONDS, unit="seconds")
-Sharpness = bounded(0, 10, lo_open=True)
-Headroom = bounded(0, 10)
-ReclaimBuffer = bounded(0, 1, hi_open=True)
+Amount = Annotated[float, *bounded(0, MAX_AMOUNT)]
+Fraction = Annotated[float, *bounded(MIN_FRACTION, 1)]
+Weight = Annotated[float, *bounded(MIN_WEIGHT, MAX_WEIGHT)]
+TokenWeight = Annotated[float, *bounded(MIN_TOKEN_WEIGHT, MAX_TOKEN_WEIGHT)]
+Replicas = Annotated[int, *bounded(0, MAX_REPLICAS, integer=True)]
+SomeReplicas = Annotated[int, *bounded(1, MAX_REPLICAS, integer=True)]
+Tokens = Annotated[int, *bounded(1, MAX_TOKENS, integer=True)]
+PositiveSeconds = Annotated[float, *bounded(MIN_SECONDS, MAX_SECONDS, unit="seconds")]
+NonNegativeSeconds = Annotated[float, *bounded(0, MAX_SECONDS, unit="seconds")]
+Sharpness = Annotated[float, *bounded(0, 10, lo_open=True)]
+Headroom = Annotated[float, *bounded(0, 10)]
+ReclaimBuffer = Annotated[float, *bounded(0, 1, hi_open=True)]
 
 
 class Resources(SpecModel):
@@ -162,8 +168,12 @@ class Resources(SpecModel):
     kv: Amount = 0.0
     concurrency: Amount = 0.0
 
-    def as_tuple(self) -> tuple[float, float, float]:
+    def as_tuple(self) -> Triple:
         return (self.throughput, self.kv, self.concurrency)
+
+    @classmethod
+    def from_tuple(cls, amounts: Triple) -> Resources:
+        return cls(throughput=amounts[0], kv=amounts[1], concurrency=amounts[2])
 
     def get(self, dim: Dimension) -> float:
         return float(getattr(self, dim.value))
@@ -176,7 +186,7 @@ class UtilisationTargets(SpecModel):
     kv: Fraction = 0.9
     concurrency: Fraction = 0.9
 
-    def as_tuple(self) -> tuple[float, float, float]:
+    def as_tuple(self) -> Triple:
         return (self.throughput, self.kv, self.concurrency)
 
 
@@ -252,15 +262,15 @@ class TokenPoolSpec(SpecModel):
                 )
         return self
 
-    def sellable_per_replica(self) -> tuple[float, float, float]:
+    def sellable_per_replica(self) -> Triple:
         p, t = self.per_replica.as_tuple(), self.target_utilisation.as_tuple()
         return (p[0] * t[0], p[1] * t[1], p[2] * t[2])
 
-    def capacity(self, replicas: int) -> tuple[float, float, float]:
+    def capacity(self, replicas: int) -> Triple:
         s = self.sellable_per_replica()
         return (s[0] * replicas, s[1] * replicas, s[2] * replicas)
 
-    def backfill_factor(self) -> tuple[float, float, float]:
+    def backfill_factor(self) -> Triple:
         """What spot may fill, as a multiple of ``capacity``: all of the rated throughput (spot is
         throttled and preempted first), but only the sold part of KV and concurrency, where a full
         replica preempts and recomputes."""
@@ -315,6 +325,8 @@ class Metadata(SpecModel):
 class Manifest(SpecModel):
     api_version: Literal["tokenpools.dev/v1alpha1"] = API_VERSION
     metadata: Metadata
+    if TYPE_CHECKING:  # each kind of manifest declares its own (a Literal field); no field here
+        kind: str
 
     @property
     def name(self) -> str:

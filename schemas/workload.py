@@ -31,14 +31,15 @@ from schemas.specs import MAX_SECONDS, MAX_TOKENS, MIN_SECONDS, Name, bounded, r
 # the arrivals they imply, stay finite.
 MAX_RATE = 1e6
 
-Duration = bounded(MIN_SECONDS, MAX_SECONDS, unit="seconds")
-NonNegativeDuration = bounded(0, MAX_SECONDS, unit="seconds")
+Duration = Annotated[float, *bounded(MIN_SECONDS, MAX_SECONDS, unit="seconds")]
+NonNegativeDuration = Annotated[float, *bounded(0, MAX_SECONDS, unit="seconds")]
 Seconds = Annotated[NonNegativeDuration, Field(description="seconds since the start of the workload")]
-Rate = Annotated[bounded(0, MAX_RATE, unit="requests per second"), Field(description="requests per second")]
-TokenCount = bounded(1, MAX_TOKENS, integer=True)
-MeanTokens = bounded(0, MAX_TOKENS, lo_open=True)
-Sigma = bounded(0, 3)
-Seed = bounded(0, 2**63 - 1, integer=True)  # a signed 64-bit integer: what JSON tools round-trip exactly
+Rate = Annotated[float, *bounded(0, MAX_RATE, unit="requests per second"), Field(description="requests per second")]
+TokenCount = Annotated[int, *bounded(1, MAX_TOKENS, integer=True)]
+MeanTokens = Annotated[float, *bounded(0, MAX_TOKENS, lo_open=True)]
+Sigma = Annotated[float, *bounded(0, 3)]
+# A signed 64-bit integer: what JSON tools round-trip exactly.
+Seed = Annotated[int, *bounded(0, 2**63 - 1, integer=True)]
 
 
 class WorkloadModel(BaseModel):

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, cast
 
 import yaml
 from yaml.composer import ComposerError
@@ -38,6 +38,12 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.parser import ParserError
 from yaml.reader import Reader
 from yaml.scanner import ScannerError
+
+if TYPE_CHECKING:
+    from yaml._yaml import Mark as CMark
+
+    # Where a parser says a node or an event is: PyYAML's ``Mark``, or libyaml's (same fields).
+    AnyMark: TypeAlias = Mark | CMark
 
 from schemas.echo import echo, echo_str
 
@@ -86,8 +92,9 @@ class YAMLInputError(ValueError):
 class _Refused(MarkedYAMLError):
     """A problem this module found (not a parser's), so it is never re-parsed for wording."""
 
-    def __init__(self, problem: str, mark: Mark | None) -> None:
-        super().__init__(problem=problem, problem_mark=mark)
+    def __init__(self, problem: str, mark: AnyMark | None) -> None:
+        # The stubs take only PyYAML's Mark; libyaml's is read the same way (line, column).
+        super().__init__(problem=problem, problem_mark=cast("Mark | None", mark))
 
 
 class _Builder:
@@ -98,7 +105,7 @@ class _Builder:
     constructors for scalars (ints, floats, booleans, timestamps, binary).
     """
 
-    yaml_constructors: dict[str, Any]
+    yaml_constructors: ClassVar[dict[str | None, Any]]
     _memo: dict[Node, tuple[Any, int | None]]
     _added: int  # nodes added by alias expansion so far in this document
     _nodes: int  # nodes built so far in this document, aliases expanded
@@ -233,7 +240,7 @@ class _Builder:
         return set(own) if tag == _SET else own
 
     def _merge(self, node: MappingNode, value_node: Node, depth: int) -> list[dict[Any, Any]]:
-        subnodes = value_node.value if value_node.__class__ is SequenceNode else [value_node]
+        subnodes: list[Any] = value_node.value if value_node.__class__ is SequenceNode else [value_node]
         if value_node.__class__ is ScalarNode:
             raise ConstructorError("while constructing a mapping", node.start_mark,
                                    f"expected a mapping or list of mappings for merging, but found {value_node.id}",
@@ -265,17 +272,17 @@ class SafeConfigLoader(_Builder, yaml.SafeLoader):
 
     _depth = 0
 
-    def compose_node(self, parent: Node | None, index: Any) -> Node:
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
         # The pure-Python composer recurses per level: stop at the depth the builder allows, at
         # the same node, before RecursionError does.
-        event = self.peek_event()
+        event = self.peek_event()  # type: ignore[no-untyped-call]  # untyped in types-PyYAML
         if not isinstance(event, MappingStartEvent | SequenceStartEvent):
-            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+            return super().compose_node(parent, index)
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
                 raise _Refused(DEPTH_PROBLEM, event.start_mark)
-            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+            return super().compose_node(parent, index)
         finally:
             self._depth -= 1
 
@@ -370,7 +377,7 @@ def _pure_wording(text: str, index: int, exc: yaml.YAMLError) -> yaml.YAMLError:
             number += 1
             if not stream.check_node():
                 break
-            stream.construct_document(stream.get_node())
+            stream.construct_document(cast(Node, stream.get_node()))  # check_node(): there is one
     except MarkedYAMLError as pure:
         if number != index:
             return exc  # the two parsers disagree on where the error is: keep libyaml's
@@ -384,21 +391,21 @@ def _pure_wording(text: str, index: int, exc: yaml.YAMLError) -> yaml.YAMLError:
     return exc
 
 
-def _document_start(text: str, index: int) -> tuple[Mark, int] | None:
+def _document_start(text: str, index: int) -> tuple[AnyMark, int] | None:
     """Where document ``index`` starts and its number, from libyaml's events (only on the error path).
 
     When its own start is what fails to parse (a bad directive, or a document that ends where the
     next cannot start), the start of the document before it.
     """
     if index <= 1:
-        return Mark("<unicode string>", 0, 0, 0, None, None), 1
+        return Mark("<unicode string>", 0, 0, 0, None, 0), 1  # no buffer: the pointer is never read
     seen = 0
-    previous: Mark | None = None
+    previous: AnyMark | None = None
     try:
         for event in yaml.parse(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
             if isinstance(event, yaml.DocumentStartEvent):
                 seen += 1
-                if seen == index:
+                if seen == index and event.start_mark is not None:  # libyaml marks every event
                     return event.start_mark, index
                 previous = event.start_mark
     except yaml.YAMLError:
