@@ -10,7 +10,7 @@ of a pool it manages, the loop:
 3. calls the actuator when the decision differs from the actuator's current count;
 4. publishes the actuator's ready replicas to ``tokenpools.replicas``
    (``schemas.records.ReplicasReport``, key = pool), the pipeline's capacity belief, with their
-   base URLs when the actuator is an ``EndpointSource`` (what ``admitter.discovery`` follows).
+   base URLs when the actuator is an ``EndpointSource`` (what ``admitter.kafka.discovery`` follows).
 
 The clock (for the forecaster and the stabilisation window) is injected; the reports carry wall time.
 """
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from capacity.scaling import DemandForecaster, ScalingDecision, ScalingRule
 from scaler.actuator import Actuator, EndpointSource
 from schemas.records import Amounts, PoolState, ReplicasReport
-from schemas.specs import Tier, TokenPool
+from schemas.specs import Tier, TokenPool, Triple
 from schemas.wire import BadRecords, decode, encode
 from streams.topics import POOL_STATE, REPLICAS
 
@@ -38,12 +38,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tokenpools.scaler")
 
-Triple = tuple[float, float, float]
 Publish = Callable[[ReplicasReport], Awaitable[None]]
 
 
 def _t(a: Amounts | None) -> Triple:
-    return (a.throughput, a.kv, a.concurrency) if a is not None else (0.0, 0.0, 0.0)
+    return a.as_tuple() if a is not None else (0.0, 0.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -93,9 +92,9 @@ class ScalerLoop:
             return None
         now = self.clock()
         demand = state.demand
-        elastic = tuple(g + e for g, e in zip(_t(demand.get(Tier.GUARANTEED)), _t(demand.get(Tier.ELASTIC)),
-                                               strict=True))
-        forecast = self.forecasters[name].observe(elastic, now)  # type: ignore[arg-type]
+        g, e = _t(demand.get(Tier.GUARANTEED)), _t(demand.get(Tier.ELASTIC))
+        elastic = (g[0] + e[0], g[1] + e[1], g[2] + e[2])
+        forecast = self.forecasters[name].observe(elastic, now)
         before = await self.actuator.current(name)
         decision = rule.decide(now, before, _t(state.guarantees), forecast, _t(demand.get(Tier.SPOT)))
         if decision.replicas != before:

@@ -36,7 +36,8 @@ from typing import Any
 import orjson
 
 from schemas.records import Amounts, Outcome, Phase, RequestEvent
-from streams.records import EntitlementUsage, Totals, WindowSummary
+from schemas.specs import Triple
+from streams.records import Totals, UsageSummary, WindowSummary
 
 # Bucket fields (a flat list keeps records small and updates cheap).
 (
@@ -61,9 +62,6 @@ FINISH_OUTCOMES = frozenset(_FINISH_TOTAL)
 # Refused work is assumed to have wanted its resources for this long when no request finished in
 # the window to measure the mean latency from.
 FALLBACK_LATENCY_S = 1.0
-
-
-Triple = tuple[float, float, float]
 
 
 def _ms(seconds: float) -> int:
@@ -322,12 +320,12 @@ class EntitlementWindows:
                 a[2] += v[2]
         return {k: Amounts(throughput=v[0], kv=v[1], concurrency=v[2]) for k, v in sorted(acc.items())}
 
-    def summary(self, spec: WindowSpec, now: float, weights: Weights) -> EntitlementUsage:
+    def summary(self, spec: WindowSpec, now: float, weights: Weights) -> UsageSummary:
         t_start, t_end = spec.latest_tumbling(now)
         h_start, h_end = spec.latest_hopping(now)
         # The split follows the freshest demand: the hopping size up to the end of the current bucket.
         recent_end = (spec.bucket_of(now) + 1) * spec.bucket_s
-        return EntitlementUsage(
+        return UsageSummary(
             entitlement=self.entitlement, pool=self.pool, tier=self.tier, partition=self.partition,
             offset=self.offset, ts=now,
             trailing=self.trailing(spec, now, weights),
@@ -390,12 +388,11 @@ def _summary(s: list[float], start: float, end: float, weights: Weights) -> Wind
     span = end - start
     weighted = weights.input * s[F_PROMPT] + weights.output * s[F_OUTPUT]
     usage = Amounts(throughput=weighted / span, kv=s[F_KV_S] / span, concurrency=s[F_SEQ_S] / span)
-    tp, kv, conc = _demand(s, span, weights)
     return WindowSummary(
         start=start, end=end, decisions=s[F_DECISIONS], admitted=s[F_ADMITTED], queued=s[F_QUEUED],
         refused=s[F_REFUSED], finished=s[F_FINISHED], prompt_tokens=s[F_PROMPT], output_tokens=s[F_OUTPUT],
         weighted_tokens=weighted, kv_seconds=s[F_KV_S], seq_seconds=s[F_SEQ_S],
         refused_demand=Amounts(throughput=s[F_R_TP], kv=s[F_R_KV], concurrency=s[F_R_CONC]),
         queued_demand=Amounts(throughput=s[F_Q_TP], kv=s[F_Q_KV], concurrency=s[F_Q_CONC]),
-        usage=usage, demand=Amounts(throughput=tp, kv=kv, concurrency=conc),
+        usage=usage, demand=Amounts.from_tuple(_demand(s, span, weights)),
     )
