@@ -7,18 +7,55 @@ events instead, and each admitter applies the shares it is sent.
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from capacity.allocator import AllocatorPolicy, TickInput, TickResult, allocate
 from capacity.live import EntitlementLive, PoolLive
+from capacity.waterfill import Array
+from schemas.specs import TokenPoolSpec
 
 
 def policy_for(pool: PoolLive, use_debt: bool = True) -> AllocatorPolicy:
-    spec = pool.spec.spec
+    return policy_from_spec(pool.spec.spec, use_debt)
+
+
+def policy_from_spec(spec: TokenPoolSpec, use_debt: bool = True) -> AllocatorPolicy:
+    """The one mapping from a pool's spec to its allocator policy (this loop and the pipeline's stage 2)."""
     return AllocatorPolicy(
         reclaim_buffer=spec.reclaim_buffer,
         debt_half_life=spec.debt.half_life_seconds,
         debt_sharpness=spec.debt.sharpness,
         use_debt=use_debt,
+    )
+
+
+def tick_input(capacity: ArrayLike, backfill_factor: ArrayLike, *, rank: ArrayLike, weight: ArrayLike,
+               guarantee: ArrayLike, burst: ArrayLike, demand: ArrayLike, usage: ArrayLike, debt: ArrayLike,
+               dt: float, previous: ArrayLike | None = None) -> TickInput:
+    """The one builder of ``TickInput`` (this loop's :func:`collect` and the pipeline's stage 2).
+
+    Per-entitlement values come as n rows (three columns for guarantee, burst, demand, usage and
+    previous); what spot may backfill is ``capacity * backfill_factor``.
+    """
+    cap = np.asarray(capacity, dtype=float)
+    ranks = np.asarray(rank, dtype=np.int64)
+    n = len(ranks)
+
+    def rows(values: ArrayLike) -> Array:
+        return np.asarray(values, dtype=float).reshape(n, 3)
+
+    return TickInput(
+        capacity=cap,
+        rank=ranks,
+        weight=np.asarray(weight, dtype=float),
+        guarantee=rows(guarantee),
+        burst=rows(burst),
+        demand=rows(demand),
+        usage=rows(usage),
+        debt=np.asarray(debt, dtype=float),
+        dt=dt,
+        backfill=cap * np.asarray(backfill_factor, dtype=float),
+        previous=None if previous is None else rows(previous),
     )
 
 
@@ -35,19 +72,18 @@ def collect(pool: PoolLive, now: float, dt: float) -> tuple[list[EntitlementLive
                      max(e.demand_conc_peak, e.seqs_in_flight))
         usage[i] = (e.used_tp / span, e.kv_seconds / span, e.seq_seconds / span)
         e.reset_accumulators(now)
-    capacity = np.array([pool.cap_tp, pool.cap_kv, pool.cap_conc])
-    inp = TickInput(
-        capacity=capacity,
-        rank=np.fromiter((e.rank for e in ents), dtype=np.int64, count=n),
-        weight=np.fromiter((e.weight for e in ents), dtype=float, count=n),
-        guarantee=np.array([e.spec.spec.guarantee.as_tuple() for e in ents]).reshape(n, 3),
-        burst=np.array([e.burst for e in ents]).reshape(n, 3),
+    inp = tick_input(
+        (pool.cap_tp, pool.cap_kv, pool.cap_conc),
+        pool.spec.spec.backfill_factor(),
+        rank=[e.rank for e in ents],
+        weight=[e.weight for e in ents],
+        guarantee=[e.spec.spec.guarantee.as_tuple() for e in ents],
+        burst=[e.burst for e in ents],
         demand=demand,
         usage=usage,
-        debt=np.fromiter((e.debt for e in ents), dtype=float, count=n),
+        debt=[e.debt for e in ents],
         dt=dt,
-        backfill=capacity * np.array(pool.spec.spec.backfill_factor()),
-        previous=np.array([(e.limit_tp, e.limit_kv, e.limit_conc) for e in ents], dtype=float).reshape(n, 3),
+        previous=[(e.limit_tp, e.limit_kv, e.limit_conc) for e in ents],
     )
     return ents, inp
 

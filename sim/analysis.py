@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from sim.control import Outcome, RequestRecord, SimResult
+from sim.control import RequestRecord, SimOutcome, SimResult
 
 Array = NDArray[np.float64]
 
@@ -53,7 +53,7 @@ class Columns:
     @property
     def censored(self) -> NDArray[np.bool_]:
         """Still waiting for a first token when the run ended."""
-        return (self.outcome == Outcome.UNFINISHED.value) & np.isnan(self.first_token)
+        return (self.outcome == SimOutcome.UNFINISHED.value) & np.isnan(self.first_token)
 
     @property
     def ttft(self) -> Array:
@@ -62,7 +62,7 @@ class Columns:
 
     @property
     def e2e(self) -> Array:
-        done = self.outcome == Outcome.COMPLETED.value
+        done = self.outcome == SimOutcome.COMPLETED.value
         return np.where(done, self.finish - self.arrival, np.nan)
 
 
@@ -75,7 +75,8 @@ def phase_row(cols: Columns, result: SimResult, tier: str, lo: float, hi: float,
               capacity_tp: float) -> dict[str, float | int | str | None]:
     """Latency percentiles of requests arriving in [lo, hi); service delivered in [lo, hi)."""
     arrived = (cols.tier == tier) & (cols.arrival >= lo) & (cols.arrival < hi)
-    done_in = (cols.tier == tier) & (cols.outcome == Outcome.COMPLETED.value) & (cols.finish >= lo) & (cols.finish < hi)
+    done_in = ((cols.tier == tier) & (cols.outcome == SimOutcome.COMPLETED.value)
+               & (cols.finish >= lo) & (cols.finish < hi))
     span = max(hi - lo, 1e-9)
     ttft, e2e = cols.ttft[arrived], cols.e2e[arrived]
     weighted = (result.w_in * cols.prompt[done_in] + result.w_out * cols.output[done_in]).sum() / span
@@ -83,10 +84,10 @@ def phase_row(cols: Columns, result: SimResult, tier: str, lo: float, hi: float,
     return {
         "tier": tier,
         "requests": int(arrived.sum()),
-        "completed": int((outcomes == Outcome.COMPLETED.value).sum()),
-        "refused": int(np.isin(outcomes, [Outcome.REFUSED.value, Outcome.QUEUE_TIMEOUT.value]).sum()),
-        "preempted": int((outcomes == Outcome.PREEMPTED.value).sum()),
-        "unfinished": int((outcomes == Outcome.UNFINISHED.value).sum()),
+        "completed": int((outcomes == SimOutcome.COMPLETED.value).sum()),
+        "refused": int(np.isin(outcomes, [SimOutcome.REFUSED.value, SimOutcome.QUEUE_TIMEOUT.value]).sum()),
+        "preempted": int((outcomes == SimOutcome.PREEMPTED.value).sum()),
+        "unfinished": int((outcomes == SimOutcome.UNFINISHED.value).sum()),
         "censored": int(cols.censored[arrived].sum()),
         "ttft_p50": pct(ttft, 50), "ttft_p95": pct(ttft, 95), "ttft_p99": pct(ttft, 99),
         "e2e_p50": pct(e2e, 50), "e2e_p95": pct(e2e, 95), "e2e_p99": pct(e2e, 99),
@@ -98,7 +99,7 @@ def phase_row(cols: Columns, result: SimResult, tier: str, lo: float, hi: float,
 
 def served_weighted(cols: Columns, result: SimResult, lo: float, hi: float) -> float:
     """Weighted tokens/s of requests completed in [lo, hi), all tiers."""
-    done = (cols.outcome == Outcome.COMPLETED.value) & (cols.finish >= lo) & (cols.finish < hi)
+    done = (cols.outcome == SimOutcome.COMPLETED.value) & (cols.finish >= lo) & (cols.finish < hi)
     return float((result.w_in * cols.prompt[done] + result.w_out * cols.output[done]).sum() / max(hi - lo, 1e-9))
 
 
@@ -126,7 +127,7 @@ def dominant_shares(cols: Columns, result: SimResult, tenants: Sequence[str], en
     edges = np.arange(0.0, end + 1e-9, window)
     lo, hi = edges[:-1], edges[1:]
     ran = ~np.isnan(cols.first_token) & ~np.isnan(cols.finish)
-    completed = cols.outcome == Outcome.COMPLETED.value
+    completed = cols.outcome == SimOutcome.COMPLETED.value
     out: dict[str, Array] = {}
     cap = np.asarray(capacity, dtype=float)
     for tenant in tenants:

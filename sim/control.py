@@ -44,7 +44,7 @@ class Mode(StrEnum):
     VTC = "vtc"
 
 
-class Outcome(StrEnum):
+class SimOutcome(StrEnum):
     COMPLETED = "completed"
     REFUSED = "refused"
     QUEUE_TIMEOUT = "queue_timeout"
@@ -64,7 +64,7 @@ class RequestRecord:
     prompt_tokens: int
     output_target: int
     max_tokens: int
-    outcome: Outcome = Outcome.UNFINISHED
+    outcome: SimOutcome = SimOutcome.UNFINISHED
     submitted: float | None = None
     first_token: float | None = None
     finish: float | None = None
@@ -78,7 +78,7 @@ class RequestRecord:
 
     @property
     def e2e(self) -> float | None:
-        return None if self.finish is None or self.outcome is not Outcome.COMPLETED else self.finish - self.arrival
+        return None if self.finish is None or self.outcome is not SimOutcome.COMPLETED else self.finish - self.arrival
 
     @property
     def queue_wait(self) -> float | None:
@@ -234,7 +234,7 @@ class ControlLoop:
             if math.isfinite(d.retry_after) and d.retry_after > 0:
                 self._schedule_drain(now + d.retry_after)
         else:
-            rec.outcome = Outcome.REFUSED
+            rec.outcome = SimOutcome.REFUSED
             rec.refused_dimension = d.dimension.value if d.dimension else None
         return False
 
@@ -249,7 +249,7 @@ class ControlLoop:
     def _preempt(self, request_id: str, now: float) -> None:
         self.cluster.abort(request_id, now)
         rec = self.records[request_id]
-        rec.outcome = Outcome.PREEMPTED
+        rec.outcome = SimOutcome.PREEMPTED
         rec.finish = now
 
     # ---------------------------------------------------------- completions
@@ -264,7 +264,7 @@ class ControlLoop:
         rec.finish = t
         rec.output_tokens = result.output_tokens
         rec.engine_preemptions = result.preemptions
-        rec.outcome = Outcome.COMPLETED
+        rec.outcome = SimOutcome.COMPLETED
         if self.mode is Mode.BASELINE:
             return
         self.live.release(result.request_id, t, result.prompt_tokens, result.output_tokens)
@@ -293,7 +293,7 @@ class ControlLoop:
                 item = queue[0]
                 if item.expires < now:
                     queue.popleft()
-                    item.record.outcome = Outcome.QUEUE_TIMEOUT
+                    item.record.outcome = SimOutcome.QUEUE_TIMEOUT
                     continue
                 if not self._decide(item.record, item.ent, item.cost, now, item.deadline, retry=True):
                     break

@@ -133,7 +133,7 @@ def filler_text(n: int) -> str:
 
 # ------------------------------------------------------------------------------------ parsing
 @dataclass(frozen=True, slots=True)
-class ParsedRequest:
+class WireRequest:
     """What the server needs from a chat or completions body; limits are applied by the server.
 
     ``output_tokens`` is the emulator extension (``"emulator": {"output_tokens": N}``), ``None``
@@ -196,7 +196,7 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def parse_request(kind: Kind, body: dict[str, Any], output_tokens_header: str | None = None) -> ParsedRequest:
+def parse_request(kind: Kind, body: dict[str, Any], output_tokens_header: str | None = None) -> WireRequest:
     """Validate a chat or completions body (the fields the emulator honours; others are ignored)."""
     model = body.get("model")
     if model is not None and not isinstance(model, str):
@@ -242,7 +242,7 @@ def parse_request(kind: Kind, body: dict[str, Any], output_tokens_header: str | 
         out = _opt_int(ext, "output_tokens", 1)
     if out is None:
         out = parse_output_tokens_header(output_tokens_header)
-    return ParsedRequest(
+    return WireRequest(
         kind=kind, model=model, prompt_tokens=prompt_tokens, max_tokens=max_tokens,
         min_tokens=_opt_int(body, "min_tokens", 0) or 0, ignore_eos=_opt_bool(body, "ignore_eos"),
         stream=stream, include_usage=include_usage, continuous_usage=continuous, output_tokens=out,

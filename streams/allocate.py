@@ -26,20 +26,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from types import SimpleNamespace
-from typing import cast
 
 import numpy as np
 import orjson
 
-from capacity.allocator import AllocatorPolicy, TickInput, TickResult, allocate
-from capacity.live import PoolLive
+from capacity.allocator import TickResult, allocate
 from capacity.split import split_by_demand
-from capacity.tick import policy_for as tick_policy_for
+from capacity.tick import policy_from_spec, tick_input
 from capacity.waterfill import Array
 from schemas.records import Amounts, EntitlementState, PoolState
 from schemas.specs import DIMENSIONS, TIER_RANK, Entitlement, Tier, TokenPool
-from streams.records import EntitlementUsage
+from streams.records import UsageSummary
 
 
 @dataclass
@@ -86,7 +83,7 @@ def _amounts(v: Iterable[float]) -> Amounts:
     return Amounts(throughput=tp, kv=kv, concurrency=conc)
 
 
-def combine(summaries: Iterable[EntitlementUsage], now: float, stale_after_s: float) -> EntitlementInput:
+def combine(summaries: Iterable[UsageSummary], now: float, stale_after_s: float) -> EntitlementInput:
     """Sum the fresh summaries of one entitlement (one per requests partition that saw it)."""
     demand = usage = (0.0, 0.0, 0.0)
     admitters: dict[str, tuple[float, float, float]] = {}
@@ -99,15 +96,6 @@ def combine(summaries: Iterable[EntitlementUsage], now: float, stale_after_s: fl
         for admitter, amounts in s.admitter_demand.items():
             admitters[admitter] = _add(admitters.get(admitter, (0.0, 0.0, 0.0)), amounts)
     return EntitlementInput(demand, usage, admitters)
-
-
-def policy_for(pool: TokenPool) -> AllocatorPolicy:
-    """The pool's allocator policy, mapped from its spec by the capacity model itself.
-
-    ``capacity.tick.policy_for`` only reads ``.spec.spec`` (the TokenPool's spec), so a stand-in
-    object lets the pipeline reuse it: one mapping from spec to policy, whatever fields it grows.
-    """
-    return tick_policy_for(cast(PoolLive, SimpleNamespace(spec=pool)))
 
 
 def published_debt(result: TickResult) -> Array:
@@ -149,19 +137,19 @@ def allocate_pool(
     result: TickResult | None = None
     states: list[EntitlementState] = []
     if n:
-        inp = TickInput(
-            capacity=np.array(capacity, dtype=float),
-            rank=np.array([TIER_RANK[e.spec.tier] for e in ents], dtype=np.int64),
-            weight=np.array([e.spec.weight for e in ents], dtype=float),
-            guarantee=np.array([e.spec.guarantee.as_tuple() for e in ents], dtype=float).reshape(n, 3),
-            burst=np.array([e.spec.burst.as_tuple() for e in ents], dtype=float).reshape(n, 3),
-            demand=np.array([i.demand for i in ins], dtype=float).reshape(n, 3),
-            usage=np.array([i.usage for i in ins], dtype=float).reshape(n, 3),
-            debt=np.array([prev.debt.get(e.name, 0.0) for e in ents], dtype=float),
+        inp = tick_input(
+            capacity,
+            spec.backfill_factor(),
+            rank=[TIER_RANK[e.spec.tier] for e in ents],
+            weight=[e.spec.weight for e in ents],
+            guarantee=[e.spec.guarantee.as_tuple() for e in ents],
+            burst=[e.spec.burst.as_tuple() for e in ents],
+            demand=[i.demand for i in ins],
+            usage=[i.usage for i in ins],
+            debt=[prev.debt.get(e.name, 0.0) for e in ents],
             dt=dt,
-            backfill=np.array(capacity, dtype=float) * np.array(spec.backfill_factor()),
         )
-        result = allocate(inp, policy_for(pool))
+        result = allocate(inp, policy_from_spec(spec))
         if result.rejected is not None:
             return PoolOutput([], None, prev, result, result.rejected)
         limits = result.limits.tolist()

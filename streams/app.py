@@ -50,7 +50,7 @@ from streams.dedup import SeenBatch
 from streams.fetch_wait import set_fetch_max_wait
 from streams.gaps import KafkaGapSource
 from streams.metrics import PipelineMetrics
-from streams.records import EntitlementUsage
+from streams.records import UsageSummary
 from streams.settings import PipelineSettings
 from streams.sink import HistorySink, no_history
 from streams.stage1 import Stage1
@@ -127,7 +127,7 @@ def faust_settings(s: PipelineSettings) -> dict[str, Any]:
     )
 
 
-def create_app(
+def create_pipeline_app(
     settings: PipelineSettings,
     *,
     requests_partitions: int,
@@ -179,7 +179,7 @@ def create_app(
         await channel.send(key=key.encode(), value=value)
 
     stage2 = Stage2(
-        inputs=FaustTableStore(inputs_table, lambda _k, v: EntitlementUsage.model_validate_json(v)),
+        inputs=FaustTableStore(inputs_table, lambda _k, v: UsageSummary.model_validate_json(v)),
         ticks=FaustTableStore(ticks_table, lambda _k, v: PoolTick.from_json(v)),
         config=config, topic=s.usage_topic, entitlement_state_topic=s.entitlement_state_topic,
         pool_state_topic=s.pool_state_topic, publish=publish, bad=bad, metrics=metrics,
@@ -215,7 +215,7 @@ def create_app(
             except Exception:  # summaries are re-sent every interval: losing a batch costs one tick
                 log.exception("stage 2 could not store a batch of summaries")
 
-    async def send_summaries(summaries: list[EntitlementUsage], *, hand_over: bool = False) -> None:
+    async def send_summaries(summaries: list[UsageSummary], *, hand_over: bool = False) -> None:
         """To stage 2 through the usage topic; with ``hand_over``, those of pools this worker ticks also
         go straight to its stage 2 (Faust's consumer path adds about 0.3 s; the Kafka copy then changes
         nothing, since stage 2 keeps a summary only if it is newer than the one it has)."""

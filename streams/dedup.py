@@ -39,7 +39,7 @@ import orjson
 log = logging.getLogger(__name__)
 
 
-class Verdict(Enum):
+class DedupVerdict(Enum):
     NEW = "new"
     REPLAY = "replay"  # this very record was applied already (offset at or below the applied one)
     DUPLICATE = "duplicate"  # same event id as an earlier record
@@ -78,13 +78,13 @@ class SeenIds:
     batches: deque[SeenBatch] = field(default_factory=deque)
     evicted_early: int = 0  # ids forgotten before the horizon because of max_ids
 
-    def verdict(self, event_id: str, offset: int, applied_offset: int) -> Verdict:
+    def verdict(self, event_id: str, offset: int, applied_offset: int) -> DedupVerdict:
         if offset <= applied_offset:
-            return Verdict.REPLAY
+            return DedupVerdict.REPLAY
         first = self.ids.get(event_id)
         if first is None or first == offset:
-            return Verdict.NEW
-        return Verdict.DUPLICATE
+            return DedupVerdict.NEW
+        return DedupVerdict.DUPLICATE
 
     def remember(self, event_id: str, offset: int) -> bool:
         """Note an id as seen at ``offset``; False if it was already known (nothing to persist)."""

@@ -79,7 +79,7 @@ class Totals(_Part):
     seq_seconds: float = 0.0
 
 
-class EntitlementUsage(Record):
+class UsageSummary(Record):
     """Stage 1 -> stage 2 (``tokenpools.entitlement-usage``, key = pool name).
 
     One per entitlement and requests partition, re-sent every summary interval and early when its

@@ -6,7 +6,7 @@ record (``streams.windows``), then persist every touched record and the batch's 
 changelog write each, on the requests partition they came from. Only after that does the caller
 acknowledge the batch, so Faust never commits an offset ahead of the state it produced.
 
-Every summary interval, the worker turns each record it owns into an ``EntitlementUsage`` for
+Every summary interval, the worker turns each record it owns into an ``UsageSummary`` for
 stage 2 (``summaries``); in between, every change check, it sends the records whose trailing demand
 moved by more than a threshold since their last summary (``changed_summaries``), so a new demand
 reaches the allocator in a fraction of a second without re-sending every record that often.
@@ -22,10 +22,10 @@ from schemas.records import Phase, RequestEvent
 from schemas.wire import BadRecords, decode_request_events
 from streams.codec import RawMessage, windows_key
 from streams.config_table import ConfigView
-from streams.dedup import SeenBatch, SeenIds, Verdict, batch_key, partition_of_key
+from streams.dedup import DedupVerdict, SeenBatch, SeenIds, batch_key, partition_of_key
 from streams.gaps import GapSource, NoGaps
 from streams.metrics import PipelineMetrics
-from streams.records import EntitlementUsage
+from streams.records import UsageSummary
 from streams.sink import HistorySink, no_history
 from streams.store import KeyValueStore
 from streams.windows import DECISION_OUTCOMES, FINISH_OUTCOMES, EntitlementWindows, Triple, WindowSpec, moved
@@ -155,16 +155,16 @@ class Stage1:
                     rec = EntitlementWindows(ev.entitlement, ev.pool, ev.tier.value, m.partition)
                 before = applied.setdefault(key, rec.offset)
                 verdict = seen.verdict(ev.id, m.offset, before)
-                if verdict is Verdict.NEW and ev.id in taken:
-                    verdict = Verdict.DUPLICATE
+                if verdict is DedupVerdict.NEW and ev.id in taken:
+                    verdict = DedupVerdict.DUPLICATE
                 taken.add(ev.id)
                 if seen.remember(ev.id, m.offset):
                     new_ids.setdefault(m.partition, []).append((ev.id, m.offset))
                     first_offset.setdefault(m.partition, m.offset)
-                if verdict is Verdict.REPLAY:
+                if verdict is DedupVerdict.REPLAY:
                     counts[2] += 1
                     continue
-                if verdict is Verdict.DUPLICATE:
+                if verdict is DedupVerdict.DUPLICATE:
                     counts[1] += 1
                     rec.note_duplicate(m.offset)
                 else:
@@ -217,9 +217,9 @@ class Stage1:
         self.metrics.dedup_ids.set(total)
         self.metrics.dedup_evicted.set(evicted)
 
-    def summaries(self, now: float, partitions: set[int]) -> list[EntitlementUsage]:
+    def summaries(self, now: float, partitions: set[int]) -> list[UsageSummary]:
         """Summaries of the records on ``partitions`` (this worker's); an idle record is sent once more."""
-        out: list[EntitlementUsage] = []
+        out: list[UsageSummary] = []
         for key, rec in self.windows.items():
             if rec.partition not in partitions:
                 continue
@@ -232,10 +232,10 @@ class Stage1:
             out.append(self._summary(key, rec, now))
         return out
 
-    def changed_summaries(self, now: float, partitions: set[int], threshold: float) -> list[EntitlementUsage]:
+    def changed_summaries(self, now: float, partitions: set[int], threshold: float) -> list[UsageSummary]:
         """Summaries of the records that applied events since their last summary and whose trailing demand
         moved by more than ``threshold`` (relative) since then; the rest wait for ``summaries``."""
-        out: list[EntitlementUsage] = []
+        out: list[UsageSummary] = []
         for key, rec in self.windows.items():
             if rec.partition not in partitions:
                 continue
@@ -248,7 +248,7 @@ class Stage1:
                 out.append(self._summary(key, rec, now))
         return out
 
-    def _summary(self, key: str, rec: EntitlementWindows, now: float) -> EntitlementUsage:
+    def _summary(self, key: str, rec: EntitlementWindows, now: float) -> UsageSummary:
         summary = rec.summary(self.spec, now, self.config.weights(rec.pool))
         demand = summary.trailing.demand if summary.trailing is not None else summary.tumbling.demand
         self._sent[key] = (rec.offset, (demand.throughput, demand.kv, demand.concurrency))

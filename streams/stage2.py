@@ -27,7 +27,7 @@ from streams.allocate import EntitlementInput, PoolOutput, PoolTick, allocate_po
 from streams.codec import RawMessage, inputs_key
 from streams.config_table import ConfigView
 from streams.metrics import PipelineMetrics
-from streams.records import EntitlementUsage
+from streams.records import UsageSummary
 from streams.store import KeyValueStore
 from streams.windows import Triple, moved
 
@@ -40,7 +40,7 @@ class Stage2:
     def __init__(
         self,
         *,
-        inputs: KeyValueStore[EntitlementUsage],
+        inputs: KeyValueStore[UsageSummary],
         ticks: KeyValueStore[PoolTick],
         config: ConfigView,
         topic: str,
@@ -83,9 +83,9 @@ class Stage2:
         self._used.clear()
 
     async def process(self, messages: Sequence[RawMessage]) -> None:
-        latest: dict[str, tuple[EntitlementUsage, int]] = {}
+        latest: dict[str, tuple[UsageSummary, int]] = {}
         for m in messages:
-            summary = decode(EntitlementUsage, m.value, self.topic, self.bad)
+            summary = decode(UsageSummary, m.value, self.topic, self.bad)
             if summary is None:
                 if m.value is None:
                     self.bad.note(self.topic, "tombstone", f"partition {m.partition} offset {m.offset}")
@@ -122,7 +122,7 @@ class Stage2:
 
     def inputs_by_entitlement(self, now: float) -> dict[str, dict[str, EntitlementInput]]:
         """Fresh summaries grouped by pool, then entitlement (partitions summed)."""
-        grouped: dict[str, dict[str, list[EntitlementUsage]]] = {}
+        grouped: dict[str, dict[str, list[UsageSummary]]] = {}
         self._latest = {}
         self._grouped = self._stored
         for key, s in self.inputs.items():
@@ -166,6 +166,6 @@ class Stage2:
         return out
 
 
-def _demand(summary: EntitlementUsage) -> Triple:
+def _demand(summary: UsageSummary) -> Triple:
     d = (summary.trailing or summary.tumbling).demand
     return (d.throughput, d.kv, d.concurrency)

@@ -37,7 +37,7 @@ import orjson
 
 from schemas.records import Amounts, Outcome, Phase, RequestEvent
 from schemas.specs import Triple
-from streams.records import EntitlementUsage, Totals, WindowSummary
+from streams.records import Totals, UsageSummary, WindowSummary
 
 # Bucket fields (a flat list keeps records small and updates cheap).
 (
@@ -320,12 +320,12 @@ class EntitlementWindows:
                 a[2] += v[2]
         return {k: Amounts(throughput=v[0], kv=v[1], concurrency=v[2]) for k, v in sorted(acc.items())}
 
-    def summary(self, spec: WindowSpec, now: float, weights: Weights) -> EntitlementUsage:
+    def summary(self, spec: WindowSpec, now: float, weights: Weights) -> UsageSummary:
         t_start, t_end = spec.latest_tumbling(now)
         h_start, h_end = spec.latest_hopping(now)
         # The split follows the freshest demand: the hopping size up to the end of the current bucket.
         recent_end = (spec.bucket_of(now) + 1) * spec.bucket_s
-        return EntitlementUsage(
+        return UsageSummary(
             entitlement=self.entitlement, pool=self.pool, tier=self.tier, partition=self.partition,
             offset=self.offset, ts=now,
             trailing=self.trailing(spec, now, weights),

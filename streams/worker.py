@@ -17,7 +17,7 @@ import faust
 from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas.loader import load_config
-from streams.app import Pipeline, create_app
+from streams.app import Pipeline, create_pipeline_app
 from streams.config_table import seed_config
 from streams.settings import PipelineSettings
 from streams.topics import TopicSpec, create_topics, topic_specs
@@ -57,7 +57,7 @@ async def prepare(settings: PipelineSettings, config_paths: Sequence[Path] = ())
 
 
 def build(settings: PipelineSettings, counts: dict[str, int]) -> Pipeline:
-    return create_app(
+    return create_pipeline_app(
         settings,
         requests_partitions=counts[settings.requests_topic],
         usage_partitions=counts[settings.usage_topic],

@@ -115,7 +115,7 @@ class EmulatorReplica:
         mu = math.log(cfg.mean_output_tokens) - sigma * sigma / 2
         return max(1, round(float(self._rng.lognormal(mu, sigma))))
 
-    def _job(self, p: wire.ParsedRequest, request: Request) -> Job:
+    def _job(self, p: wire.WireRequest, request: Request) -> Job:
         cfg = self.config
         if p.model is not None and p.model != cfg.model:
             raise wire.WireError(404, f"The model `{echo_str(p.model)}` does not exist.", param="model",

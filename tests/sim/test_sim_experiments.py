@@ -9,7 +9,7 @@ import pytest
 from rich.console import Console
 
 from sim import analysis
-from sim.control import ControlLoop, LoopSettings, Mode, Outcome
+from sim.control import ControlLoop, LoopSettings, Mode, SimOutcome
 from sim.experiments import fairness, overload
 from sim.experiments.common import ENGINE, load, scaled
 from sim.workload import generate_arrivals
@@ -32,14 +32,14 @@ def overload_runs() -> dict[Mode, list]:
 def test_tokenpools_never_refuses_guaranteed_work_within_guarantee(overload_runs):
     guaranteed = [r for r in overload_runs[Mode.TOKENPOOLS] if r.tier == "guaranteed"]
     assert guaranteed
-    assert not [r for r in guaranteed if r.outcome in (Outcome.REFUSED, Outcome.QUEUE_TIMEOUT)]
+    assert not [r for r in guaranteed if r.outcome in (SimOutcome.REFUSED, SimOutcome.QUEUE_TIMEOUT)]
 
 
 def test_tokenpools_throttles_spot_and_baseline_admits_everything(overload_runs):
     spot = [r for r in overload_runs[Mode.TOKENPOOLS] if r.tier == "spot"]
-    assert any(r.outcome is Outcome.REFUSED for r in spot)
-    assert all(r.refused_dimension for r in spot if r.outcome is Outcome.REFUSED)
-    assert not [r for r in overload_runs[Mode.BASELINE] if r.outcome is Outcome.REFUSED]
+    assert any(r.outcome is SimOutcome.REFUSED for r in spot)
+    assert all(r.refused_dimension for r in spot if r.outcome is SimOutcome.REFUSED)
+    assert not [r for r in overload_runs[Mode.BASELINE] if r.outcome is SimOutcome.REFUSED]
 
 
 def test_same_seed_same_arrivals_in_both_modes(overload_runs):

@@ -8,7 +8,7 @@ import pytest
 from schemas.records import Amounts
 from schemas.specs import Tier
 from streams.allocate import EntitlementInput, PoolTick, admitter_shares, allocate_pool, combine
-from streams.records import EntitlementUsage, WindowSummary
+from streams.records import UsageSummary, WindowSummary
 from tests.factories import ent, pool
 
 P = pool("p", replicas=1, per=(1000.0, 10000.0, 10.0))  # capacity 1000 tok/s, 10k KV, 10 seqs
@@ -16,13 +16,13 @@ P = pool("p", replicas=1, per=(1000.0, 10000.0, 10.0))  # capacity 1000 tok/s, 1
 
 def usage_summary(entitlement: str, demand: tuple[float, float, float], usage: tuple[float, float, float], *,
                   ts: float = 100.0, partition: int = 0, admitters: dict[str, tuple[float, float, float]] | None = None,
-                  tier: str = "elastic") -> EntitlementUsage:
+                  tier: str = "elastic") -> UsageSummary:
     def amounts(v: tuple[float, float, float]) -> Amounts:
         return Amounts(throughput=v[0], kv=v[1], concurrency=v[2])
 
     window = WindowSummary(start=ts - 10, end=ts, demand=amounts(demand), usage=amounts(usage))
     closed = WindowSummary(start=80, end=90)  # the allocator must not read the closed windows
-    return EntitlementUsage(
+    return UsageSummary(
         entitlement=entitlement, pool="p", tier=tier, partition=partition, offset=0, ts=ts, trailing=window,
         tumbling=closed, hopping=closed, admitter_demand={a: amounts(v) for a, v in (admitters or {}).items()},
     )
@@ -46,7 +46,7 @@ def test_combine_reads_the_trailing_window_else_the_closed_one_of_an_older_worke
     assert combine([old], now=100.0, stale_after_s=60).usage == (5, 50, 0.5)
     legacy = orjson.loads(new.model_dump_json())
     del legacy["trailing"]  # a summary written before the field existed still decodes
-    assert EntitlementUsage.model_validate(legacy).trailing is None
+    assert UsageSummary.model_validate(legacy).trailing is None
 
 
 def test_guaranteed_gets_its_demand_and_limits_fit_the_pool() -> None:

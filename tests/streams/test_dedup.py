@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-from streams.dedup import SeenBatch, SeenIds, Verdict, batch_key, partition_of_key
+from streams.dedup import DedupVerdict, SeenBatch, SeenIds, batch_key, partition_of_key
 
 
 def test_verdicts() -> None:
     seen = SeenIds()
-    assert seen.verdict("a", offset=5, applied_offset=-1) is Verdict.NEW
+    assert seen.verdict("a", offset=5, applied_offset=-1) is DedupVerdict.NEW
     assert seen.remember("a", 5)
     assert not seen.remember("a", 9)  # first offset wins
-    assert seen.verdict("a", offset=9, applied_offset=5) is Verdict.DUPLICATE
-    assert seen.verdict("a", offset=5, applied_offset=5) is Verdict.REPLAY
-    assert seen.verdict("b", offset=3, applied_offset=5) is Verdict.REPLAY
+    assert seen.verdict("a", offset=9, applied_offset=5) is DedupVerdict.DUPLICATE
+    assert seen.verdict("a", offset=5, applied_offset=5) is DedupVerdict.REPLAY
+    assert seen.verdict("b", offset=3, applied_offset=5) is DedupVerdict.REPLAY
 
 
 def test_id_remembered_but_count_lost_is_counted_again() -> None:
     """After a crash the id batch may have been persisted while the window record was not."""
     seen = SeenIds()
     seen.remember("a", 5)
-    assert seen.verdict("a", offset=5, applied_offset=2) is Verdict.NEW
-    assert seen.verdict("a", offset=8, applied_offset=5) is Verdict.DUPLICATE
+    assert seen.verdict("a", offset=5, applied_offset=2) is DedupVerdict.NEW
+    assert seen.verdict("a", offset=8, applied_offset=5) is DedupVerdict.DUPLICATE
 
 
 def test_expiry_by_horizon_and_by_size() -> None:
@@ -50,6 +50,6 @@ def test_many_events_of_one_record_share_its_offset() -> None:
     """A batch record: every id first seen at that offset is the original, whether or not its count was lost."""
     seen = SeenIds()
     assert seen.remember("a", 7) and seen.remember("b", 7)
-    assert seen.verdict("b", offset=7, applied_offset=6) is Verdict.NEW
-    assert seen.verdict("a", offset=7, applied_offset=7) is Verdict.REPLAY
-    assert seen.verdict("b", offset=9, applied_offset=7) is Verdict.DUPLICATE
+    assert seen.verdict("b", offset=7, applied_offset=6) is DedupVerdict.NEW
+    assert seen.verdict("a", offset=7, applied_offset=7) is DedupVerdict.REPLAY
+    assert seen.verdict("b", offset=9, applied_offset=7) is DedupVerdict.DUPLICATE

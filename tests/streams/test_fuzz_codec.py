@@ -35,7 +35,7 @@ from schemas.records import EntitlementState, PoolState, ReplicasReport, Request
 from schemas.wire import BadRecords, decode, decode_request_events, encode
 from streams.codec import RawMessage
 from streams.config_table import ConfigView, config_key, config_value
-from streams.records import EntitlementUsage
+from streams.records import UsageSummary
 from streams.store import MemoryStore
 from tests.factories import ent, pool
 from tests.raw import all_finite
@@ -140,7 +140,7 @@ BATCH = {"schema_version": 1, "type": "request_event_batch",
 
 MODELS: list[tuple[type[BaseModel], list[Any]]] = [
     (RequestEvent, EVENTS), (EntitlementState, [ENTITLEMENT_STATE]), (PoolState, [POOL_STATE]),
-    (ReplicasReport, [REPLICAS]), (EntitlementUsage, [USAGE]),
+    (ReplicasReport, [REPLICAS]), (UsageSummary, [USAGE]),
 ]
 
 
@@ -249,11 +249,11 @@ def _nulls_are_optional(doc: Any) -> bool:
 @pytest.mark.parametrize("where", [("trailing", "start"), ("tumbling", "kv_seconds"), ("totals", "kv_seconds")])
 @pytest.mark.parametrize("spelled", ["inf", "-inf", "nan", "Infinity"])
 def test_summary_with_a_non_finite_window_is_counted_not_decoded(where: tuple[str, str], spelled: str) -> None:
-    """Found by test_decode_any_record[EntitlementUsage]: the window and totals parts accepted "inf"."""
+    """Found by test_decode_any_record[UsageSummary]: the window and totals parts accepted "inf"."""
     doc = orjson.loads(encode(USAGE))
     doc[where[0]][where[1]] = spelled
     bad = BadRecords()
-    assert decode(EntitlementUsage, orjson.dumps(doc), "usage", bad) is None
+    assert decode(UsageSummary, orjson.dumps(doc), "usage", bad) is None
     assert bad.counts[("usage", "invalid")] == 1
 
 

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from schemas.wire import BadRecords, decode
 from streams.allocate import EntitlementInput, PoolTick, allocate_pool
 from streams.codec import RawMessage
-from streams.records import EntitlementUsage
+from streams.records import UsageSummary
 from tests.factories import ent, pool
 from tests.streams.test_allocate import usage_summary
 from tests.streams.test_stage2_config import Published, make_stage2, view
@@ -81,7 +81,7 @@ def test_a_summary_with_a_non_finite_or_negative_demand_is_skipped_on_decode(val
     record = orjson.loads(usage_summary("a", (1, 1, 1), (1, 1, 1)).model_dump_json())
     record["trailing"]["demand"]["throughput"] = value
     bad = BadRecords()
-    assert decode(EntitlementUsage, orjson.dumps(record), "usage", bad) is None
+    assert decode(UsageSummary, orjson.dumps(record), "usage", bad) is None
     assert bad.counts == {("usage", "invalid"): 1}
 
 
