@@ -1,6 +1,8 @@
-"""An actuator for one machine: emulator replicas started and stopped in this process.
+"""An actuator for one machine: replica servers started and stopped in this process.
 
-Each pool gets its own ``sim.server.EmulatorServer`` (created on first use by ``server_factory``).
+Each pool gets its own ``ReplicaServer`` (created on first use by ``server_factory``): the CLI passes
+the vLLM emulator (``sim.server.EmulatorServer``). The scaler only knows the protocol below, so it
+does not import the emulator (services sit side by side in the layering contract, pyproject.toml).
 ``scale`` adds replicas with ``add_replica`` (it returns once the replica serves) and removes the
 newest ones with ``remove_replica``, draining as a pod does on SIGTERM: a removed replica answers
 new requests with 503 and finishes those it has. Draining runs in the background, like a pod's
@@ -14,14 +16,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
-from typing import Any
-
-from sim.server import EmulatorReplica, EmulatorServer
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 log = logging.getLogger("tokenpools.scaler.local")
 
 UrlsCallback = Callable[[str, list[str]], Any]
+
+
+class Replica(Protocol):
+    url: str
+
+
+class ReplicaServer(Protocol):
+    """What the actuator needs of one pool's replicas (``sim.server.EmulatorServer`` is one)."""
+
+    @property
+    def replicas(self) -> Sequence[Replica]: ...
+
+    @property
+    def urls(self) -> list[str]: ...
+
+    async def add_replica(self) -> Any:
+        """Start one more replica; return once it serves."""
+
+    async def remove_replica(self, replica: Any, *, drain: bool = True) -> None:
+        """Take ``replica`` out of ``replicas`` before the first await, then stop it (finishing its work)."""
+
+    async def stop(self) -> None: ...
 
 
 class LocalActuator:
@@ -31,19 +53,19 @@ class LocalActuator:
         self,
         pools: Mapping[str, int] | None = None,
         *,
-        server_factory: Callable[[str], EmulatorServer] | None = None,
+        server_factory: Callable[[str], ReplicaServer],
         on_change: UrlsCallback | None = None,
         drain: bool = True,
         drain_timeout: float = 30.0,
-        **emulator_options: Any,
     ) -> None:
         """``pools``: the pools managed (name -> replicas to start with at ``start``); others raise KeyError.
 
+        ``server_factory(pool)``: the replica server of a pool, with no replicas yet.
         ``drain_timeout``: how long ``close`` waits for draining replicas before cancelling them.
         """
         self.initial = dict(pools or {})
-        self.servers: dict[str, EmulatorServer] = {}
-        self._factory = server_factory or (lambda pool: EmulatorServer(0, model=pool, **emulator_options))
+        self.servers: dict[str, ReplicaServer] = {}
+        self._factory = server_factory
         self.on_change = on_change
         self.drain = drain
         self.drain_timeout = drain_timeout
@@ -54,7 +76,7 @@ class LocalActuator:
         for pool, replicas in self.initial.items():
             await self.scale(pool, replicas)
 
-    def _server(self, pool: str) -> EmulatorServer:
+    def _server(self, pool: str) -> ReplicaServer:
         if pool not in self.initial:
             raise KeyError(pool)
         server = self.servers.get(pool)
@@ -99,7 +121,7 @@ class LocalActuator:
                 if asyncio.iscoroutine(result):
                     await result
 
-    def _remove(self, server: EmulatorServer, rep: EmulatorReplica) -> None:
+    def _remove(self, server: ReplicaServer, rep: Replica) -> None:
         task = asyncio.create_task(server.remove_replica(rep, drain=self.drain), name=f"drain-{rep.url}")
         self._draining.add(task)
 

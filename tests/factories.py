@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from schemas.specs import Entitlement, TokenPool
@@ -37,3 +38,10 @@ def ent(name: str, tier: str = "elastic", pool_name: str = "p", weight: float = 
     if slo is not None:
         spec["slo"] = {"ttftSeconds": slo}
     return Entitlement.model_validate({"metadata": {"name": name}, "spec": spec})
+
+
+def emulators(speedup: float) -> Callable[[str], Any]:
+    """A ``LocalActuator`` server factory: each pool's replicas are vLLM emulators serving the pool's name."""
+    from sim.server import EmulatorServer
+
+    return lambda pool: EmulatorServer(0, model=pool, speedup=speedup)

@@ -1,7 +1,7 @@
 """Replica discovery through a real broker: the scaler's reports on the replicas topic steer an admitter.
 
 Real parts: Kafka, the ``ScalerLoop`` publishing through aiokafka, the ``LocalActuator`` with emulator
-replicas on loopback, an admitter under uvicorn with ``attach_discovery``. The pipeline is not run:
+replicas on loopback, an admitter under uvicorn with a ``ReplicaDiscovery``. The pipeline is not run:
 the scaler is handed pool states directly (``ScalerLoop.observe``) with an injected clock, so the
 test says which demand it saw and when, instead of waiting for windows to fill.
 """
@@ -14,8 +14,8 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from admitter.app import create_app
-from admitter.discovery import attach_discovery
+from admitter.http.app import create_app
+from admitter.kafka.discovery import ReplicaDiscovery
 from admitter.settings import AdmitterSettings
 from scaler.local import LocalActuator
 from scaler.loop import ScalerLoop, kafka_publisher
@@ -23,6 +23,7 @@ from schemas.records import Amounts, PoolState
 from schemas.specs import TokenPool
 from streams.topics import COMPACTED
 from tests.admitter.conftest import auth, chat, ent, platform, serve
+from tests.factories import emulators
 from tests.factories import pool as make_pool
 from tests.integration.harness import eventually
 
@@ -56,7 +57,7 @@ async def test_admitter_routes_to_replicas_the_scaler_adds_and_stops_using_remov
         kafka: Any, make_topic: Any) -> None:
     topic = await make_topic(config=COMPACTED, hint="replicas")
     spec = scaled_pool()
-    actuator = LocalActuator({"p": 1}, speedup=200.0)
+    actuator = LocalActuator({"p": 1}, server_factory=emulators(200.0))
     producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all")
     await producer.start()
     clock = Clock()
@@ -69,8 +70,8 @@ async def test_admitter_routes_to_replicas_the_scaler_adds_and_stops_using_remov
         await producer.flush()
 
         settings = AdmitterSettings(backends={"p": first}, admitter_id="adm-discovery")
-        app = create_app(settings, platform([spec], [ent("acme")]))
-        discovery = attach_discovery(app, kafka.bootstrap_servers, topic=topic)
+        discovery = ReplicaDiscovery(kafka.bootstrap_servers, topic=topic, client_id="tokenpools-discovery-adm")
+        app = create_app(settings, platform([spec], [ent("acme")]), discovery=discovery)
         adm_served = await serve(app)
         assert discovery.caught_up.is_set() and discovery.reports["p"].endpoints == first
         members = app.state.admitter.upstream.replicas["p"]

@@ -25,6 +25,7 @@ from schemas.loader import load_config
 from schemas.records import ReplicasReport
 from schemas.wire import BadRecords, decode
 from streams import topics
+from tests.factories import emulators
 from tests.integration.harness import Kafka, Worker, eventually, request_pair
 
 pytestmark = pytest.mark.integration
@@ -80,7 +81,7 @@ async def test_demand_grows_replicas_and_they_shrink_only_after_the_stabilisatio
     workers.append(worker.start())
     await worker.wait_ready()
 
-    actuator = LocalActuator({POOL: 1}, speedup=10.0)
+    actuator = LocalActuator({POOL: 1}, server_factory=emulators(10.0))
     scaler = ScalerLoop(pools, actuator)
     await actuator.start()
     task = asyncio.create_task(scaler.run_kafka(kafka.bootstrap_servers, prefix, report_every=1.0))

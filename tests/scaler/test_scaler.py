@@ -13,6 +13,7 @@ from scaler.local import LocalActuator
 from scaler.loop import ScalerLoop
 from schemas.records import Amounts, PoolState, ReplicasReport
 from schemas.specs import TokenPool
+from tests.factories import emulators
 
 WINDOW = 10.0
 
@@ -46,7 +47,8 @@ async def healthy(urls: list[str]) -> bool:
 
 async def test_scales_up_at_once_and_down_after_the_stabilisation_window() -> None:
     changes: list[list[str]] = []
-    actuator = LocalActuator({"p": 1}, on_change=lambda _, urls: changes.append(list(urls)), speedup=100.0)
+    actuator = LocalActuator({"p": 1}, on_change=lambda _, urls: changes.append(list(urls)),
+                             server_factory=emulators(100.0))
     assert isinstance(actuator, Actuator)
     reports: list[ReplicasReport] = []
 
@@ -90,7 +92,7 @@ async def test_scales_up_at_once_and_down_after_the_stabilisation_window() -> No
 
 
 async def test_spot_demand_uses_only_the_spot_budget_and_unknown_pools_are_ignored() -> None:
-    actuator = LocalActuator({"p": 1}, speedup=100.0)
+    actuator = LocalActuator({"p": 1}, server_factory=emulators(100.0))
     spec = TokenPool.model_validate({**pool().model_dump(by_alias=True), "spec": {
         **pool().model_dump(by_alias=True)["spec"], "scaling": {"spotBudgetReplicas": 1, "headroom": 0.0}}})
     loop = ScalerLoop({"p": spec}, actuator, clock=Clock())
@@ -109,7 +111,7 @@ async def test_spot_demand_uses_only_the_spot_budget_and_unknown_pools_are_ignor
 
 async def test_scale_down_returns_at_once_and_the_removed_replica_drains_its_request() -> None:
     """Slow emulator (speedup 0.05: a token takes tens of ms) so the stream is surely still running."""
-    actuator = LocalActuator({"p": 2}, speedup=0.05)
+    actuator = LocalActuator({"p": 2}, server_factory=emulators(0.05))
     await actuator.start()
     try:
         keep, victim = actuator.urls("p")
