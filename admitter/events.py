@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
+from admitter.stats import ReportsStats, Stats
 from schemas.records import Phase, RequestEvent
 
 
@@ -73,3 +74,7 @@ class FanOutSink:
     async def close(self) -> None:
         for sink in self.sinks:
             await sink.close()
+
+    def stats(self) -> Sequence[Stats]:
+        """What the sinks that report stats report (the Kafka sink's counters; memory has none)."""
+        return [s for sink in self.sinks if isinstance(sink, ReportsStats) for s in sink.stats()]

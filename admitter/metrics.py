@@ -3,31 +3,26 @@
 Counters and histograms are updated on the request path through cached label children (a dict
 lookup, no label parsing per request). Limits, in-flight amounts, bucket levels and debt are read
 from the live state at scrape time by a collector, so the request path never touches a gauge. The
-Kafka path (``KafkaSink`` and its spool, ``StateFollower``) is read the same way from the counters
-those objects keep (``watch_kafka``). Every metric is listed in docs/observability.md.
+background parts (the Kafka sink and its spool, the state follower, the config sync, the local
+allocator) are read the same way, through the small stats protocol they implement
+(``admitter.stats``, ``watch_stats``). Every metric is listed in docs/observability.md.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
-import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from admitter.stats import AllocatorStats, ConfigStats, Counts, ReportsStats, SinkStats, StateStats
+
 if TYPE_CHECKING:
-    from admitter.config_follower import ConfigSync
-    from admitter.events import EventSink
-    from admitter.follower import StateFollower
-    from admitter.gate import PoolGate
-    from admitter.kafka_sink import KafkaSink
-    from admitter.limits import LimitSource
-    from admitter.proxy import ReplicaSet
-    from schemas.wire import BadRecords
+    from admitter.admission.gate import PoolGate
+    from admitter.upstream.proxy import ReplicaSet
     from tokenpools.infra.slow_clients import ConnectionGuard
 
 Gates = Callable[[], Mapping[str, "PoolGate"]]
@@ -63,11 +58,10 @@ class AdmitterMetrics:
         r.register(_LiveCollector(gates, replicas))
         self._children: dict[tuple[object, ...], object] = {}
 
-    def watch_kafka(self, sink: Callable[[], EventSink], limits: Callable[[], LimitSource],
-                    config_sync: Callable[[], ConfigSync | None] = lambda: None) -> None:
-        """Export the Kafka sink's, the state follower's and the config follower's counters, if those are
-        what the app runs."""
-        self.registry.register(KafkaCollector(sink, limits, config_sync))
+    def watch_stats(self, *sources: Callable[[], object]) -> None:
+        """Export what the app's parts report (``admitter.stats``): the Kafka sink's, the limit source's and
+        the config sync's counters, each read at scrape time; a part that reports nothing exports nothing."""
+        self.registry.register(StatsCollector(*sources))
 
     def watch_connections(self, guard: ConnectionGuard) -> None:
         """Export the slow-client guard's counters (``tokenpools.infra.slow_clients``) of the server serving us."""
@@ -154,36 +148,32 @@ class _ConnectionCollector(Collector):
         yield from (closed, unread)
 
 
-class KafkaCollector(Collector):
-    """The Kafka path read at scrape time: the sink and its spool (per topic), the state follower.
+class StatsCollector(Collector):
+    """The background parts read at scrape time through their ``stats()`` (``admitter.stats``).
 
-    Finds a ``KafkaSink`` directly or inside a ``FanOutSink``, and the limit source if it is a
-    ``StateFollower``; exports nothing for an in-memory sink or local limits.
+    Each source is called at every scrape (the app's parts can be swapped after start-up); one that
+    does not implement ``ReportsStats`` (an in-memory sink) exports nothing.
     """
 
-    def __init__(self, sink: Callable[[], EventSink], limits: Callable[[], LimitSource],
-                 config_sync: Callable[[], ConfigSync | None] = lambda: None,
-                 wall: Callable[[], float] = time.time) -> None:
-        self._sink = sink
-        self._limits = limits
-        self._config_sync = config_sync
+    def __init__(self, *sources: Callable[[], object], wall: Callable[[], float] = time.time) -> None:
+        self._sources = sources
         self._wall = wall
 
     def describe(self) -> Iterable[Metric]:
         return []
 
     def collect(self) -> Iterable[Metric]:
-        yield from self._sink_metrics(_kafka_sinks(self._sink()))
-        limits = self._limits()
-        follower = _state_follower(limits)
-        if follower is not None:
-            yield from _follower_metrics(follower)
-        yield from _allocator_metrics(limits)
-        config_sync = self._config_sync()
-        if config_sync is not None:
-            yield from _config_metrics(config_sync)
+        reported = [s for source in self._sources if isinstance(part := source(), ReportsStats) for s in part.stats()]
+        yield from self._sink_metrics([s for s in reported if isinstance(s, SinkStats)])
+        for stats in reported:
+            if isinstance(stats, StateStats):
+                yield from _state_metrics(stats)
+            elif isinstance(stats, AllocatorStats):
+                yield from _allocator_metrics(stats)
+            elif isinstance(stats, ConfigStats):
+                yield from _config_metrics(stats)
 
-    def _sink_metrics(self, sinks: list[KafkaSink]) -> Iterable[Metric]:
+    def _sink_metrics(self, sinks: list[SinkStats]) -> Iterable[Metric]:
         if not sinks:
             return
         t = ["topic"]
@@ -208,70 +198,31 @@ class KafkaCollector(Collector):
                                       labels=t)
         for sink in sinks:
             label = [sink.topic]
-            spool = sink.spool
             emitted.add_metric(label, sink.emitted)
-            spooled.add_metric(label, spool.synced)
+            spooled.add_metric(label, sink.spooled)
             sent.add_metric(label, sink.sent)
             kafka_records.add_metric(label, sink.records_sent)
             errors.add_metric(label, sink.send_errors)
-            pending = spool.pending()
-            # The spool counts records appended (plus those an earlier instance left unacked) and the
-            # sink counts acks; the difference is the backlog without a per-record counter on the hot path.
-            records.add_metric(label, max(0, spool.replayed + spool.appended - sink.sent) if pending else 0)
-            size.add_metric(label, spool.pending_bytes() if pending else 0)
-            age.add_metric(label, self._oldest_age(sink) if pending else 0.0)
+            records.add_metric(label, sink.backlog_records)
+            size.add_metric(label, sink.backlog_bytes)
+            oldest = sink.oldest_pending_ts
+            age.add_metric(label, 0.0 if oldest is None else max(0.0, self._wall() - oldest))
             connected.add_metric(label, 1.0 if sink.connected else 0.0)
         yield from (emitted, spooled, sent, kafka_records, errors, records, size, age, connected)
 
-    def _oldest_age(self, sink: KafkaSink) -> float:
-        record = sink.spool.first_pending()
-        if record is None:
-            return 0.0
-        try:
-            ts = float(orjson.loads(record.value)["ts"])
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            return 0.0  # not one of our events (cannot happen: the sink encodes every record)
-        return max(0.0, self._wall() - ts)
 
-
-def _kafka_sinks(sink: object) -> list[KafkaSink]:
-    # No KafkaSink can exist unless its module was imported: checking sys.modules keeps a scrape of
-    # an admitter without Kafka from importing aiokafka.
-    module = sys.modules.get("admitter.kafka_sink")
-    if module is None:
-        return []
-    from admitter.events import FanOutSink
-
-    if isinstance(sink, module.KafkaSink):
-        return [sink]
-    if isinstance(sink, FanOutSink):
-        return [k for s in sink.sinks for k in _kafka_sinks(s)]
-    return []
-
-
-def _state_follower(limits: object) -> StateFollower | None:
-    module = sys.modules.get("admitter.follower")
-    if module is not None and isinstance(limits, module.StateFollower):
-        return limits
-    return None
-
-
-def _allocator_metrics(limits: object) -> Iterable[Metric]:
+def _allocator_metrics(a: AllocatorStats) -> Iterable[Metric]:
     """The in-process allocator's rejected ticks: its inputs or results were not finite, so the pool
     kept its previous limits (``capacity.allocator``); any at all means a bug or a bad input got in."""
-    from admitter.limits import LocalAllocator
-
-    if not isinstance(limits, LocalAllocator):
-        return
     family = CounterMetricFamily(PREFIX + "allocator_rejected_ticks",
                                  "In-process allocator ticks that kept the previous limits because their inputs "
                                  "or results were not finite, by pool and reason", labels=["pool", "reason"])
-    for (pool, reason), n in sorted(limits.rejected.items()):
+    for (pool, reason), n in sorted(a.rejected.items()):
         family.add_metric([pool, reason], n)
     yield family
 
 
-def _follower_metrics(f: StateFollower) -> Iterable[Metric]:
+def _state_metrics(f: StateStats) -> Iterable[Metric]:
     records = CounterMetricFamily(PREFIX + "state_records",
                                   "State records read, by kind (entitlement, pool) and result (applied to a pool "
                                   "this admitter serves, ignored, deleted by a tombstone)", labels=["kind", "result"])
@@ -280,7 +231,7 @@ def _follower_metrics(f: StateFollower) -> Iterable[Metric]:
     bad = _bad_records("state", f.bad)
     caught_up = GaugeMetricFamily(PREFIX + "state_caught_up",
                                   "1 once the state topics were read to the end offsets seen at start")
-    caught_up.add_metric([], 1.0 if f.caught_up.is_set() else 0.0)
+    caught_up.add_metric([], 1.0 if f.caught_up else 0.0)
     connected = GaugeMetricFamily(PREFIX + "state_connected",
                                   "1 if the follower had a fetch response from Kafka within its contact timeout")
     connected.add_metric([], 1.0 if f.connected else 0.0)
@@ -289,7 +240,7 @@ def _follower_metrics(f: StateFollower) -> Iterable[Metric]:
     staleness = GaugeMetricFamily(PREFIX + "state_staleness_seconds",
                                   "Seconds since a new state of the pool was applied (since start if none yet)",
                                   labels=["pool"])
-    for pool, seconds in sorted(f.staleness().items()):
+    for pool, seconds in sorted(f.staleness.items()):
         staleness.add_metric([pool], seconds)
     seq = GaugeMetricFamily(PREFIX + "state_seq", "Pipeline tick number of the newest state applied, per pool",
                             labels=["pool"])
@@ -298,22 +249,22 @@ def _follower_metrics(f: StateFollower) -> Iterable[Metric]:
     yield from (records, bad, caught_up, connected, reconnects, staleness, seq)
 
 
-def _config_metrics(c: ConfigSync) -> Iterable[Metric]:
+def _config_metrics(c: ConfigStats) -> Iterable[Metric]:
     records = CounterMetricFamily(PREFIX + "config_records", "Records read from the config topic")
     records.add_metric([], c.records)
     bad = _bad_records("config", c.bad)
     rejected = GaugeMetricFamily(PREFIX + "config_rejected_documents",
                                  "Documents on the config topic this admitter could not apply (see GET /admin/config)")
-    rejected.add_metric([], len(c.rejected))
+    rejected.add_metric([], c.rejected)
     ready = GaugeMetricFamily(PREFIX + "config_ready", "1 once the config topic was read to its end")
-    ready.add_metric([], 1.0 if c.ready.is_set() else 0.0)
+    ready.add_metric([], 1.0 if c.ready else 0.0)
     yield from (records, bad, rejected, ready)
 
 
-def _bad_records(kind: str, bad: BadRecords) -> Metric:
+def _bad_records(kind: str, bad: Counts) -> Metric:
     family = CounterMetricFamily(PREFIX + f"{kind}_bad_records",
                                  f"{kind.capitalize()} records skipped as bad, by topic and reason",
                                  labels=["topic", "reason"])
-    for (topic, reason), n in sorted(bad.counts.items()):
+    for (topic, reason), n in sorted(bad.items()):
         family.add_metric([topic, reason], n)
     return family

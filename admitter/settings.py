@@ -90,6 +90,9 @@ class AdmitterSettings(BaseModel):
         default=10.0, ge=0, description="How long start waits to read the config topic before serving the YAML")
     config_write_timeout: float = Field(
         default=5.0, gt=0, description="Longest wait for Kafka to acknowledge an admin write before answering 503")
+    discover: bool = Field(
+        default=False, description="With kafka_bootstrap: route each pool to the replicas its latest report on "
+        "tokenpools.replicas names (the configured backends until one arrives)")
 
     @field_validator("kafka_bootstrap")
     @classmethod

@@ -16,21 +16,21 @@ from collections.abc import Mapping
 
 import httpx
 
-from admitter.auth import AdminKey, KeyConflict, KeyOwner, KeyRing
-from admitter.clients import make_client
-from admitter.config_follower import ConfigSync
+from admitter.admission.gate import PoolGate
+from admitter.admission.limits import LimitSource, LocalAllocator
+from admitter.admission.usage import UsageBook
 from admitter.events import EventSink, InMemorySink
-from admitter.gate import PoolGate
-from admitter.limits import LimitSource, LocalAllocator
+from admitter.http.auth import AdminKey, KeyConflict, KeyOwner, KeyRing
+from admitter.kafka.config_sync import ConfigSync
+from admitter.kafka.discovery import ReplicaDiscovery
 from admitter.metrics import AdmitterMetrics
-from admitter.proxy import ReplicaSet, Upstream
 from admitter.settings import AdmitterSettings
-from admitter.usage import UsageBook
-from capacity.bucket import TokenBucket
-from capacity.live import GUARANTEED, EntitlementLive, PoolLive
+from admitter.upstream.clients import make_client
+from admitter.upstream.proxy import ReplicaSet, Upstream
+from capacity.live import EntitlementLive, PoolLive
 from schemas.echo import echo_str
 from schemas.loader import PlatformConfig, provisioning_problems
-from schemas.specs import TIER_RANK, Entitlement, TokenPool
+from schemas.specs import Entitlement, TokenPool
 from streams.config_table import config_key
 
 log = logging.getLogger("tokenpools.admitter")
@@ -58,7 +58,8 @@ class RequestIds:
 
 class AdmitterState:
     def __init__(self, settings: AdmitterSettings, config: PlatformConfig, sink: EventSink | None = None,
-                 limits: LimitSource | None = None, config_sync: ConfigSync | None = None) -> None:
+                 limits: LimitSource | None = None, config_sync: ConfigSync | None = None,
+                 discovery: ReplicaDiscovery | None = None) -> None:
         self.settings = settings
         self.config = config
         self.keyring = KeyRing(config.entitlements.values())
@@ -69,6 +70,7 @@ class AdmitterState:
         self.ids = RequestIds()
         now = time.monotonic()
         self.config_sync = config_sync
+        self.discovery = discovery
         self._write_lock = asyncio.Lock()  # admin writes validate, publish and apply one at a time
         self.gates: dict[str, PoolGate] = {
             name: PoolGate(PoolLive(pool, config.entitlements_of(name), now), max_queue=settings.max_queue)
@@ -84,17 +86,23 @@ class AdmitterState:
         self.metrics = AdmitterMetrics(lambda: self.gates, lambda: self.upstream.replicas)
 
     async def start(self) -> None:
+        if self.discovery is not None:  # first: the members are current when the first request comes
+            await self.discovery.start(self.upstream.replicas)
         await self.upstream.start()
         await self.limits.start(self.gates)
         if self.config_sync is not None:  # after the limits: topic changes may add pools to them
             await self.config_sync.start(self)
 
     async def stop(self) -> None:
-        if self.config_sync is not None:
-            await self.config_sync.stop()
-        await self.limits.stop()
-        await self.upstream.stop()
-        await self.sink.close()
+        try:
+            if self.config_sync is not None:
+                await self.config_sync.stop()
+            await self.limits.stop()
+            await self.upstream.stop()
+            await self.sink.close()
+        finally:
+            if self.discovery is not None:  # last, as it started first
+                await self.discovery.stop()
 
     def entitlement_live(self, name: str) -> tuple[PoolGate, EntitlementLive] | None:
         ent = self.config.entitlements.get(name)
@@ -137,9 +145,10 @@ class AdmitterState:
         if previous is not None and previous.spec.pool != ent.spec.pool:
             old_gate = self.gates.get(previous.spec.pool)
             old = old_gate.live.entitlements.get(ent.name) if old_gate is not None else None
-            if old is not None and old.seqs_in_flight > 0:
+            requests = old.in_flight()[1] if old is not None else 0.0
+            if requests > 0:
                 raise EntitlementRejected(409, [
-                    f"spec.pool: entitlement '{ent.name}' has {old.seqs_in_flight:g} request(s) in flight on pool "
+                    f"spec.pool: entitlement '{ent.name}' has {requests:g} request(s) in flight on pool "
                     f"'{previous.spec.pool}'; move it when they have finished"])
         return pool, previous, owners
 
@@ -152,14 +161,9 @@ class AdmitterState:
         now = time.monotonic()
         if previous is not None and previous.spec.pool != ent.spec.pool:
             old_gate = self.gates.get(previous.spec.pool)
-            if old_gate is not None and old_gate.live.entitlements.pop(ent.name, None) is not None:
-                old_gate.live.recount_unused_guarantees()
-        gate = self.gates[pool.name]
-        live = gate.live.entitlements.get(ent.name)
-        if live is None:
-            gate.live.add_entitlement(ent, now)
-        else:
-            update_entitlement_live(gate.live, live, ent, now)
+            if old_gate is not None:
+                old_gate.live.remove_entitlement(ent.name)
+        self.gates[pool.name].live.put_entitlement(ent, now)
         self.config.entitlements[ent.name] = ent
         self.keyring.install(owners)
         self.limits.refresh(pool.name)
@@ -174,8 +178,7 @@ class AdmitterState:
             return False
         self.keyring.rebuild(self.config.entitlements.values())  # fewer keys cannot conflict
         gate = self.gates.get(ent.spec.pool)
-        if gate is not None and gate.live.entitlements.pop(name, None) is not None:
-            gate.live.recount_unused_guarantees()
+        if gate is not None and gate.live.remove_entitlement(name):
             self.limits.refresh(ent.spec.pool)
         return True
 
@@ -218,15 +221,8 @@ class AdmitterState:
     def update_pool(self, pool: TokenPool) -> None:
         """A changed pool spec, applied in place so reservations and queued requests stay where they are."""
         previous = self.config.pools[pool.name]
-        live = self.gates[pool.name].live
-        spec = pool.spec
-        live.spec = pool
-        live.w_in, live.w_out = spec.token_weights.input, spec.token_weights.output
-        live.queue_max_wait = spec.queue.max_wait_seconds
-        live.spot_max_wait = spec.queue.spot_max_wait_seconds
-        live.tick_seconds = spec.tick_seconds
-        live.set_replicas(live.replicas)
-        if spec.backends != previous.spec.backends and pool.name not in self.settings.backends:
+        self.gates[pool.name].live.apply_spec(pool)
+        if pool.spec.backends != previous.spec.backends and pool.name not in self.settings.backends:
             self.upstream.replicas[pool.name] = self._replica_set(pool)
         self.config.pools[pool.name] = pool
         self.models = model_index(self.config)
@@ -287,26 +283,3 @@ def model_index(config: PlatformConfig) -> dict[str, TokenPool]:
         index[pool.spec.model] = pool
     return index
 
-
-def update_entitlement_live(pool: PoolLive, live: EntitlementLive, ent: Entitlement, now: float) -> None:
-    """Apply a changed spec in place, so reservations already held stay counted on the same object."""
-    spec = ent.spec
-    live.integrate(now)
-    live.spec = ent
-    live.tenant = spec.tenant
-    live.tier = spec.tier
-    live.rank = TIER_RANK[spec.tier]
-    live.weight = spec.weight
-    live.window = spec.burst_window_seconds
-    live.slo_ttft = spec.slo.ttft_seconds if spec.slo else None
-    live.guarantee = spec.guarantee.as_tuple()
-    live.burst = spec.burst.as_tuple()
-    g_tp = live.guarantee[0]
-    if live.rank == GUARANTEED:
-        if live.g_bucket is None:
-            live.g_bucket = TokenBucket(g_tp, g_tp * live.window, now)
-    else:
-        live.g_bucket = None
-    b = live.burst
-    live.set_limits(min(live.limit_tp, b[0]), min(live.limit_kv, b[1]), min(live.limit_conc, b[2]), now)
-    pool.recount_unused_guarantees()

@@ -20,9 +20,9 @@ import time
 import uuid
 from pathlib import Path
 
-from admitter.app import create_app
+from admitter.admission.limits import LocalAllocator
 from admitter.events import InMemorySink
-from admitter.limits import LocalAllocator
+from admitter.http.app import create_app
 from admitter.settings import AdmitterSettings
 from bench.kafka_parts import kafka
 from schemas.loader import PlatformConfig

@@ -40,8 +40,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from admitter.follower import StateFollower
-from admitter.kafka_sink import KafkaSink
+from admitter.kafka.sink import KafkaSink
+from admitter.kafka.state_follower import StateFollower
 from bench.kafka_parts import free_port, kafka, stop_worker
 from capacity.live import PoolLive
 from schemas.loader import load_config

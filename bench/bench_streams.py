@@ -7,7 +7,7 @@ all of them (its ``tokenpools_streams_events_total{verdict="new"}``). Side by si
 - **empty agent**: ``bench.noop_worker``, a Faust agent with the pipeline's settings that only counts
   records: the ceiling Faust's per-record path puts on any agent here (records/s);
 - **single**: one ``RequestEvent`` per Kafka record (what admitters sent before batching);
-- **batched**: the records ``admitter.kafka_sink.KafkaSink`` sends: each pass of its sender packs the
+- **batched**: the records ``admitter.kafka.sink.KafkaSink`` sends: each pass of its sender packs the
   events of one entitlement into one ``RequestEventBatch``. A pass covers ``batch_linger`` (50 ms), so
   at 10,000 events/s from the admitters a pass holds 500 events; over 24 entitlements that is about
   21 events per record, over 100 about 5. Both are run.
@@ -38,7 +38,7 @@ import httpx
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from admitter.kafka_sink import pack_events
+from admitter.kafka.sink import pack_events
 from bench.kafka_parts import free_port, kafka, stop_worker
 from schemas.records import Amounts, Outcome, Phase, RequestEvent
 from schemas.wire import BadRecords, encode
@@ -227,7 +227,7 @@ def bench_worker(bootstrap: str, mode: str, records: Sequence[Record], entitleme
     try:
         asyncio.run(wait_ready(port, proc, noop))
         cpu = cpu_seconds(proc.pid)
-        published, total = asyncio.run(publish_and_wait(bootstrap, settings.requests_topic, port, records, noop))
+        published, total = asyncio.run(publish_and_wait(bootstrap, settings.topics.requests, port, records, noop))
         cpu = cpu_seconds(proc.pid) - cpu
     finally:
         stop_worker(proc)

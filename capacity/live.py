@@ -16,6 +16,14 @@ from schemas.specs import TIER_RANK, Entitlement, Tier, TokenPool
 GUARANTEED, ELASTIC, SPOT = 0, 1, 2
 _INF = math.inf
 
+Triple = tuple[float, float, float]  # (throughput, kv, concurrency)
+
+
+def _ratio(share: float, limit: float, default: float) -> float:
+    if limit > 0:
+        return min(1.0, max(0.0, share / limit))
+    return default
+
 
 class Reservation:
     """What one admitted request holds until it ends."""
@@ -68,17 +76,7 @@ class EntitlementLive:
     )
 
     def __init__(self, ent: Entitlement, now: float) -> None:
-        spec = ent.spec
-        self.spec = ent
-        self.name = ent.name
-        self.tenant = spec.tenant
-        self.tier: Tier = spec.tier
-        self.rank = TIER_RANK[spec.tier]
-        self.weight = spec.weight
-        self.window = spec.burst_window_seconds
-        self.slo_ttft = spec.slo.ttft_seconds if spec.slo else None
-        self.guarantee = spec.guarantee.as_tuple()
-        self.burst = spec.burst.as_tuple()
+        self._take_spec(ent)
         # Until the first tick, an entitlement may use its guarantee (or nothing, for others).
         self.limit_tp, self.limit_kv, self.limit_conc = self.guarantee
         self.bucket = TokenBucket(self.limit_tp, self.limit_tp * self.window, now)
@@ -93,6 +91,60 @@ class EntitlementLive:
         self.fair_share = 0.0
         self.last_change = now
         self.reset_accumulators(now)
+
+    def _take_spec(self, ent: Entitlement) -> None:
+        """The fields that come straight from the spec (shared by ``__init__`` and ``apply_spec``)."""
+        spec = ent.spec
+        self.spec = ent
+        self.name = ent.name
+        self.tenant = spec.tenant
+        self.tier: Tier = spec.tier
+        self.rank = TIER_RANK[spec.tier]
+        self.weight = spec.weight
+        self.window = spec.burst_window_seconds
+        self.slo_ttft = spec.slo.ttft_seconds if spec.slo else None
+        self.guarantee = spec.guarantee.as_tuple()
+        self.burst = spec.burst.as_tuple()
+
+    def apply_spec(self, ent: Entitlement, now: float) -> None:
+        """A changed spec, applied in place so the reservations already held stay counted on this object.
+
+        The limits stay where the last tick put them, cut to the new burst (a guaranteed entitlement
+        still never goes below its guarantee); a tier change adds or drops the guarantee bucket.
+        The pool's unused-guarantee totals are the caller's to recount (``PoolLive.put_entitlement``).
+        """
+        self.integrate(now)
+        self._take_spec(ent)
+        if self.rank == GUARANTEED:
+            if self.g_bucket is None:
+                g_tp = self.guarantee[0]
+                self.g_bucket = TokenBucket(g_tp, g_tp * self.window, now)
+        else:
+            self.g_bucket = None
+        b = self.burst
+        self.set_limits(min(self.limit_tp, b[0]), min(self.limit_kv, b[1]), min(self.limit_conc, b[2]), now)
+
+    def set_fairness(self, debt: float, effective_weight: float, fair_share: float) -> None:
+        """The fairness figures an allocator tick computed elsewhere (the pipeline) for this entitlement."""
+        self.debt = debt
+        self.effective_weight = effective_weight
+        self.fair_share = fair_share
+
+    # -- read-only views -----------------------------------------------------------------------
+
+    def limits(self) -> Triple:
+        """The current limits: (throughput, kv, concurrency)."""
+        return (self.limit_tp, self.limit_kv, self.limit_conc)
+
+    def in_flight(self) -> tuple[float, float]:
+        """Held now: (kv, concurrency)."""
+        return (self.kv_in_flight, self.seqs_in_flight)
+
+    def remaining(self) -> Triple:
+        """What is left of each limit, never negative: the throughput bucket's level (as of its last
+        refill; this reads, it does not refill), and the kv and concurrency not held."""
+        return (max(0.0, self.bucket.level), max(0.0, self.limit_kv - self.kv_in_flight),
+                max(0.0, self.limit_conc - self.seqs_in_flight))
 
     def reset_accumulators(self, now: float) -> None:
         self.demand_tp = 0.0
@@ -161,14 +213,8 @@ class PoolLive:
 
     def __init__(self, pool: TokenPool, entitlements: list[Entitlement], now: float,
                  replicas: int | None = None) -> None:
-        spec = pool.spec
-        self.spec = pool
         self.name = pool.name
-        self.w_in = spec.token_weights.input
-        self.w_out = spec.token_weights.output
-        self.queue_max_wait = spec.queue.max_wait_seconds
-        self.spot_max_wait = spec.queue.spot_max_wait_seconds
-        self.tick_seconds = spec.tick_seconds
+        self._take_spec(pool)
         self.kv_in_flight = 0.0
         self.seqs_in_flight = 0.0
         self.spot_kv_in_flight = 0.0
@@ -179,9 +225,30 @@ class PoolLive:
         self.reservations: dict[str, Reservation] = {}
         self.spot: dict[str, Reservation] = {}
         self.entitlements: dict[str, EntitlementLive] = {}
-        self.set_replicas(spec.replicas.start if replicas is None else replicas)
+        self.set_replicas(pool.spec.replicas.start if replicas is None else replicas)
         for ent in entitlements:
             self.add_entitlement(ent, now)
+
+    def _take_spec(self, pool: TokenPool) -> None:
+        spec = pool.spec
+        self.spec = pool
+        self.w_in = spec.token_weights.input
+        self.w_out = spec.token_weights.output
+        self.queue_max_wait = spec.queue.max_wait_seconds
+        self.spot_max_wait = spec.queue.spot_max_wait_seconds
+        self.tick_seconds = spec.tick_seconds
+
+    def apply_spec(self, pool: TokenPool) -> None:
+        """A changed pool spec, applied in place: reservations stay, the capacity follows the new spec
+        at the current replica count."""
+        self._take_spec(pool)
+        self.set_replicas(self.replicas)
+
+    def share_replicas(self, replicas: int, admitters: int) -> None:
+        """``replicas`` ready, this admitter filling its even part of their capacity among ``admitters``."""
+        self.replicas = replicas
+        cap = self.spec.spec.capacity(replicas)
+        self.set_capacity(*(c / admitters for c in cap))
 
     def set_replicas(self, replicas: int) -> None:
         self.replicas = replicas
@@ -202,7 +269,41 @@ class PoolLive:
             self.recount_unused_guarantees()
         return live
 
-    def set_guarantee_share(self, name: str, guarantee: tuple[float, float, float], now: float) -> None:
+    def put_entitlement(self, ent: Entitlement, now: float) -> EntitlementLive:
+        """Add an entitlement, or apply its changed spec in place (``EntitlementLive.apply_spec``)."""
+        live = self.entitlements.get(ent.name)
+        if live is None:
+            return self.add_entitlement(ent, now)
+        live.apply_spec(ent, now)
+        self.recount_unused_guarantees()
+        return live
+
+    def remove_entitlement(self, name: str) -> bool:
+        """Forget an entitlement (its reservations still release); False if it was not here."""
+        if self.entitlements.pop(name, None) is None:
+            return False
+        self.recount_unused_guarantees()
+        return True
+
+    def apply_share(self, name: str, share: Triple, total: Triple, admitters: int, now: float) -> bool:
+        """This admitter's ``share`` of an entitlement's limits, out of the pipeline's ``total``.
+
+        The guarantee is scaled by the same ratio, per dimension (``1 / admitters`` where the total
+        is 0), and set first, so the limits never go below this admitter's part of the guarantee.
+        False if the entitlement is not in this pool.
+        """
+        ent = self.entitlements.get(name)
+        if ent is None:
+            return False
+        g = ent.spec.spec.guarantee.as_tuple()
+        fallback = 1.0 / admitters
+        guarantee = (g[0] * _ratio(share[0], total[0], fallback), g[1] * _ratio(share[1], total[1], fallback),
+                     g[2] * _ratio(share[2], total[2], fallback))
+        self.set_guarantee_share(name, guarantee, now)
+        ent.set_limits(*share, now)
+        return True
+
+    def set_guarantee_share(self, name: str, guarantee: Triple, now: float) -> None:
         """This admitter's share of an entitlement's guarantee (the pipeline splits it across admitters)."""
         ent = self.entitlements[name]
         ent.guarantee = guarantee

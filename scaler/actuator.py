@@ -7,7 +7,7 @@ official ``kubernetes`` client (``AppsV1Api.read_namespaced_deployment_scale`` /
 
 Discovery (which URLs an admitter routes a pool's requests to) is a separate, optional protocol,
 ``EndpointSource``: the local actuator implements it, and the scaler then publishes the ready
-replicas' base URLs in its ``ReplicasReport`` for ``admitter.discovery`` to follow. On Kubernetes
+replicas' base URLs in its ``ReplicasReport`` for ``admitter.kafka.discovery`` to follow. On Kubernetes
 the platform discovers replicas itself: admitters point at the pool's Service, whose EndpointSlices
 list the ready pods (a pod that fails readiness or is terminating leaves them before it stops), so a
 Kubernetes actuator does not implement ``EndpointSource`` and its reports carry counts only.

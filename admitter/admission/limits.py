@@ -13,9 +13,10 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
+from admitter.stats import AllocatorStats
 from capacity.live import PoolLive
 from capacity.tick import tick
 
@@ -93,6 +94,9 @@ class LocalAllocator:
         task = self._tasks.pop(name, None)
         if task is not None:
             task.cancel()
+
+    def stats(self) -> Sequence[AllocatorStats]:
+        return [AllocatorStats(rejected=dict(self.rejected))]
 
     async def _run(self, name: str, target: LimitTarget) -> None:
         while True:

@@ -16,13 +16,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.convertors import PathConvertor, register_url_convertor
 
-from admitter.auth import KeyOwner, request_token
-from admitter.body import ClientGone, read_body
-from admitter.config_follower import ConfigUnavailable
-from admitter.errors import OpenAIError
-from admitter.gate import PoolGate
+from admitter.http.auth import KeyOwner, request_token
+from admitter.http.body import ClientGone, read_body
+from admitter.http.errors import OpenAIError
+from admitter.http.views import entitlement_view, pool_view, usage_view
+from admitter.kafka.config_sync import ConfigUnavailable
 from admitter.state import AdmitterState, EntitlementRejected
-from capacity.live import EntitlementLive
 from schemas.echo import echo, echo_str
 from schemas.loader import ConfigError, Source, parse_manifest
 from schemas.specs import Entitlement
@@ -80,86 +79,6 @@ def check_name(value: str, param: str) -> None:
         spec_check_name(value)
     except ValueError as exc:
         raise OpenAIError(400, f"{param} {exc}", "invalid_name", param=param) from None
-
-
-def _amounts(t: tuple[float, float, float]) -> dict[str, float]:
-    return {"throughput": t[0], "kv": t[1], "concurrency": t[2]}
-
-
-def limits_view(live: EntitlementLive) -> dict[str, float]:
-    return {"throughput": live.limit_tp, "kv": live.limit_kv, "concurrency": live.limit_conc}
-
-
-def in_flight_view(live: EntitlementLive) -> dict[str, float]:
-    return {"kv": live.kv_in_flight, "concurrency": live.seqs_in_flight}
-
-
-def entitlement_view(gate: PoolGate, live: EntitlementLive) -> dict[str, Any]:
-    bucket = live.bucket
-    view: dict[str, Any] = {
-        "name": live.name,
-        "tenant": live.tenant,
-        "pool": gate.name,
-        "tier": live.tier.value,
-        "weight": live.weight,
-        "effective_weight": live.effective_weight,
-        "debt": live.debt,
-        "fair_share": live.fair_share,
-        "guarantee": _amounts(live.guarantee),
-        "burst": _amounts(live.burst),
-        "limits": limits_view(live),
-        "in_flight": in_flight_view(live),
-        "bucket": {"level": bucket.level, "depth": bucket.depth, "rate": bucket.rate},
-        "guarantee_bucket": None,
-    }
-    if live.g_bucket is not None:
-        g = live.g_bucket
-        view["guarantee_bucket"] = {"level": g.level, "depth": g.depth, "rate": g.rate}
-    return view
-
-
-def pool_view(state: AdmitterState, gate: PoolGate) -> dict[str, Any]:
-    live = gate.live
-    spec = live.spec.spec
-    replicas = state.upstream.replicas.get(gate.name)
-    return {
-        "name": gate.name,
-        "model": spec.model,
-        "region": spec.region,
-        "context_length": spec.context_length,
-        "replicas": live.replicas,
-        "capacity": {"throughput": live.cap_tp, "kv": live.cap_kv, "concurrency": live.cap_conc},
-        "in_flight": {"kv": live.kv_in_flight, "concurrency": live.seqs_in_flight},
-        "spot_in_flight": {"kv": live.spot_kv_in_flight, "concurrency": live.spot_seqs},
-        "unused_guarantees": {"kv": live.unused_g_kv, "concurrency": live.unused_g_conc},
-        "queue_length": gate.waiting,
-        "preemptions": gate.preemptions,
-        "bytes_per_token": gate.estimator.bytes_per_token,
-        "entitlements": sorted(live.entitlements),
-        "backends": [
-            {"url": r.url, "outstanding": r.outstanding, "requests": r.requests, "failures": r.failures}
-            for r in (replicas or ())
-        ],
-    }
-
-
-def usage_view(state: AdmitterState, ent: Entitlement, admin: bool) -> dict[str, Any]:
-    found = state.entitlement_live(ent.name)
-    view: dict[str, Any] = {
-        "entitlement": ent.name,
-        "pool": ent.spec.pool,
-        "tier": ent.spec.tier.value,
-        **state.usage.of(ent.name).as_dict(),
-    }
-    if found is not None:
-        gate, live = found
-        view["model"] = gate.live.spec.spec.model
-        view["limits"] = limits_view(live)
-        view["in_flight"] = in_flight_view(live)
-        if admin:
-            view["debt"] = live.debt
-            view["effective_weight"] = live.effective_weight
-    return view
 
 
 def build_router() -> APIRouter:

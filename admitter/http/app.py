@@ -1,10 +1,10 @@
 """``create_app``: the admitter as one FastAPI application.
 
-The completion routes are raw ASGI endpoints (``handler.py``) mounted on the FastAPI router, so
+The completion routes are raw ASGI endpoints (``completions.py``) mounted on the FastAPI router, so
 they skip FastAPI's per-request dependency and model machinery; everything else (admin, usage,
-metrics, health) is ordinary FastAPI. The lifespan starts the upstream client and the limit source
-(the allocator ticker in local mode) and, with Kafka, the config follower, and stops them, and the
-event sink, on shutdown.
+metrics, health) is ordinary FastAPI. The lifespan runs ``AdmitterState.start`` / ``stop``: replica
+discovery (if wired) first, the upstream client, the limit source (the allocator ticker in local
+mode) and, with Kafka, the config sync; on shutdown the same in reverse, and the event sink.
 """
 
 from __future__ import annotations
@@ -17,36 +17,40 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.routing import Route
 
-from admitter.admin import build_router, json_response, require_admin
-from admitter.auth import request_token
-from admitter.body import CHAT, COMPLETIONS
-from admitter.config_follower import ConfigSync
-from admitter.errors import install_handlers
+from admitter.admission.limits import LimitSource
 from admitter.events import EventSink
-from admitter.handler import CompletionEndpoint
-from admitter.kafka import kafka_parts
-from admitter.limits import LimitSource
-from admitter.openapi import install_openapi
+from admitter.http.admin import build_router, json_response, require_admin
+from admitter.http.auth import request_token
+from admitter.http.body import CHAT, COMPLETIONS
+from admitter.http.completions import CompletionEndpoint
+from admitter.http.errors import install_handlers
+from admitter.http.openapi import install_openapi
+from admitter.kafka.config_sync import ConfigSync
+from admitter.kafka.discovery import ReplicaDiscovery
+from admitter.kafka.parts import kafka_parts
 from admitter.settings import AdmitterSettings
 from admitter.state import AdmitterState
 from schemas.loader import PlatformConfig, load_config
 
 
 def create_app(settings: AdmitterSettings, config: PlatformConfig | None = None, sink: EventSink | None = None,
-               limits: LimitSource | None = None, config_sync: ConfigSync | None = None) -> FastAPI:
+               limits: LimitSource | None = None, config_sync: ConfigSync | None = None,
+               discovery: ReplicaDiscovery | None = None) -> FastAPI:
     """Build the admitter; ``config`` defaults to loading ``settings.config_paths``.
 
     ``sink`` defaults to an ``InMemorySink``; ``limits`` to a ``LocalAllocator`` (in-process ticks).
-    With ``settings.kafka_bootstrap`` the defaults are Kafka's instead (``admitter.kafka``): a
-    ``KafkaSink``, a ``StateFollower`` and a ``ConfigSync`` seeded with ``config``.
+    With ``settings.kafka_bootstrap`` the defaults are Kafka's instead (``admitter.kafka.parts``): a
+    ``KafkaSink``, a ``StateFollower``, a ``ConfigSync`` seeded with ``config`` and, with
+    ``settings.discover``, a ``ReplicaDiscovery``. ``discovery`` may also be given without Kafka settings.
     The state is on ``app.state.admitter`` (tests and embedding code read it).
     """
     if config is None:
         config = load_config(*settings.config_paths)
     if settings.kafka_bootstrap is not None:
-        sink, limits, config_sync = kafka_parts(settings, config, sink, limits, config_sync)
-    state = AdmitterState(settings, config, sink=sink, limits=limits, config_sync=config_sync)
-    state.metrics.watch_kafka(lambda: state.sink, lambda: state.limits, lambda: state.config_sync)
+        parts = kafka_parts(settings, config, sink, limits, config_sync, discovery)
+        sink, limits, config_sync, discovery = parts.sink, parts.limits, parts.config_sync, parts.discovery
+    state = AdmitterState(settings, config, sink=sink, limits=limits, config_sync=config_sync, discovery=discovery)
+    state.metrics.watch_stats(lambda: state.sink, lambda: state.limits, lambda: state.config_sync)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

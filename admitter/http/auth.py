@@ -15,7 +15,7 @@ import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from admitter.errors import OpenAIError
+from admitter.http.errors import OpenAIError
 from schemas.specs import Entitlement
 
 

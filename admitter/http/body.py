@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from starlette.types import Receive
 
-from admitter.errors import OpenAIError
+from admitter.http.errors import OpenAIError
 from schemas.echo import echo
 
 CHAT = "chat"

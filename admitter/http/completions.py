@@ -6,7 +6,7 @@ replica's answer, and must notice a client that goes away while it waits (queue,
 
 Per request: authenticate -> read and check the body -> route model to pool -> estimate the cost
 -> decide (maybe wait) -> relay -> release with the replica's usage -> events and metrics.
-Everything from the decision on runs inside the request's cancel scope (see ``gate.Flight``).
+Everything from the decision on runs inside the request's cancel scope (see ``admitter.admission.gate.Flight``).
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ import time
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from admitter.auth import request_token
-from admitter.body import CHAT, ClientGone, ParsedRequest, check_content_type, parse_body, read_body
-from admitter.errors import OpenAIError, retry_after_header
-from admitter.gate import Flight, PoolGate
-from admitter.proxy import Exchange, send_stream_error
+from admitter.admission.gate import Flight, PoolGate
+from admitter.http.auth import request_token
+from admitter.http.body import CHAT, ClientGone, ParsedRequest, check_content_type, parse_body, read_body
+from admitter.http.errors import OpenAIError
+from admitter.http.refusal import preempted_error, refusal_error
 from admitter.state import AdmitterState
+from admitter.upstream.proxy import Exchange, send_stream_error
 from capacity.admission import Decision, Verdict
 from capacity.cost import RequestCost
 from capacity.live import EntitlementLive
@@ -293,33 +294,8 @@ def reply_headers_str(headers: list[tuple[bytes, bytes]]) -> list[tuple[str, str
     return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers]
 
 
-def refusal_error(ent: EntitlementLive, decision: Decision) -> OpenAIError:
-    """429 in the OpenAI shape with Retry-After and the entitlement's limits and what remains of them."""
-    dim = decision.dimension.value if decision.dimension else "capacity"
-    retry = retry_after_header(decision.retry_after)
-    headers = {
-        "retry-after": retry,
-        "x-ratelimit-limit-throughput": _whole(ent.limit_tp),
-        "x-ratelimit-limit-kv": _whole(ent.limit_kv),
-        "x-ratelimit-limit-concurrency": _whole(ent.limit_conc),
-        "x-ratelimit-remaining-throughput": _whole(max(0.0, ent.bucket.level)),
-        "x-ratelimit-remaining-kv": _whole(max(0.0, ent.limit_kv - ent.kv_in_flight)),
-        "x-ratelimit-remaining-concurrency": _whole(max(0.0, ent.limit_conc - ent.seqs_in_flight)),
-        "x-tokenpools-exhausted-dimension": dim,
-    }
-    return OpenAIError(
-        429, f"rate limit reached for entitlement '{ent.name}' ({ent.tier.value}): {dim} exhausted; "
-        f"retry after {retry}s", f"{dim}_exhausted", headers=headers)
-
-
-def _whole(x: float) -> str:
-    return str(int(x)) if x < 1e18 else "inf"
-
-
 async def _tell_preempted(call: Call, reply_headers: list[tuple[bytes, bytes]]) -> None:
-    retry = retry_after_header(call.gate.live.tick_seconds)
-    err = OpenAIError(503, "this spot request was preempted to make room for guaranteed work; retry later",
-                      "preempted", headers={"retry-after": retry})
+    err = preempted_error(call.gate.live.tick_seconds)
     ex = call.ex
     if not ex.started:
         await err.send(ex.send, dict(reply_headers_str(reply_headers)))

@@ -1,6 +1,6 @@
 """The admitter's OpenAPI document, written by hand because FastAPI cannot derive it.
 
-Why by hand: the completion routes are raw ASGI endpoints (``handler.py``) and every other route
+Why by hand: the completion routes are raw ASGI endpoints (``completions.py``) and every other route
 reads ``Request`` itself (``admin.py``), so FastAPI's generator would see no bodies, no parameters
 and no error responses. This module describes what the routes really accept and answer:
 

@@ -35,12 +35,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from admitter.compacted import assign_resuming, reached
+from admitter.kafka.compacted import assign_resuming, reached
+from admitter.stats import ConfigStats
 from schemas.specs import Entitlement, Manifest, TokenPool
 from schemas.wire import BadRecords
 from streams.config_table import ConfigView, config_key, config_value
@@ -122,6 +123,10 @@ class ConfigSync:
         for task in list(self._closing):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+    def stats(self) -> Sequence[ConfigStats]:
+        return [ConfigStats(records=self.records, bad=dict(self.bad.counts), rejected=len(self.rejected),
+                            ready=self.ready.is_set())]
 
     def status(self) -> dict[str, Any]:
         reasons: dict[str, int] = {}

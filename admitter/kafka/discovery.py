@@ -25,14 +25,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import Mapping
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from admitter.compacted import assign_resuming, reached
-from admitter.proxy import ReplicaSet
+from admitter.kafka.compacted import assign_resuming, reached
+from admitter.upstream.proxy import ReplicaSet
 from schemas.records import ReplicasReport
 from schemas.wire import BadRecords, decode
 from streams.topics import REPLICAS
@@ -46,7 +44,7 @@ class ReplicaDiscovery:
     def __init__(
         self,
         bootstrap_servers: str,
-        replica_sets: Mapping[str, ReplicaSet],
+        replica_sets: Mapping[str, ReplicaSet] | None = None,
         *,
         topic_prefix: str = "",
         topic: str | None = None,
@@ -54,9 +52,10 @@ class ReplicaDiscovery:
         initial_wait: float = 5.0,
         retry_backoff: float = 1.0,
     ) -> None:
-        """``initial_wait``: how long ``start`` waits to have read the topic to its end before going on."""
+        """``replica_sets``: the sets to keep current (an admitter's are given to ``start`` instead).
+        ``initial_wait``: how long ``start`` waits to have read the topic to its end before going on."""
         self.bootstrap_servers = bootstrap_servers
-        self.replica_sets = replica_sets
+        self.replica_sets: Mapping[str, ReplicaSet] = {} if replica_sets is None else replica_sets
         self.topic = topic or topic_prefix + REPLICAS
         self.client_id = client_id
         self.initial_wait = initial_wait
@@ -69,7 +68,11 @@ class ReplicaDiscovery:
         self._positions: dict[TopicPartition, int] = {}
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
+    async def start(self, replica_sets: Mapping[str, ReplicaSet] | None = None) -> None:
+        """Start following (``AdmitterState.start`` does, before anything else, with the upstream's sets,
+        so the members are current when the first request comes)."""
+        if replica_sets is not None:
+            self.replica_sets = replica_sets
         self._task = asyncio.create_task(self._run(), name="replica-discovery")
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.initial_wait):
@@ -150,29 +153,3 @@ class ReplicaDiscovery:
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(5):
                         await consumer.stop()
-
-def attach_discovery(app: Any, bootstrap_servers: str, *, topic_prefix: str = "", **options: Any) -> ReplicaDiscovery:
-    """Run a ``ReplicaDiscovery`` for an admitter app (``admitter.app.create_app``) within its lifespan.
-
-    It wraps the app's lifespan rather than taking a parameter of ``create_app``, so any admitter
-    (the CLI, ``tokenpools up``, a test) opts in with one call. It starts before the admitter's own
-    start-up (the members are current when the first request comes) and stops after its shutdown.
-    """
-    replica_sets = app.state.admitter.upstream.replicas
-    discovery = ReplicaDiscovery(bootstrap_servers, replica_sets, topic_prefix=topic_prefix,
-                                 client_id=f"tokenpools-discovery-{app.state.admitter.settings.admitter_id}",
-                                 **options)
-    inner = app.router.lifespan_context
-
-    @asynccontextmanager
-    async def lifespan(a: Any) -> AsyncIterator[Any]:
-        await discovery.start()
-        try:
-            async with inner(a) as state:
-                yield state
-        finally:
-            await discovery.stop()
-
-    app.router.lifespan_context = lifespan
-    app.state.discovery = discovery
-    return discovery

@@ -1,19 +1,31 @@
-"""The admitter's Kafka parts, built from settings: events out, limits in, config both ways.
+"""The admitter's Kafka parts, built from settings: events out, limits in, config both ways, replicas in.
 
 One place that turns ``AdmitterSettings`` (``--kafka``, ``--topic-prefix``, ``--spool-dir``,
-``--expected-admitters``) into the three objects ``create_app`` wires, so the CLI, ``tokenpools up``
-and tests get the same admitter; a part passed in explicitly is kept (tests swap one for a local one).
+``--expected-admitters``, ``--discover``) into the objects ``create_app`` wires, so the CLI,
+``tokenpools up`` and tests get the same admitter; a part passed in explicitly is kept (tests swap
+one for a local one).
 """
 
 from __future__ import annotations
 
-from admitter.config_follower import ConfigSync
+from dataclasses import dataclass
+
+from admitter.admission.limits import LimitSource
 from admitter.events import EventSink
-from admitter.follower import StateFollower
-from admitter.kafka_sink import KafkaSink
-from admitter.limits import LimitSource
+from admitter.kafka.config_sync import ConfigSync
+from admitter.kafka.discovery import ReplicaDiscovery
+from admitter.kafka.sink import KafkaSink
+from admitter.kafka.state_follower import StateFollower
 from admitter.settings import AdmitterSettings, default_spool_dir
 from schemas.loader import PlatformConfig
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaParts:
+    sink: EventSink
+    limits: LimitSource
+    config_sync: ConfigSync
+    discovery: ReplicaDiscovery | None  # with ``settings.discover``
 
 
 def kafka_parts(
@@ -22,7 +34,8 @@ def kafka_parts(
     sink: EventSink | None = None,
     limits: LimitSource | None = None,
     config_sync: ConfigSync | None = None,
-) -> tuple[EventSink, LimitSource, ConfigSync]:
+    discovery: ReplicaDiscovery | None = None,
+) -> KafkaParts:
     bootstrap = settings.kafka_bootstrap
     if bootstrap is None:
         raise ValueError("kafka_parts needs settings.kafka_bootstrap")
@@ -38,4 +51,7 @@ def kafka_parts(
                                  initial_wait=settings.config_wait_seconds,
                                  write_timeout=settings.config_write_timeout,
                                  client_id=f"tokenpools-admitter-config-{settings.admitter_id}")
-    return sink, limits, config_sync
+    if discovery is None and settings.discover:
+        discovery = ReplicaDiscovery(bootstrap, topic_prefix=prefix,
+                                     client_id=f"tokenpools-discovery-{settings.admitter_id}")
+    return KafkaParts(sink, limits, config_sync, discovery)

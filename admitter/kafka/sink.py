@@ -1,6 +1,6 @@
 """Request events to Kafka (``tokenpools.requests``) through a durable local spool.
 
-``emit`` only appends the encoded event to the spool (``admitter.spool.Spool``): it never waits for
+``emit`` only appends the encoded event to the spool (``admitter.kafka.spool.Spool``): it never waits for
 Kafka, so a broker outage does not slow the request path. Two background tasks do the rest:
 
 - the flusher fsyncs the spool in small batches (every ``flush_interval`` seconds at most);
@@ -34,9 +34,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaProducer
 
-from admitter.spool import Spool
+from admitter.kafka.spool import Spool
+from admitter.stats import SinkStats
 from schemas.records import RequestEvent
 from schemas.wire import encode, encode_event_batch
 from streams.topics import REQUESTS
@@ -168,6 +170,30 @@ class KafkaSink:
 
     def backlog(self) -> bool:
         return self.spool.pending()
+
+    # -- ReportsStats --------------------------------------------------------------------------
+
+    def stats(self) -> Sequence[SinkStats]:
+        spool = self.spool
+        pending = spool.pending()
+        # The spool counts records appended (plus those an earlier instance left unacked) and the
+        # sink counts acks; the difference is the backlog without a per-record counter on the hot path.
+        return [SinkStats(
+            topic=self.topic, emitted=self.emitted, spooled=spool.synced, sent=self.sent,
+            records_sent=self.records_sent, send_errors=self.send_errors,
+            backlog_records=max(0, spool.replayed + spool.appended - self.sent) if pending else 0,
+            backlog_bytes=spool.pending_bytes() if pending else 0,
+            oldest_pending_ts=self._oldest_pending_ts() if pending else None,
+            connected=self.connected)]
+
+    def _oldest_pending_ts(self) -> float | None:
+        record = self.spool.first_pending()
+        if record is None:
+            return None
+        try:
+            return float(orjson.loads(record.value)["ts"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return None  # not one of our events (cannot happen: the sink encodes every record)
 
     # -- background ----------------------------------------------------------------------------
 

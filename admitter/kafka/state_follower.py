@@ -11,7 +11,7 @@ admitter's share:
   known that is the full limit.
 
 The entitlement's guarantee is scaled by the same ratio (share / limit, per dimension) with
-``PoolLive.set_guarantee_share`` before the limits are set (a guaranteed entitlement never goes below
+``PoolLive.apply_share`` before the limits are set (a guaranteed entitlement never goes below
 its guarantee share). ``PoolState`` sets the pool's capacity to this admitter's part of the pipeline's
 capacity belief (``ready_replicas`` divided by the number of known admitters).
 
@@ -30,25 +30,19 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from admitter.compacted import assign_resuming, reached
-from admitter.limits import LimitTarget
+from admitter.admission.limits import LimitTarget
+from admitter.kafka.compacted import assign_resuming, reached
+from admitter.stats import StateStats
+from capacity.live import Triple
 from schemas.records import EntitlementState, PoolState
 from schemas.wire import BadRecords, decode
 from streams.topics import ENTITLEMENT_STATE, POOL_STATE
 
 log = logging.getLogger("tokenpools.admitter.follower")
-
-Triple = tuple[float, float, float]
-
-
-def _ratio(share: float, limit: float, default: float) -> float:
-    if limit > 0:
-        return min(1.0, max(0.0, share / limit))
-    return default
 
 
 class StateFollower:
@@ -162,14 +156,8 @@ class StateFollower:
         share = self.share_of(state)
         n = max(self.expected_admitters, len(self.admitters_of(state.pool)))
         limits = (state.limits.throughput, state.limits.kv, state.limits.concurrency)
-        configured = ent.spec.spec.guarantee.as_tuple()
-        guarantee = tuple(g * _ratio(s, lim, 1.0 / n) for g, s, lim in zip(configured, share, limits, strict=True))
-        now = self._clock()
-        live.set_guarantee_share(state.id, guarantee, now)  # type: ignore[arg-type]
-        ent.set_limits(*share, now)
-        ent.debt = state.debt
-        ent.effective_weight = state.effective_weight
-        ent.fair_share = state.fair_share
+        live.apply_share(state.id, share, limits, n, self._clock())
+        ent.set_fairness(state.debt, state.effective_weight, state.fair_share)
         self.applied += 1
         return True
 
@@ -177,11 +165,7 @@ class StateFollower:
         target = self._targets.get(state.id)
         if target is None:
             return False
-        live = target.live
-        n = len(self.admitters_of(state.id))
-        live.replicas = state.ready_replicas
-        cap = live.spec.spec.capacity(state.ready_replicas)
-        live.set_capacity(*(c / n for c in cap))
+        target.live.share_replicas(state.ready_replicas, len(self.admitters_of(state.id)))
         return True
 
     # -- consuming -----------------------------------------------------------------------------
@@ -261,6 +245,11 @@ class StateFollower:
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(5):
                         await consumer.stop()
+
+    def stats(self) -> Sequence[StateStats]:
+        return [StateStats(records=dict(self.records), bad=dict(self.bad.counts), caught_up=self.caught_up.is_set(),
+                           connected=self.connected, reconnects=self.reconnects, staleness=self.staleness(),
+                           last_seq=dict(self.last_seq))]
 
     def staleness(self) -> dict[str, float]:
         """Seconds since a new state was last applied, per pool served (since ``start`` if none yet)."""

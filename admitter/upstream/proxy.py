@@ -25,15 +25,15 @@ import anyio
 import orjson
 from starlette.types import Send
 
-from admitter.body import ParsedRequest
-from admitter.clients import (
+from admitter.http.body import ParsedRequest
+from admitter.http.errors import OpenAIError
+from admitter.upstream.clients import (
     UpstreamBroken,
     UpstreamClient,
     UpstreamConnectError,
     UpstreamResponse,
     UpstreamTimeout,
 )
-from admitter.errors import OpenAIError
 from schemas.records import Outcome
 
 SSE_HEADERS = [
@@ -62,7 +62,7 @@ class Replica:
 class ReplicaSet:
     """A pool's replicas with this admitter's outstanding count each.
 
-    Membership can change while requests run (``replace``, from ``admitter.discovery``): a request
+    Membership can change while requests run (``replace``, from ``admitter.kafka.discovery``): a request
     holds its ``Replica`` object, so one on a removed replica finishes there (the replica is
     draining) while new requests only pick current members.
     """

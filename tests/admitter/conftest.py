@@ -32,8 +32,8 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 
-from admitter.app import create_app
 from admitter.events import InMemorySink
+from admitter.http.app import create_app
 from admitter.settings import AdmitterSettings
 from admitter.state import AdmitterState
 from schemas.loader import PlatformConfig

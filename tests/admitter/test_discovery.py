@@ -10,8 +10,8 @@ import asyncio
 
 import orjson
 
-from admitter.discovery import ReplicaDiscovery
-from admitter.proxy import ReplicaSet
+from admitter.kafka.discovery import ReplicaDiscovery
+from admitter.upstream.proxy import ReplicaSet
 from schemas.records import ReplicasReport
 from tests.admitter.conftest import auth, chat, ent, platform, pool
 

@@ -60,9 +60,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from admitter.app import create_app
 from admitter.events import InMemorySink
-from admitter.openapi import build_openapi
+from admitter.http.app import create_app
+from admitter.http.openapi import build_openapi
 from admitter.settings import AdmitterSettings
 from admitter.state import AdmitterState
 from schemas.specs import Entitlement

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from admitter.gate import Flight, PoolGate
+from admitter.admission.gate import Flight, PoolGate
 from capacity.admission import Verdict
 from capacity.live import PoolLive
 from tests.factories import ent, pool

@@ -10,14 +10,14 @@ import httpx
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from admitter.app import create_app
+from admitter.admission.limits import LocalAllocator
 from admitter.events import FanOutSink, InMemorySink
-from admitter.follower import StateFollower
-from admitter.kafka_sink import KafkaSink
-from admitter.limits import LocalAllocator
-from admitter.metrics import KafkaCollector
+from admitter.http.app import create_app
+from admitter.kafka.sink import KafkaSink
+from admitter.kafka.spool import Spool
+from admitter.kafka.state_follower import StateFollower
+from admitter.metrics import StatsCollector
 from admitter.settings import AdmitterSettings
-from admitter.spool import Spool
 from capacity.live import PoolLive
 from schemas.records import Amounts, EntitlementState, Outcome, Phase, PoolState, RequestEvent
 from schemas.wire import encode
@@ -96,7 +96,7 @@ def one(values: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
     return values[(name, tuple(sorted(labels.items())))]
 
 
-def scrape(collector: KafkaCollector) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def scrape(collector: StatsCollector) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     registry = CollectorRegistry()
     registry.register(collector)
     return samples(generate_latest(registry).decode())
@@ -139,7 +139,7 @@ async def test_kafka_metrics_show_the_backlog_while_the_broker_is_unreachable(re
     # A restarted admitter counts what the old spool left before it sends anything.
     again = KafkaSink("127.0.0.1:1", tmp_path / "spool", topic="events", close_timeout=0.1)
     try:
-        values = scrape(KafkaCollector(lambda: FanOutSink([InMemorySink(), again]), LocalAllocator))
+        values = scrape(StatsCollector(lambda: FanOutSink([InMemorySink(), again]), LocalAllocator))
         assert one(values, "tokenpools_admitter_kafka_spool_backlog_records", **topic) == 7
         assert one(values, "tokenpools_admitter_kafka_events_emitted_total", **topic) == 0
         assert one(values, "tokenpools_admitter_kafka_spool_backlog_bytes", **topic) == on_disk
@@ -206,7 +206,7 @@ async def test_state_follower_metrics_count_records_and_staleness_per_pool() -> 
                                                                     capacity=Amounts(), guarantees=Amounts())))
         now[0] = 1012.0
         follower.refresh("p")  # a re-apply brings nothing new: staleness keeps growing
-        values = scrape(KafkaCollector(InMemorySink, lambda: follower))
+        values = scrape(StatsCollector(InMemorySink, lambda: follower))
     finally:
         await follower.stop()
     name = "tokenpools_admitter_state_records_total"

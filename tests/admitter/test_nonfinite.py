@@ -16,10 +16,10 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from admitter.admission.limits import LocalAllocator
 from admitter.events import InMemorySink
-from admitter.follower import StateFollower
-from admitter.limits import LocalAllocator
-from admitter.metrics import KafkaCollector
+from admitter.kafka.state_follower import StateFollower
+from admitter.metrics import StatsCollector
 from capacity.live import PoolLive
 from tests.admitter.conftest import ADMIN, auth, chat, ent, platform, pool
 
@@ -131,7 +131,7 @@ async def test_a_pool_state_with_absurd_replicas_is_skipped() -> None:
 
 def rejected_ticks(allocator: LocalAllocator) -> dict[tuple[str, str], float]:
     registry = CollectorRegistry()
-    registry.register(KafkaCollector(InMemorySink, lambda: allocator))
+    registry.register(StatsCollector(InMemorySink, lambda: allocator))
     out = {}
     for family in text_string_to_metric_families(generate_latest(registry).decode()):
         if family.name == "tokenpools_admitter_allocator_rejected_ticks":

@@ -27,9 +27,9 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
-from admitter.app import create_app
+from admitter.admission.limits import LocalAllocator
 from admitter.events import InMemorySink
-from admitter.limits import LocalAllocator
+from admitter.http.app import create_app
 from admitter.settings import AdmitterSettings
 from schemas.loader import PlatformConfig
 from schemas.specs import Manifest

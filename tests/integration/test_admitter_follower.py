@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from admitter.follower import StateFollower
+from admitter.kafka.state_follower import StateFollower
 from capacity.live import PoolLive
 from schemas.records import Amounts, EntitlementState, PoolState
 from schemas.specs import Entitlement, TokenPool

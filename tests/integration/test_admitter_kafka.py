@@ -13,8 +13,8 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from admitter.kafka_sink import KafkaSink
-from admitter.spool import Spool
+from admitter.kafka.sink import KafkaSink
+from admitter.kafka.spool import Spool
 from schemas.records import EVENT_BATCH, Outcome, Phase, RequestEvent
 from schemas.wire import encode
 from streams import topics

@@ -21,10 +21,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from admitter.app import create_app
 from admitter.events import FanOutSink, InMemorySink
-from admitter.follower import StateFollower
-from admitter.kafka_sink import KafkaSink
+from admitter.http.app import create_app
+from admitter.kafka.sink import KafkaSink
+from admitter.kafka.state_follower import StateFollower
 from admitter.settings import AdmitterSettings
 from schemas.loader import load_config
 from schemas.records import Outcome, Phase, RequestEvent

@@ -27,10 +27,10 @@ from typing import Any
 import httpx
 import pytest
 
-from admitter.app import create_app
 from admitter.events import EventSink, FanOutSink, InMemorySink
-from admitter.follower import StateFollower
-from admitter.kafka_sink import KafkaSink
+from admitter.http.app import create_app
+from admitter.kafka.sink import KafkaSink
+from admitter.kafka.state_follower import StateFollower
 from admitter.settings import AdmitterSettings
 from schemas.loader import load_config
 from schemas.records import Outcome, Phase

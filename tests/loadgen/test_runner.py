@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 import pytest
 
-from admitter.app import create_app
 from admitter.events import InMemorySink
+from admitter.http.app import create_app
 from admitter.settings import AdmitterSettings
 from loadgen.plan import make_plan, rate_scaled
 from loadgen.runner import CUT, OK, REFUSED, LoadOptions, LoadRunner, request_body

@@ -27,9 +27,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from admitter.discovery import ReplicaDiscovery
-from admitter.follower import StateFollower
-from admitter.proxy import ReplicaSet
+from admitter.kafka.discovery import ReplicaDiscovery
+from admitter.kafka.state_follower import StateFollower
+from admitter.upstream.proxy import ReplicaSet
 from capacity.live import PoolLive
 from schemas.records import EntitlementState, PoolState, ReplicasReport, RequestEvent
 from schemas.wire import BadRecords, decode, decode_request_events, encode

@@ -85,8 +85,8 @@ def admitter(
     import uvicorn
     from pydantic import ValidationError
 
-    from admitter.app import create_app
-    from admitter.server import uvicorn_options
+    from admitter.http.app import create_app
+    from admitter.http.server import uvicorn_options
     from admitter.settings import AdmitterSettings, default_spool_dir, parse_backend_options, parse_bootstrap
     from schemas.loader import ConfigError, PlatformConfig, load_config
 
@@ -100,6 +100,7 @@ def admitter(
             public_metrics=public_metrics or None, upstream_client=upstream_client,
             kafka_bootstrap=parse_bootstrap(kafka) if kafka is not None else None, topic_prefix=topic_prefix,
             spool_dir=spool_dir, expected_admitters=expected_admitters, config_wait_seconds=config_wait,
+            discover=discover or None,
         )
     except (ValueError, ValidationError) as exc:
         for line in str(exc).splitlines():
@@ -130,11 +131,7 @@ def admitter(
     if discover and settings.kafka_bootstrap is None:
         typer.echo("error: --discover needs --kafka (the scaler's reports are on tokenpools.replicas)", err=True)
         raise typer.Exit(EXIT_BAD_OPTIONS)
-    app = create_app(settings, platform)
-    if discover and settings.kafka_bootstrap is not None:
-        from admitter.discovery import attach_discovery
-
-        attach_discovery(app, settings.kafka_bootstrap, topic_prefix=settings.topic_prefix)
+    app = create_app(settings, platform)  # with --kafka and --discover, its parts include replica discovery
     typer.echo(f"admitter {settings.admitter_id} on http://{settings.host}:{settings.port} "
                f"({len(platform.pools)} pool(s), {len(platform.entitlements)} entitlement(s)"
                f"{', pass-through' if settings.passthrough else ''})", err=True)

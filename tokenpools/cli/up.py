@@ -3,7 +3,7 @@
 Starts (or joins, with ``--bootstrap``) a Kafka broker, creates the topics, runs one pipeline worker
 (subprocess ``python -m tokenpools.cli streams worker``), the scaler with a ``LocalActuator`` (emulator
 replicas in this process, each pool's initial replica count to begin with) and N admitters in this
-process. Each admitter has its Kafka parts (``admitter.kafka``: a ``KafkaSink`` spooling under the
+process. Each admitter has its Kafka parts (``admitter.kafka.parts``: a ``KafkaSink`` spooling under the
 data directory, a ``StateFollower`` for limits, the config topic's ``ConfigSync``) and a
 ``ReplicaDiscovery`` (backends from the scaler's reports), so when the scaler adds or removes
 replicas the admitters route to the new fleet.
@@ -132,9 +132,8 @@ async def run_up(opts: UpOptions, platform: Any, stop: asyncio.Event | None = No
     """Everything ``tokenpools up`` runs, until ``stop`` is set, a signal arrives or ``duration`` passes."""
     import uvicorn
 
-    from admitter.app import create_app
-    from admitter.discovery import attach_discovery
-    from admitter.server import uvicorn_config
+    from admitter.http.app import create_app
+    from admitter.http.server import uvicorn_config
     from admitter.settings import AdmitterSettings
     from scaler.local import LocalActuator
     from scaler.loop import ScalerLoop
@@ -191,15 +190,15 @@ async def run_up(opts: UpOptions, platform: Any, stop: asyncio.Event | None = No
         admitter_urls: list[str] = []
         for i in range(opts.admitters):
             admitter_id = f"admitter-{i + 1}"
-            # With kafka_bootstrap, create_app wires the admitter's Kafka parts (admitter.kafka): a KafkaSink
-            # spooling under the data directory, a StateFollower and the config topic's ConfigSync.
+            # With kafka_bootstrap, create_app wires the admitter's Kafka parts (admitter.kafka.parts): a KafkaSink
+            # spooling under the data directory, a StateFollower, the config topic's ConfigSync and (discover)
+            # the replicas topic's ReplicaDiscovery.
             settings = AdmitterSettings(config_paths=opts.config, port=opts.port + i if opts.port else _free_port(),
                                         admitter_id=admitter_id, backends={name: actuator.urls(name) for name in pools},
                                         kafka_bootstrap=bootstrap, topic_prefix=opts.topic_prefix,
                                         spool_dir=opts.data_dir / "spool" / admitter_id,
-                                        expected_admitters=opts.admitters)
+                                        expected_admitters=opts.admitters, discover=True)
             app = create_app(settings, platform)
-            attach_discovery(app, bootstrap, topic_prefix=opts.topic_prefix)
             server = _Server(uvicorn_config(app, settings))  # the same server setup as `tokenpools admitter`
             task = asyncio.create_task(server.serve(), name=admitter_id)
             servers.append((server, task))
