@@ -27,7 +27,8 @@ from admitter.settings import AdmitterSettings
 from bench.kafka_parts import kafka
 from schemas.loader import PlatformConfig
 from schemas.specs import Entitlement, TokenPool
-from streams.topics import create_topics, topic_specs
+from schemas.topics import Topics
+from streams.topics import create_topics
 
 
 def _pool() -> TokenPool:
@@ -49,7 +50,7 @@ def _pct(values: list[float], q: float) -> float:
 
 async def run(bootstrap: str, rounds: int, spool: Path) -> tuple[list[float], list[float]]:
     prefix = f"bench{uuid.uuid4().hex[:6]}."
-    await create_topics(bootstrap, topic_specs(partitions=1, prefix=prefix))
+    await create_topics(bootstrap, Topics(prefix).specs(partitions=1))
     states = []
     for i in (1, 2):
         settings = AdmitterSettings(admitter_id=f"a{i}", kafka_bootstrap=bootstrap, topic_prefix=prefix,

@@ -46,6 +46,7 @@ from bench.kafka_parts import free_port, kafka, stop_worker
 from capacity.live import PoolLive
 from schemas.loader import load_config
 from schemas.records import Amounts, EntitlementState, Outcome, Phase, RequestEvent
+from schemas.topics import Topics
 from streams.settings import PipelineSettings
 from streams.worker import prepare
 
@@ -156,7 +157,7 @@ class Bench:
 
     async def watch_summaries(self) -> None:
         """Stage 1's summaries on the internal usage topic: when each step's demand first appeared."""
-        topic = self.prefix + "tokenpools.entitlement-usage"
+        topic = Topics(self.prefix).entitlement_usage
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False)
         await consumer.start()
         try:

@@ -11,10 +11,10 @@ import time
 from rich.console import Console
 from rich.table import Table
 
+from schemas.arrivals import generate_arrivals, scaled
 from schemas.workload import PoissonArrivals, WorkloadSpec
 from sim.control import ControlLoop, LoopSettings, Mode
-from sim.experiments.common import ENGINE, load, scaled
-from sim.workload import generate_arrivals
+from sim.experiments.common import ENGINE, load
 
 DURATION = 300.0
 

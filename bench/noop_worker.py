@@ -24,7 +24,7 @@ from streams.worker import new_event_loop
 def build(bootstrap: str, prefix: str, port: int) -> faust.App:
     s = PipelineSettings(bootstrap_servers=bootstrap, topic_prefix=prefix, web_port=port, app_id="noop-baseline")
     app = faust.App(s.full_app_id, **faust_settings(s))
-    requests = app.topic(s.requests_topic, key_serializer="raw", value_serializer="raw")
+    requests = app.topic(s.topics.requests, key_serializer="raw", value_serializer="raw")
     counted = {"records": 0}
 
     @app.agent(requests, name="noop")

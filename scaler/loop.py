@@ -30,8 +30,8 @@ from capacity.scaling import DemandForecaster, ScalingDecision, ScalingRule
 from scaler.actuator import Actuator, EndpointSource
 from schemas.records import Amounts, PoolState, ReplicasReport
 from schemas.specs import Tier, TokenPool, Triple
+from schemas.topics import Topics
 from schemas.wire import BadRecords, decode, encode
-from streams.topics import POOL_STATE, REPLICAS
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaProducer
@@ -123,7 +123,8 @@ class ScalerLoop:
         """Follow the pool-state topic (no group, every partition, from the beginning) until cancelled."""
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-        pool_topic, replicas_topic = topic_prefix + POOL_STATE, topic_prefix + REPLICAS
+        topics = Topics(topic_prefix)
+        pool_topic, replicas_topic = topics.pool_state, topics.replicas
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", enable_idempotence=True)
         await producer.start()
 

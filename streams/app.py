@@ -86,7 +86,7 @@ class Pipeline:
 
     def owned_pools(self) -> dict[str, int]:
         """Pools whose usage-topic partition this worker holds: name -> partition."""
-        mine = self.active_partitions(self.settings.usage_topic)
+        mine = self.active_partitions(self.settings.topics.entitlement_usage)
         out = {}
         for name in self.config.platform.pools:
             p = partition_for(name, self.usage_partitions)
@@ -140,17 +140,17 @@ def create_pipeline_app(
     set_fetch_max_wait(app, s.fetch_max_wait_s)
     bad = BadRecords()
     metrics = PipelineMetrics(bad)
-    config = ConfigView(bad, s.config_topic, s.replicas_topic)
+    config = ConfigView(bad, s.topics.config, s.topics.replicas)
     follower = TopicFollower(
-        s.bootstrap_servers, {s.config_topic: config.apply_config, s.replicas_topic: config.apply_replicas}, bad,
+        s.bootstrap_servers, {s.topics.config: config.apply_config, s.topics.replicas: config.apply_replicas}, bad,
         client_id=f"{s.full_app_id}-config",
     )
 
     raw = {"key_serializer": "raw", "value_serializer": "raw"}
-    requests = app.topic(s.requests_topic, partitions=requests_partitions, **raw)
-    usage = app.topic(s.usage_topic, partitions=usage_partitions, **raw)
-    entitlement_state = app.topic(s.entitlement_state_topic, **raw)
-    pool_state = app.topic(s.pool_state_topic, **raw)
+    requests = app.topic(s.topics.requests, partitions=requests_partitions, **raw)
+    usage = app.topic(s.topics.entitlement_usage, partitions=usage_partitions, **raw)
+    entitlement_state = app.topic(s.topics.entitlement_state, **raw)
+    pool_state = app.topic(s.topics.pool_state, **raw)
     table_args: dict[str, Any] = {"key_type": bytes, "value_type": bytes}
     windows_table = app.Table("entitlement-windows", partitions=requests_partitions, **table_args)
     horizon_ms = int(s.dedup_horizon_s * 1000)
@@ -169,20 +169,20 @@ def create_pipeline_app(
     stage1 = Stage1(
         windows=FaustTableStore(windows_table, lambda _k, v: EntitlementWindows.from_json(v)),
         seen=FaustTableStore(seen_table, SeenBatch.from_json),
-        config=config, spec=s.windows, topic=s.requests_topic, bad=bad, metrics=metrics,
+        config=config, spec=s.windows, topic=s.topics.requests, bad=bad, metrics=metrics,
         dedup_horizon_s=s.dedup_horizon_s, dedup_max_ids=s.dedup_max_ids, sink=sink,
-        gaps=KafkaGapSource(s.bootstrap_servers, s.requests_topic, s.full_app_id),
+        gaps=KafkaGapSource(s.bootstrap_servers, s.topics.requests, s.full_app_id),
     )
 
     async def publish(topic: str, key: str, value: bytes) -> None:
-        channel = entitlement_state if topic == s.entitlement_state_topic else pool_state
+        channel = entitlement_state if topic == s.topics.entitlement_state else pool_state
         await channel.send(key=key.encode(), value=value)
 
     stage2 = Stage2(
         inputs=FaustTableStore(inputs_table, lambda _k, v: UsageSummary.model_validate_json(v)),
         ticks=FaustTableStore(ticks_table, lambda _k, v: PoolTick.from_json(v)),
-        config=config, topic=s.usage_topic, entitlement_state_topic=s.entitlement_state_topic,
-        pool_state_topic=s.pool_state_topic, publish=publish, bad=bad, metrics=metrics,
+        config=config, topic=s.topics.entitlement_usage, entitlement_state_topic=s.topics.entitlement_state,
+        pool_state_topic=s.topics.pool_state, publish=publish, bad=bad, metrics=metrics,
         stale_after_s=s.stale_after, max_dt_s=s.max_dt, change_threshold=s.change_threshold,
         min_tick_gap_s=s.min_tick_gap_s,
     )
@@ -237,7 +237,7 @@ def create_pipeline_app(
         now = time.time()
         try:
             stage1.expire(now)
-            await send_summaries(stage1.summaries(now, pipeline.active_partitions(s.requests_topic)))
+            await send_summaries(stage1.summaries(now, pipeline.active_partitions(s.topics.requests)))
         except Exception:  # the next interval sends them all again
             log.exception("sending window summaries failed")
 
@@ -248,7 +248,7 @@ def create_pipeline_app(
             return
         try:
             await send_summaries(stage1.changed_summaries(
-                time.time(), pipeline.active_partitions(s.requests_topic), s.change_threshold), hand_over=True)
+                time.time(), pipeline.active_partitions(s.topics.requests), s.change_threshold), hand_over=True)
         except Exception:  # the regular interval sends them anyway
             log.exception("sending changed window summaries failed")
 
@@ -285,8 +285,8 @@ def create_pipeline_app(
             "config_ready": follower.ready.is_set(),
             "pools": sorted(config.platform.pools),
             "owned_pools": sorted(pipeline.owned_pools()),
-            "requests_partitions": sorted(pipeline.active_partitions(s.requests_topic)),
-            "usage_partitions": sorted(pipeline.active_partitions(s.usage_topic)),
+            "requests_partitions": sorted(pipeline.active_partitions(s.topics.requests)),
+            "usage_partitions": sorted(pipeline.active_partitions(s.topics.entitlement_usage)),
             "bad_records": {f"{t}|{r}": n for (t, r), n in bad.counts.items()},
         })
 

@@ -25,20 +25,13 @@ from schemas.echo import echo
 from schemas.loader import ConfigError, PlatformConfig, parse_manifest
 from schemas.records import ReplicasReport
 from schemas.specs import Entitlement, Manifest, TokenPool
+from schemas.topics import config_key, config_value
 from schemas.wire import BadRecords, decode
 from streams.windows import Weights
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[bytes | None, bytes | None], None]
-
-
-def config_key(manifest: Manifest) -> str:
-    return f"{manifest.kind}/{manifest.name}"  # type: ignore[attr-defined]
-
-
-def config_value(manifest: Manifest) -> bytes:
-    return orjson.dumps(manifest.model_dump(mode="json", by_alias=True))
 
 
 class ConfigView:

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streams import topics
+from schemas.topics import Topics
 from streams.windows import WindowSpec
 from tokenpools.infra.dirs import state_home
 
@@ -76,28 +76,8 @@ class PipelineSettings:
         return state_home() / "streams" / self.full_app_id
 
     @property
-    def requests_topic(self) -> str:
-        return self.topic_prefix + topics.REQUESTS
-
-    @property
-    def config_topic(self) -> str:
-        return self.topic_prefix + topics.CONFIG
-
-    @property
-    def replicas_topic(self) -> str:
-        return self.topic_prefix + topics.REPLICAS
-
-    @property
-    def usage_topic(self) -> str:
-        return self.topic_prefix + topics.ENTITLEMENT_USAGE
-
-    @property
-    def entitlement_state_topic(self) -> str:
-        return self.topic_prefix + topics.ENTITLEMENT_STATE
-
-    @property
-    def pool_state_topic(self) -> str:
-        return self.topic_prefix + topics.POOL_STATE
+    def topics(self) -> Topics:
+        return Topics(self.topic_prefix)
 
     @property
     def stale_after(self) -> float:

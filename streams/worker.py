@@ -17,10 +17,11 @@ import faust
 from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas.loader import load_config
+from schemas.topics import TopicSpec
 from streams.app import Pipeline, create_pipeline_app
 from streams.config_table import seed_config
 from streams.settings import PipelineSettings
-from streams.topics import TopicSpec, create_topics, topic_specs
+from streams.topics import create_topics
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ async def partition_counts(bootstrap_servers: str, topics: Sequence[str], wait_s
 
 async def prepare(settings: PipelineSettings, config_paths: Sequence[Path] = ()) -> dict[str, int]:
     """Create missing topics, publish absent config documents; returns partitions per topic."""
-    specs = topic_specs(settings.partitions, settings.replication, settings.topic_prefix)
+    specs = settings.topics.specs(settings.partitions)
     created = await create_topics(settings.bootstrap_servers, specs, settings.replication)
     if created:
         log.info("created topics: %s", ", ".join(created))
@@ -51,16 +52,16 @@ async def prepare(settings: PipelineSettings, config_paths: Sequence[Path] = ())
     if config_paths:
         platform = load_config(*config_paths)
         manifests = [*platform.pools.values(), *platform.entitlements.values()]
-        published = await seed_config(settings.bootstrap_servers, settings.config_topic, manifests)
-        log.info("config: published %d absent document(s) to %s", len(published), settings.config_topic)
+        published = await seed_config(settings.bootstrap_servers, settings.topics.config, manifests)
+        log.info("config: published %d absent document(s) to %s", len(published), settings.topics.config)
     return counts
 
 
 def build(settings: PipelineSettings, counts: dict[str, int]) -> Pipeline:
     return create_pipeline_app(
         settings,
-        requests_partitions=counts[settings.requests_topic],
-        usage_partitions=counts[settings.usage_topic],
+        requests_partitions=counts[settings.topics.requests],
+        usage_partitions=counts[settings.topics.entitlement_usage],
     )
 
 

@@ -26,9 +26,9 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from schemas import topics
 from schemas.records import Amounts, EntitlementState, Outcome, Phase, PoolState, RequestEvent
 from schemas.wire import encode
-from streams import topics
 
 REPO = Path(__file__).resolve().parents[2]
 TICK_S = 0.25

@@ -33,9 +33,9 @@ from admitter.http.app import create_app
 from admitter.settings import AdmitterSettings
 from schemas.loader import PlatformConfig
 from schemas.specs import Manifest
+from schemas.topics import CONFIG, REQUESTS, Topics, config_key, config_value
 from schemas.wire import BadRecords, decode_request_events
-from streams.config_table import config_key, config_value
-from streams.topics import CONFIG, REQUESTS, create_topics, topic_specs
+from streams.topics import create_topics
 from tests.admitter.conftest import ADMIN, ADMIN_KEY, FakeReplica, Served, auth, chat, ent, platform, pool, sha
 from tests.admitter.conftest import serve as serve_app
 from tests.integration.harness import REPO, Kafka, eventually, free_port
@@ -93,7 +93,7 @@ async def replica() -> AsyncIterator[FakeReplica]:
 
 @pytest.fixture
 async def topics(kafka: Any, prefix: str) -> str:
-    await create_topics(kafka.bootstrap_servers, topic_specs(partitions=1, prefix=prefix))
+    await create_topics(kafka.bootstrap_servers, Topics(prefix).specs(partitions=1))
     return prefix
 
 
@@ -193,7 +193,7 @@ async def test_a_late_admitter_gets_every_pool_and_entitlement_from_the_topic(ed
     assert resp.status_code == 201, resp.text
     # A second pool that exists only on the topic, with an entitlement on it.
     q = pool("q", max_replicas=2)
-    await publish(kafka, prefix + CONFIG, [doc(q), doc(ent("acme-q", pool_name="q"))])
+    await publish(kafka, Topics(prefix).config, [doc(q), doc(ent("acme-q", pool_name="q"))])
 
     late = await edges("a3", platform([pool(max_replicas=2)], []))  # YAML: the pool, no entitlements
     assert sorted(late.state.config.entitlements) == ["acme", "acme-q", "globex", "initech"]
@@ -204,7 +204,7 @@ async def test_a_late_admitter_gets_every_pool_and_entitlement_from_the_topic(ed
     assert await late.chat(auth("acme-q"), model="q") == 200  # a pool added from the topic routes
 
     # Pools change and go live too: q's context shrinks, then q and its entitlement are deleted.
-    await publish(kafka, prefix + CONFIG, [doc(pool("q", max_replicas=2, contextLength=64))])
+    await publish(kafka, Topics(prefix).config, [doc(pool("q", max_replicas=2, contextLength=64))])
 
     async def shrunk() -> bool:
         return late.state.config.pools["q"].spec.context_length == 64
@@ -212,7 +212,7 @@ async def test_a_late_admitter_gets_every_pool_and_entitlement_from_the_topic(ed
     too_long = await late.http.post("/v1/chat/completions", json=chat(model="q", max_tokens=100),
                                     headers=auth("acme-q"))
     assert too_long.status_code == 400 and "context length" in too_long.text
-    await publish(kafka, prefix + CONFIG, [(b"Entitlement/acme-q", None), (b"TokenPool/q", None)])
+    await publish(kafka, Topics(prefix).config, [(b"Entitlement/acme-q", None), (b"TokenPool/q", None)])
 
     async def gone() -> bool:
         return "q" not in late.state.gates and "acme-q" not in late.state.config.entitlements
@@ -228,7 +228,7 @@ async def test_bad_records_on_the_config_topic_are_counted_and_skipped(edges: St
     unknown_pool = ent("stray", pool_name="nowhere")
     bad_tier = manifest("bad", "bad")
     bad_tier["spec"]["tier"] = "platinum"
-    await publish(kafka, prefix + CONFIG, [
+    await publish(kafka, Topics(prefix).config, [
         (b"Entitlement/x", b"not json"),
         (b"Entitlement/x", b"[1, 2]"),
         (b"Entitlement/other", config_value(ent("mismatch"))),
@@ -252,7 +252,7 @@ async def test_bad_records_on_the_config_topic_are_counted_and_skipped(edges: St
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for family in text_string_to_metric_families((await a1.http.get("/metrics", headers=ADMIN)).text)
                for s in family.samples}
-    topic = prefix + CONFIG
+    topic = Topics(prefix).config
     for reason, n in status["bad_records"].items():
         key = ("tokenpools_admitter_config_bad_records_total", (("reason", reason), ("topic", topic)))
         assert samples[key] == n, reason
@@ -295,7 +295,7 @@ async def test_an_admin_write_without_kafka_is_503_and_changes_nothing(edges: St
 
 async def test_an_admitter_starting_without_kafka_serves_its_yaml_then_catches_up(edges: StartEdge, kafka: Any,
                                                                                  prefix: str) -> None:
-    await publish(kafka, prefix + CONFIG, [doc(pool(max_replicas=2)), doc(ent("from-topic"))])
+    await publish(kafka, Topics(prefix).config, [doc(pool(max_replicas=2)), doc(ent("from-topic"))])
     await kafka.astop()
     try:
         a1 = await edges("a1", base(), config_wait_seconds=1.0)

@@ -13,8 +13,8 @@ from admitter.kafka.state_follower import StateFollower
 from capacity.live import PoolLive
 from schemas.records import Amounts, EntitlementState, PoolState
 from schemas.specs import Entitlement, TokenPool
+from schemas.topics import COMPACTED
 from schemas.wire import encode
-from streams.topics import COMPACTED
 from tests.integration.harness import eventually
 
 pytestmark = pytest.mark.integration

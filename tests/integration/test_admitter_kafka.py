@@ -15,9 +15,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from admitter.kafka.sink import KafkaSink
 from admitter.kafka.spool import Spool
+from schemas import topics
 from schemas.records import EVENT_BATCH, Outcome, Phase, RequestEvent
 from schemas.wire import encode
-from streams import topics
 from tests.integration.harness import Kafka, Worker, event, eventually, request_pair, write_config
 
 pytestmark = pytest.mark.integration

@@ -21,7 +21,7 @@ from scaler.local import LocalActuator
 from scaler.loop import ScalerLoop, kafka_publisher
 from schemas.records import Amounts, PoolState
 from schemas.specs import TokenPool
-from streams.topics import COMPACTED
+from schemas.topics import COMPACTED
 from tests.admitter.conftest import auth, chat, ent, platform, serve
 from tests.factories import emulators
 from tests.factories import pool as make_pool

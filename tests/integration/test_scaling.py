@@ -21,10 +21,10 @@ import pytest
 
 from scaler.local import LocalActuator
 from scaler.loop import ScalerLoop
+from schemas import topics
 from schemas.loader import load_config
 from schemas.records import ReplicasReport
 from schemas.wire import BadRecords, decode
-from streams import topics
 from tests.factories import emulators
 from tests.integration.harness import Kafka, Worker, eventually, request_pair
 

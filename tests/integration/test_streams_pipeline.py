@@ -17,10 +17,10 @@ import orjson
 import pytest
 import yaml
 
+from schemas import topics
 from schemas.loader import parse_manifest
 from schemas.records import EntitlementState, Outcome, PoolState, RequestEvent
-from streams import topics
-from streams.config_table import config_value
+from schemas.topics import config_value
 from tests.integration.harness import (
     ENT_YAML,
     Kafka,

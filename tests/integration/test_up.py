@@ -26,9 +26,9 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from schemas import topics
 from schemas.records import ReplicasReport
 from schemas.wire import BadRecords, decode
-from streams import topics
 from tests.integration.harness import REPO, Kafka, eventually, totals_are
 
 pytestmark = pytest.mark.integration

@@ -32,9 +32,10 @@ from admitter.kafka.state_follower import StateFollower
 from admitter.upstream.proxy import ReplicaSet
 from capacity.live import PoolLive
 from schemas.records import EntitlementState, PoolState, ReplicasReport, RequestEvent
+from schemas.topics import config_key, config_value
 from schemas.wire import BadRecords, decode, decode_request_events, encode
 from streams.codec import RawMessage
-from streams.config_table import ConfigView, config_key, config_value
+from streams.config_table import ConfigView
 from streams.records import UsageSummary
 from streams.store import MemoryStore
 from tests.factories import ent, pool

@@ -8,8 +8,9 @@ import orjson
 import pytest
 
 from schemas.records import RequestEvent
+from schemas.topics import config_key, config_value
 from schemas.wire import BadRecords, encode, encode_event_batch
-from streams.config_table import ConfigView, config_key, config_value
+from streams.config_table import ConfigView
 from streams.dedup import SeenBatch
 from streams.metrics import PipelineMetrics
 from streams.stage1 import Stage1

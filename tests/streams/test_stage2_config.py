@@ -9,9 +9,10 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
 from schemas.records import EntitlementState, PoolState
+from schemas.topics import config_key, config_value
 from schemas.wire import BadRecords
 from streams.codec import RawMessage, partition_for
-from streams.config_table import ConfigView, config_key, config_value
+from streams.config_table import ConfigView
 from streams.metrics import PipelineMetrics
 from streams.stage2 import Stage2
 from streams.store import MemoryStore

@@ -137,8 +137,9 @@ async def run_up(opts: UpOptions, platform: Any, stop: asyncio.Event | None = No
     from admitter.settings import AdmitterSettings
     from scaler.local import LocalActuator
     from scaler.loop import ScalerLoop
+    from schemas.topics import Topics
     from sim.server import EmulatorServer
-    from streams.topics import create_topics, topic_specs
+    from streams.topics import create_topics
     from tokenpools.infra.kafka_local import LocalKafka
 
     _Server = _server_class()
@@ -168,7 +169,7 @@ async def run_up(opts: UpOptions, platform: Any, stop: asyncio.Event | None = No
     scaler_task: asyncio.Task[None] | None = None
     servers: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
     try:
-        specs = topic_specs(prefix=opts.topic_prefix)
+        specs = Topics(opts.topic_prefix).specs()
         await create_topics(bootstrap, specs)
         await _wait_for_leaders(bootstrap, [s.name for s in specs])
         _echo("kafka", f"{bootstrap}{' (started here)' if kafka else ''}"
