@@ -10,10 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from schemas.arrivals import Arrival, generate_arrivals, scaled
 from schemas.loader import PlatformConfig, load_config
 from schemas.workload import OnOffArrivals, PoissonArrivals, WorkloadSpec
-from sim.experiments.common import scaled
-from sim.workload import Arrival, generate_arrivals
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "deploy" / "examples"
 

@@ -36,7 +36,7 @@ from loadgen.runner import (
     LoadResult,
     Record,
 )
-from sim.experiments.common import figure, markdown_table
+from tokenpools.infra.results import figure, markdown_table
 
 TIER_ORDER = ("guaranteed", "elastic", "spot", "unknown")
 #: Outcome groups as the progress display and the plots show them.

@@ -26,8 +26,8 @@ from typing import Any, Literal
 import aiohttp
 import orjson
 
-from sim.openai_wire import CHAT_TOKENS_PER_MESSAGE
-from sim.workload import Arrival, prompt_text
+from schemas.arrivals import Arrival, prompt_text
+from schemas.openai_tokens import CHAT_TOKENS_PER_MESSAGE
 
 Endpoint = Literal["chat", "completions"]
 PATHS: dict[str, str] = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}

@@ -28,11 +28,11 @@ from capacity.cost import RequestCost
 from capacity.live import EntitlementLive, PoolLive
 from capacity.scaling import DemandForecaster, ScalingRule
 from capacity.tick import apply, collect
+from schemas.arrivals import Arrival
 from schemas.specs import Entitlement, TokenPool
 from sim.cluster import Cluster
 from sim.costmodel import ReplicaCostModel
 from sim.engine import Request, RequestResult
-from sim.workload import Arrival
 
 TIER_PRIORITY = {"guaranteed": 0, "elastic": 1, "spot": 2}
 

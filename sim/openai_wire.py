@@ -31,9 +31,9 @@ from typing import Any, Literal
 
 import orjson
 
-BYTES_PER_TOKEN = 4
-#: Template overhead per chat message (``<|start_header_id|>role<|end_header_id|>`` ... ``<|eot_id|>``).
-CHAT_TOKENS_PER_MESSAGE = 4
+# The token convention is shared with the load generator, which sizes prompts by it.
+from schemas.openai_tokens import BYTES_PER_TOKEN, CHAT_TOKENS_PER_MESSAGE
+
 #: One generated token's text: exactly :data:`BYTES_PER_TOKEN` bytes, so text and counts agree.
 FILLER_WORD = "tok "
 SSE_DONE = b"data: [DONE]\n\n"

@@ -21,9 +21,11 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
+from schemas.arrivals import scaled
 from sim import analysis
 from sim.control import Mode, SimResult
-from sim.experiments.common import Run, figure, load, markdown_table, run_all, scaled, write_json
+from sim.experiments.common import Run, load, run_all
+from tokenpools.infra.results import figure, markdown_table, write_json
 
 WORKLOAD = "fairness"
 MODES = {"tokenpools": Mode.TOKENPOOLS, "no-debt": Mode.NO_DEBT, "vtc": Mode.VTC, "fcfs": Mode.BASELINE}

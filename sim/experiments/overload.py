@@ -17,11 +17,13 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
+from schemas.arrivals import scaled
 from schemas.specs import Tier
 from schemas.workload import PoissonArrivals
 from sim import analysis
 from sim.control import Mode, SimResult
-from sim.experiments.common import ENGINE, Run, figure, load, markdown_table, run_all, scaled, without, write_json
+from sim.experiments.common import ENGINE, Run, load, run_all, without
+from tokenpools.infra.results import figure, markdown_table, write_json
 
 WORKLOAD = "overload"
 TIERS = (Tier.GUARANTEED.value, Tier.SPOT.value)

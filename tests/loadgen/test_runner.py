@@ -14,8 +14,8 @@ from admitter.http.app import create_app
 from admitter.settings import AdmitterSettings
 from loadgen.plan import make_plan, rate_scaled
 from loadgen.runner import CUT, OK, REFUSED, LoadOptions, LoadRunner, request_body
+from schemas.arrivals import Arrival
 from schemas.records import Phase
-from sim.workload import Arrival
 from tests.loadgen.conftest import KEYS, MODEL, serve, write_config
 
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+from schemas.arrivals import generate_arrivals, scaled
 from sim import analysis
 from sim.control import ControlLoop, LoopSettings, Mode, SimOutcome
 from sim.experiments import fairness, overload
-from sim.experiments.common import ENGINE, load, scaled
-from sim.workload import generate_arrivals
+from sim.experiments.common import ENGINE, load
 
 
 @pytest.fixture(scope="module")

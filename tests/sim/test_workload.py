@@ -17,16 +17,9 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from schemas.arrivals import Arrival, generate_arrival_batch, generate_arrivals, prompt_text
 from schemas.workload import OnOffArrivals, WorkloadSpec
-from sim.workload import (
-    Arrival,
-    expected_arrivals,
-    expected_length,
-    generate_arrival_batch,
-    generate_arrivals,
-    offered_load,
-    prompt_text,
-)
+from sim.workload import expected_arrivals, expected_length, offered_load
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples"
 Z = 5.0

@@ -54,7 +54,7 @@ def closed_loop(
 
 
 def _closed_loop(out: Path) -> dict[str, Any]:
-    from loadgen import closed_loop
+    from tokenpools.experiments import closed_loop
 
     try:
         return closed_loop.run(out, console=console)

@@ -27,10 +27,10 @@ def overload_http(
     """Experiment 1 over HTTP: pass-through vs enforcing admitter in front of emulated replicas (~4 min)."""
     from rich.console import Console
 
-    from loadgen import http_experiment
+    from tokenpools.experiments import overload_http
 
-    summary = http_experiment.run(out, seed=seed, duration=duration, drain=drain, console=Console(),
-                                  with_simulation=simulation)
+    summary = overload_http.run(out, seed=seed, duration=duration, drain=drain, console=Console(),
+                                with_simulation=simulation)
     failed = [name for name, ok in summary["checks"].get("pass", {}).items() if not ok]
     if failed:
         typer.echo(f"claims not met: {', '.join(failed)}", err=True)

@@ -56,10 +56,11 @@ from loadgen.runner import LoadOptions, LoadResult, LoadRunner
 from schemas.specs import Tier
 from schemas.workload import PoissonArrivals
 from sim.costmodel import ReplicaCostModel
-from sim.experiments.common import ENGINE, figure, markdown_table, write_json
+from sim.experiments.common import ENGINE
+from tokenpools.infra.results import figure, markdown_table, write_json
 
 #: Outside deploy/examples, so that folder keeps describing one pool (and `config check` of it says so).
-CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "experiments" / "overload-http"
+CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "experiments" / "overload-http"
 WORKLOAD = "overload-http"
 #: Model seconds per wall second of the emulated replicas: an H200 fifteen times slower.
 SPEEDUP = 1 / 15

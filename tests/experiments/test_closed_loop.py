@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from loadgen import closed_loop
 from loadgen.plan import make_plan
 from loadgen.report import report
 from loadgen.runner import OK, REFUSED, LoadResult, Record
 from schemas.records import Amounts, EntitlementState, PoolState, ReplicasReport
+from tokenpools.experiments import closed_loop
 
 T0 = 1_000_000.0
 PLAN = make_plan([closed_loop.CONFIG], closed_loop.WORKLOAD)

@@ -10,12 +10,12 @@ from pathlib import Path
 
 from rich.console import Console
 
-from loadgen import http_experiment
+from tokenpools.experiments import overload_http
 
 
 def test_overload_http_short(tmp_path: Path) -> None:
     out = tmp_path / "overload-http"
-    summary = http_experiment.run(out, duration=10.0, drain=2.0, console=Console(quiet=True))
+    summary = overload_http.run(out, duration=10.0, drain=2.0, console=Console(quiet=True))
     checks = summary["checks"]
     assert checks["passthrough"]["all_429"] == 0
     assert checks["enforcing"]["spot_429"] > 0

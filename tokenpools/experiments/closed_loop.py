@@ -39,11 +39,11 @@ from loadgen.progress import run_with_progress
 from loadgen.report import TIER_COLOURS, report, write_outputs
 from loadgen.runner import LoadOptions, LoadResult, LoadRunner, Record
 from schemas.records import EntitlementState, PoolState, ReplicasReport
+from schemas.topics import Topics
 from schemas.wire import BadRecords, decode
-from sim.experiments.common import figure, markdown_table, write_json
-from streams import topics
+from tokenpools.infra.results import figure, markdown_table, write_json
 
-CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "demo" / "closed-loop"
+CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "demo" / "closed-loop"
 WORKLOAD = "closed-loop"
 START_TIMEOUT_S = 600.0  # the first start resolves Kafka's jars with Maven
 SHRINK_WAIT_S = 60.0  # after the workload: how long to wait for the pool to return to its minimum
@@ -74,9 +74,10 @@ async def follow(bootstrap: str, prefix: str, timeline: Timeline, stop: asyncio.
     """Read the three topics from the beginning until ``stop`` (no consumer group: nothing committed)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    names = {prefix + topics.POOL_STATE: (PoolState, timeline.pools),
-             prefix + topics.ENTITLEMENT_STATE: (EntitlementState, timeline.entitlements),
-             prefix + topics.REPLICAS: (ReplicasReport, timeline.replicas)}
+    named = Topics(prefix)
+    names = {named.pool_state: (PoolState, timeline.pools),
+             named.entitlement_state: (EntitlementState, timeline.entitlements),
+             named.replicas: (ReplicasReport, timeline.replicas)}
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
                                 client_id="tokenpools-demo-observer")
     await consumer.start()
