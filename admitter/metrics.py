@@ -22,7 +22,7 @@ from admitter.stats import AllocatorStats, ConfigStats, Counts, ReportsStats, Si
 
 if TYPE_CHECKING:
     from admitter.admission.gate import PoolGate
-    from admitter.upstream.proxy import ReplicaSet
+    from admitter.upstream.replicas import ReplicaSet
     from tokenpools.infra.slow_clients import ConnectionGuard
 
 Gates = Callable[[], Mapping[str, "PoolGate"]]

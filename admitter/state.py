@@ -26,7 +26,8 @@ from admitter.kafka.discovery import ReplicaDiscovery
 from admitter.metrics import AdmitterMetrics
 from admitter.settings import AdmitterSettings
 from admitter.upstream.clients import make_client
-from admitter.upstream.proxy import ReplicaSet, Upstream
+from admitter.upstream.proxy import Upstream
+from admitter.upstream.replicas import ReplicaSet
 from capacity.live import EntitlementLive, PoolLive
 from schemas.echo import echo_str
 from schemas.loader import PlatformConfig, provisioning_problems

@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from admitter.kafka.compacted import assign_resuming, reached
-from admitter.upstream.proxy import ReplicaSet
+from admitter.upstream.replicas import ReplicaSet
 from schemas.records import ReplicasReport
 from schemas.wire import BadRecords, decode
 from streams.topics import REPLICAS

@@ -32,7 +32,7 @@ import anyio
 import httpx
 
 if TYPE_CHECKING:
-    from admitter.upstream.proxy import Replica
+    from admitter.upstream.replicas import Replica
 
 # httpcore runs ``import sniffio`` several times per request and falls back to asyncio when it is
 # missing (newer anyio no longer installs it). A failed import is not cached, so each one scans

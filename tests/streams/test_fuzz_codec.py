@@ -29,7 +29,7 @@ from pydantic import BaseModel
 
 from admitter.kafka.discovery import ReplicaDiscovery
 from admitter.kafka.state_follower import StateFollower
-from admitter.upstream.proxy import ReplicaSet
+from admitter.upstream.replicas import ReplicaSet
 from capacity.live import PoolLive
 from schemas.records import EntitlementState, PoolState, ReplicasReport, RequestEvent
 from schemas.topics import config_key, config_value

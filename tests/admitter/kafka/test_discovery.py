@@ -11,7 +11,7 @@ import asyncio
 import orjson
 
 from admitter.kafka.discovery import ReplicaDiscovery
-from admitter.upstream.proxy import ReplicaSet
+from admitter.upstream.replicas import ReplicaSet
 from schemas.records import ReplicasReport
 from tests.admitter.conftest import auth, chat, ent, platform, pool
 
