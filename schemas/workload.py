@@ -1,7 +1,7 @@
 """The `Workload` spec: seeded, reproducible request traffic for experiments and load tests.
 
 A workload names a pool, a duration and a seed, and for each tenant (an entitlement) how requests
-arrive and how long their prompts and outputs are. The simulator (`sim.workload`) turns it into
+arrive and how long their prompts and outputs are. `schemas.arrivals` turns it into
 the same list of arrivals every time, so an experiment can be rerun, compared across versions of
 the control plane, and replayed over HTTP.
 
