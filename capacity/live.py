@@ -11,12 +11,10 @@ from collections.abc import Iterator
 
 from capacity.bucket import TokenBucket
 from capacity.cost import OutputEstimator, RequestCost
-from schemas.specs import TIER_RANK, Entitlement, Tier, TokenPool
+from schemas.specs import TIER_RANK, Entitlement, Tier, TokenPool, Triple
 
 GUARANTEED, ELASTIC, SPOT = 0, 1, 2
 _INF = math.inf
-
-Triple = tuple[float, float, float]  # (throughput, kv, concurrency)
 
 
 def _ratio(share: float, limit: float, default: float) -> float:
