@@ -195,7 +195,7 @@ class ReplicasReport(Record):
     """How many replicas of a pool are ready (``tokenpools.replicas``, compacted, key = pool name).
 
     ``endpoints`` are the base URLs of those ready replicas, for admitters that discover their
-    backends from this topic (``admitter.discovery``). It is optional: an actuator whose platform
+    backends from this topic (``admitter.kafka.discovery``). It is optional: an actuator whose platform
     does discovery itself (a Kubernetes Service in front of the pool's pods) reports counts only, and
     admitters then keep the backends they were configured with.
     """
