@@ -32,7 +32,7 @@ from capacity.live import EntitlementLive, PoolLive
 from schemas.echo import echo_str
 from schemas.loader import PlatformConfig, provisioning_problems
 from schemas.specs import Entitlement, TokenPool
-from streams.config_table import config_key
+from schemas.topics import config_key
 
 log = logging.getLogger("tokenpools.admitter")
 
