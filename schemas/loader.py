@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from schemas import yaml_load
 from schemas.echo import echo, echo_str
+from schemas.errors import TokenPoolsError
 from schemas.specs import API_VERSION, DIMENSIONS, Entitlement, Manifest, Tier, TokenPool
 from schemas.workload import WorkloadSpec
 
@@ -56,7 +57,7 @@ class ConfigProblem:
         return f"{where}{label}: {fld}{self.message}"
 
 
-class ConfigError(ValueError):
+class ConfigError(TokenPoolsError, ValueError):
     """One or more config problems; str() is one line per problem."""
 
     def __init__(self, problems: Sequence[ConfigProblem]) -> None:

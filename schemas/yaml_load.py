@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     AnyMark: TypeAlias = Mark | CMark
 
 from schemas.echo import echo, echo_str
+from schemas.errors import TokenPoolsError
 
 MAX_ALIAS_NODES = 10_000  # nodes aliases may add to one document by expansion
 MAX_DEPTH = 64  # nested mappings/sequences per document (configs need fewer than 10)
@@ -70,7 +71,7 @@ ALIAS_PROBLEM = (
 RECURSIVE_PROBLEM = "an alias refers to a node that contains it; a config cannot be recursive"
 
 
-class YAMLInputError(ValueError):
+class YAMLInputError(TokenPoolsError, ValueError):
     """A document that is not acceptable YAML; ``str()`` is one short line.
 
     ``document`` is 1-based, or 0 when the problem is in the file as a whole (an unacceptable
