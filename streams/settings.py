@@ -1,68 +1,113 @@
-"""Settings of one pipeline worker (the CLI fills them; tests and the benchmark build them directly)."""
+"""Settings of one pipeline worker (the CLI fills them; tests and the benchmark build them directly).
+
+A pydantic-settings model: every field is read from ``TOKENPOOLS_STREAMS_<FIELD>``
+(``TOKENPOOLS_STREAMS_PARTITIONS``, ``TOKENPOOLS_STREAMS_WINDOWS='{"hop_size_s": 30}'``), the Kafka
+block from ``TOKENPOOLS_KAFKA_*`` or ``KAFKA_BOOTSTRAP_SERVERS`` (``tokenpools.kafka.settings``);
+values given in code or on the command line win. ``bootstrap_servers`` and ``topic_prefix`` are
+the Kafka block's ``bootstrap`` and ``prefix`` (and accepted under those names when building).
+"""
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, ClassVar, Literal
 
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from schemas.echo import echo
 from schemas.topics import Topics
 from streams.windows import WindowSpec
 from tokenpools.infra.dirs import state_home
+from tokenpools.kafka.settings import DAY, KafkaSettings, Lowercase, ServiceSettings
 
-DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+ENV_PREFIX = "TOKENPOOLS_STREAMS_"
 GUARANTEES = ("at_least_once", "exactly_once")
 
 
-def bootstrap_from_env() -> str:
-    return os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or DEFAULT_BOOTSTRAP
+class PipelineSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX)
+    kafka_keys: ClassVar[dict[str, str]] = {"bootstrap_servers": "bootstrap", "topic_prefix": "prefix"}
 
-
-@dataclass(frozen=True)
-class PipelineSettings:
-    bootstrap_servers: str = field(default_factory=bootstrap_from_env)
-    app_id: str = "tokenpools-streams"
-    topic_prefix: str = ""  # isolates a test run: every topic name and the app id get it
-    partitions: int = 6  # for topics this worker creates; existing topics keep theirs
-    replication: int = 1
-    web_port: int = 6066
-    metrics_port: int | None = None
+    # The prefix isolates a test run: every topic name and the app id get it.
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    app_id: str = Field(default="tokenpools-streams", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$")
+    # For topics this worker creates; existing topics keep theirs.
+    partitions: int = Field(default=6, ge=1, le=10_000)
+    replication: int = Field(default=1, ge=1, le=100)
+    web_port: int = Field(default=6066, ge=1, le=65535)
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
     processing_guarantee: str = "at_least_once"
-    windows: WindowSpec = field(default_factory=WindowSpec)
-    summary_interval_s: float = 1.0  # every record's summary, whether or not it changed
+    windows: WindowSpec = Field(default_factory=WindowSpec)
+    summary_interval_s: float = Field(default=1.0, le=DAY)  # every record's summary, whether or not it changed
     # Early path (the event-to-limit lag): every ``change_check_s`` stage 1 sends the summaries whose
     # trailing demand moved by more than ``change_threshold`` since the last one sent, and stage 2
     # ticks a pool whose inputs moved that much as soon as ``min_tick_gap_s`` has passed since its
     # last tick, instead of waiting for ``tickSeconds``. ``change_check_s = 0`` turns it off.
-    change_check_s: float = 0.1
-    change_threshold: float = 0.1
-    min_tick_gap_s: float = 0.25
-    scheduler_interval_s: float = 0.1
-    fetch_max_wait_s: float = 0.1  # longest wait of a fetch at the broker (Faust's own is 1.5 s; see fetch_wait.py)
-    dedup_horizon_s: float = 600.0
-    dedup_max_ids: int = 1_000_000
-    stale_after_s: float | None = None  # default: the hopping window size
-    max_dt_s: float | None = None  # default: the hopping window size
-    batch_max: int = 1000
-    batch_within_s: float = 0.05
-    commit_interval_s: float = 1.0
-    session_timeout_s: float = 10.0
-    log_level: str = "info"
+    change_check_s: float = Field(default=0.1, le=DAY)
+    change_threshold: float = Field(default=0.1, le=1e6)
+    min_tick_gap_s: float = Field(default=0.25, le=DAY)
+    scheduler_interval_s: float = Field(default=0.1, gt=0, le=DAY)
+    # Longest wait of a fetch at the broker (Faust's own is 1.5 s; see fetch_wait.py).
+    fetch_max_wait_s: float = Field(default=0.1, gt=0, le=DAY)
+    dedup_horizon_s: float = Field(default=600.0, gt=0, le=30 * DAY)
+    dedup_max_ids: int = Field(default=1_000_000, ge=1, le=1_000_000_000)
+    stale_after_s: float | None = Field(default=None, gt=0, le=DAY)  # default: the hopping window size
+    max_dt_s: float | None = Field(default=None, gt=0, le=DAY)  # default: the hopping window size
+    batch_max: int = Field(default=1000, ge=1, le=1_000_000)
+    batch_within_s: float = Field(default=0.05, gt=0, le=DAY)
+    commit_interval_s: float = Field(default=1.0, gt=0, le=DAY)
+    session_timeout_s: float = Field(default=10.0, gt=0, le=DAY)
+    log_level: Annotated[Literal["crit", "critical", "error", "warn", "warning", "info", "debug"], Lowercase] = "info"
     # Faust keeps only empty directories here (tables are in memory, recovered from changelogs), but
     # its default is ``./<app id>-data``, which litters whatever directory the worker was started in.
-    data_dir: str | None = None
+    data_dir: str | None = Field(default=None, min_length=1)
 
-    def __post_init__(self) -> None:
-        if self.processing_guarantee not in GUARANTEES:
-            raise ValueError(f"processing_guarantee must be one of {GUARANTEES}")
-        if self.partitions < 1:
-            raise ValueError("partitions must be >= 1")
-        if self.summary_interval_s <= 0:
+    # The checks of the former dataclass's __post_init__, with the same messages.
+    @field_validator("processing_guarantee")
+    @classmethod
+    def _guarantee(cls, value: str) -> str:
+        if value not in GUARANTEES:
+            raise ValueError(f"processing_guarantee must be one of {GUARANTEES}, got {echo(value)}")
+        return value
+
+    @field_validator("windows")
+    @classmethod
+    def _bounded_windows(cls, value: WindowSpec) -> WindowSpec:
+        for name in ("tumbling_s", "hop_size_s", "hop_step_s", "grace_s", "resolution_s"):
+            seconds = getattr(value, name)
+            if seconds is not None and seconds > DAY:
+                raise ValueError(f"{name} must be at most {DAY:g} seconds")
+        return value
+
+    @field_validator("summary_interval_s")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
             raise ValueError("summary_interval_s must be > 0")
-        if self.change_check_s < 0 or self.min_tick_gap_s < 0:
+        return value
+
+    @field_validator("change_check_s", "min_tick_gap_s")
+    @classmethod
+    def _not_negative(cls, value: float) -> float:
+        if value < 0:
             raise ValueError("change_check_s and min_tick_gap_s must be >= 0")
-        if self.change_threshold < 0:
+        return value
+
+    @field_validator("change_threshold")
+    @classmethod
+    def _threshold(cls, value: float) -> float:
+        if value < 0:
             raise ValueError("change_threshold must be >= 0")
+        return value
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.kafka.bootstrap
+
+    @property
+    def topic_prefix(self) -> str:
+        return self.kafka.prefix
 
     @property
     def full_app_id(self) -> str:

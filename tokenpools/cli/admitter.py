@@ -17,12 +17,23 @@ from pathlib import Path
 
 import typer
 
-from tokenpools.cli.options import finite
+from tokenpools.cli.options import EXIT_BAD_OPTIONS, build_settings, finite, given
 
-EXIT_BAD_OPTIONS = 2
+# Option (parameter name) -> AdmitterSettings field; options not given come from TOKENPOOLS_* or the defaults.
+FIELDS = {
+    "config": "config_paths", "host": "host", "port": "port", "backend": "backends", "passthrough": "passthrough",
+    "admin_key_sha256": "admin_key_sha256", "admitter_id": "admitter_id", "max_body_bytes": "max_body_bytes",
+    "header_timeout": "header_timeout_seconds", "body_idle_timeout": "body_idle_timeout_seconds",
+    "body_timeout": "body_timeout_seconds", "max_unauthenticated_connections": "max_unauthenticated_connections",
+    "read_timeout": "read_timeout", "public_metrics": "public_metrics", "upstream_client": "upstream_client",
+    "kafka": "kafka.bootstrap", "topic_prefix": "kafka.prefix", "spool_dir": "spool_dir",
+    "expected_admitters": "expected_admitters", "config_wait": "config_wait_seconds", "discover": "discover",
+    "log_level": "log_level", "access_log": "access_log",
+}
 
 
 def admitter(
+    ctx: typer.Context,
     config: list[Path] = typer.Option(
         [], "--config", "-c",
         help="Pool and entitlement YAML files or folders (required without --kafka; with it, documents absent "
@@ -35,8 +46,9 @@ def admitter(
     passthrough: bool = typer.Option(False, "--passthrough",
                                      help="Admit everything (still authenticate, route and emit events): a baseline."),
     admin_key_sha256: str | None = typer.Option(
-        None, "--admin-key-sha256", envvar="TOKENPOOLS_ADMIN_KEY_SHA256",
-        help="SHA-256 (hex) of the admin bearer token; without it /admin answers 401."),
+        None, "--admin-key-sha256",
+        help="SHA-256 (hex) of the admin bearer token; without it /admin answers 401 "
+             "(default $TOKENPOOLS_ADMIN_KEY_SHA256)."),
     admitter_id: str | None = typer.Option(None, "--admitter-id",
                                            help="This admitter's id in events (default host-pid)."),
     max_body_bytes: int | None = typer.Option(None, "--max-body-bytes", min=1, help="Request body limit (1 MiB)."),
@@ -59,8 +71,9 @@ def admitter(
     upstream_client: str | None = typer.Option(
         None, "--upstream-client", help="Replica client: httpx (default) or aiohttp (less CPU per request)."),
     kafka: str | None = typer.Option(
-        None, "--kafka", envvar="KAFKA_BOOTSTRAP_SERVERS",
-        help="Kafka bootstrap HOST:PORT[,HOST:PORT] (default $KAFKA_BOOTSTRAP_SERVERS): events to "
+        None, "--kafka",
+        help="Kafka bootstrap HOST:PORT[,HOST:PORT] (default $TOKENPOOLS_KAFKA_BOOTSTRAP or "
+             "$KAFKA_BOOTSTRAP_SERVERS; security options from $TOKENPOOLS_KAFKA_*): events to "
              "tokenpools.requests, limits from the pipeline, config from and admin writes to tokenpools.config."),
     topic_prefix: str = typer.Option("", "--topic-prefix", help="Prefix of every topic name (with --kafka)."),
     spool_dir: Path | None = typer.Option(
@@ -81,35 +94,28 @@ def admitter(
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn's log level."),
     access_log: bool = typer.Option(False, "--access-log/--no-access-log", help="Log every HTTP request."),
 ) -> None:
-    """Run the admitter until Ctrl-C (standalone, or with --kafka as part of the control plane)."""
+    """Run the admitter until Ctrl-C (standalone, or with --kafka as part of the control plane).
+
+    Every option can also be set in the environment (``TOKENPOOLS_<SETTING>``, see admitter/settings.py);
+    an option on the command line wins.
+    """
     import uvicorn
-    from pydantic import ValidationError
 
     from admitter.http.app import create_app
     from admitter.http.server import uvicorn_options
-    from admitter.settings import AdmitterSettings, default_spool_dir, parse_backend_options, parse_bootstrap
+    from admitter.settings import AdmitterCommandSettings, default_spool_dir, parse_backend_options
     from schemas.loader import ConfigError, PlatformConfig, load_config
+    from schemas.topics import Topics
 
+    values = given(ctx, FIELDS)
     try:
-        settings = AdmitterSettings.from_env(
-            config_paths=config, host=host, port=port, backends=parse_backend_options(backend),
-            passthrough=passthrough or None, admin_key_sha256=admin_key_sha256.lower() if admin_key_sha256 else None,
-            admitter_id=admitter_id, max_body_bytes=max_body_bytes, read_timeout=read_timeout,
-            header_timeout_seconds=header_timeout, body_idle_timeout_seconds=body_idle_timeout,
-            body_timeout_seconds=body_timeout, max_unauthenticated_connections=max_unauthenticated_connections,
-            public_metrics=public_metrics or None, upstream_client=upstream_client,
-            kafka_bootstrap=parse_bootstrap(kafka) if kafka is not None else None, topic_prefix=topic_prefix,
-            spool_dir=spool_dir, expected_admitters=expected_admitters, config_wait_seconds=config_wait,
-            discover=discover or None,
-        )
-    except (ValueError, ValidationError) as exc:
-        for line in str(exc).splitlines():
-            typer.echo(f"error: {line}", err=True)
+        if "backends" in values:
+            values["backends"] = parse_backend_options(values["backends"])
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_BAD_OPTIONS) from None
-    if not settings.config_paths and settings.kafka_bootstrap is None:
-        typer.echo("error: --config is required without --kafka (where else would pools come from?)", err=True)
-        raise typer.Exit(EXIT_BAD_OPTIONS)
-    if settings.kafka_bootstrap is not None:
+    settings = build_settings(AdmitterCommandSettings, values)
+    if settings.kafka is not None:
         spool = settings.spool_dir or default_spool_dir(settings.admitter_id)
         problem = _unusable_dir(spool)
         if problem:
@@ -119,28 +125,26 @@ def admitter(
     try:
         platform = load_config(*settings.config_paths) if settings.config_paths else PlatformConfig()
     except ConfigError as exc:
-        for problem in exc.problems:
-            typer.echo(f"error: {problem}", err=True)
+        for config_problem in exc.problems:
+            typer.echo(f"error: {config_problem}", err=True)
         raise typer.Exit(EXIT_BAD_OPTIONS) from None
     # With Kafka, pools may come from the config topic later: a --backend for one of those is fine.
+    # (Not a validator of the settings: it needs the loaded config.)
     unknown = sorted(set(settings.backends) - set(platform.pools))
-    if unknown and settings.kafka_bootstrap is None:
+    if unknown and settings.kafka is None:
         typer.echo(f"error: --backend names unknown pool(s) {', '.join(unknown)} "
                    f"(known: {', '.join(sorted(platform.pools)) or 'none'})", err=True)
-        raise typer.Exit(EXIT_BAD_OPTIONS)
-    if discover and settings.kafka_bootstrap is None:
-        typer.echo("error: --discover needs --kafka (the scaler's reports are on tokenpools.replicas)", err=True)
         raise typer.Exit(EXIT_BAD_OPTIONS)
     app = create_app(settings, platform)  # with --kafka and --discover, its parts include replica discovery
     typer.echo(f"admitter {settings.admitter_id} on http://{settings.host}:{settings.port} "
                f"({len(platform.pools)} pool(s), {len(platform.entitlements)} entitlement(s)"
                f"{', pass-through' if settings.passthrough else ''})", err=True)
-    if settings.kafka_bootstrap is not None:
-        typer.echo(f"kafka {settings.kafka_bootstrap}, topic prefix {settings.topic_prefix!r}, spool "
+    if settings.kafka is not None:
+        topics = Topics(settings.kafka.prefix)
+        typer.echo(f"kafka {settings.kafka.bootstrap}, topic prefix {settings.kafka.prefix!r}, spool "
                    f"{settings.spool_dir}, expecting {settings.expected_admitters} admitter(s); config from "
-                   f"{settings.topic_prefix}tokenpools.config"
-                   f"{f', replicas from {settings.topic_prefix}tokenpools.replicas' if discover else ''}", err=True)
-    uvicorn.run(app, **uvicorn_options(app, settings, log_level=log_level, access_log=access_log))
+                   f"{topics.config}{f', replicas from {topics.replicas}' if settings.discover else ''}", err=True)
+    uvicorn.run(app, **uvicorn_options(app, settings, log_level=settings.log_level, access_log=settings.access_log))
 
 
 def _unusable_dir(path: Path) -> str | None:

@@ -13,19 +13,35 @@ import contextlib
 import logging
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from tokenpools.cli.options import finite
+from tokenpools.cli.options import EXIT_BAD_OPTIONS, build_settings, finite, given
 
-EXIT_BAD_CONFIG = 2
+if TYPE_CHECKING:
+    from scaler.settings import ScalerSettings
+
+EXIT_BAD_CONFIG = EXIT_BAD_OPTIONS
+
+# Option (parameter name) -> ScalerSettings field; options not given come from TOKENPOOLS_SCALER_*,
+# TOKENPOOLS_KAFKA_* / KAFKA_BOOTSTRAP_SERVERS, or the defaults.
+FIELDS = {
+    "bootstrap": "kafka.bootstrap", "topic_prefix": "kafka.prefix", "config": "config_paths", "pool": "pools",
+    "speedup": "speedup", "report_every": "report_every", "log_level": "log_level",
+}
 
 
 def scaler(
+    ctx: typer.Context,
     bootstrap: str = typer.Option(
-        "127.0.0.1:9092", "--bootstrap", "-b", envvar="KAFKA_BOOTSTRAP_SERVERS",
-        help="Kafka bootstrap servers HOST:PORT[,HOST:PORT] (default $KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092)."),
-    config: list[Path] = typer.Option(..., "--config", "-c", help="Pool YAML files or folders (pools to scale)."),
+        "127.0.0.1:9092", "--bootstrap", "-b",
+        help="Kafka bootstrap servers HOST:PORT[,HOST:PORT] (default $TOKENPOOLS_KAFKA_BOOTSTRAP, "
+             "$KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092; security options from $TOKENPOOLS_KAFKA_*)."),
+    config: list[Path] = typer.Option(
+        [], "--config", "-c",
+        help="Pool YAML files or folders (pools to scale); required, here or in $TOKENPOOLS_SCALER_CONFIG_PATHS "
+             "(a JSON list)."),
     topic_prefix: str = typer.Option("", "--topic-prefix", help="Prefix of every topic name."),
     pool: list[str] = typer.Option([], "--pool", help="Scale only these pools (default: every pool in the config)."),
     speedup: float = typer.Option(1.0, "--speedup", parser=finite(above=0), help="Emulator speed-up factor."),
@@ -34,24 +50,30 @@ def scaler(
         help="Re-publish ready replicas every N seconds."),
     log_level: str = typer.Option("info", "--log-level", help="Python log level."),
 ) -> None:
-    """Scale local emulator replicas from pool states (an in-process stand-in for a Kubernetes scaler)."""
+    """Scale local emulator replicas from pool states (an in-process stand-in for a Kubernetes scaler).
+
+    Every setting can also be set in the environment (``TOKENPOOLS_SCALER_<SETTING>``, see
+    scaler/settings.py); an option on the command line wins.
+    """
+    from scaler.settings import ScalerSettings
     from schemas.loader import ConfigError, load_config
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = build_settings(ScalerSettings, given(ctx, FIELDS))
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        platform = load_config(*config)
+        platform = load_config(*settings.config_paths)
     except ConfigError as exc:
         typer.echo(f"invalid config:\n{exc}", err=True)
         raise typer.Exit(EXIT_BAD_CONFIG) from exc
-    pools = {n: p for n, p in platform.pools.items() if not pool or n in pool}
-    unknown = sorted(set(pool) - set(pools))
+    pools = {n: p for n, p in platform.pools.items() if not settings.pools or n in settings.pools}
+    unknown = sorted(set(settings.pools) - set(pools))
     if unknown or not pools:
         typer.echo(f"no such pools in the config: {', '.join(unknown) or '(none configured)'}", err=True)
         raise typer.Exit(EXIT_BAD_CONFIG)
-    asyncio.run(_run(bootstrap, pools, topic_prefix, speedup, report_every))
+    asyncio.run(_run(settings, pools))
 
 
-async def _run(bootstrap: str, pools: dict, topic_prefix: str, speedup: float, report_every: float) -> None:
+async def _run(settings: ScalerSettings, pools: dict[str, Any]) -> None:
     from scaler.local import LocalActuator
     from scaler.loop import ScalerLoop
     from sim.server import EmulatorServer
@@ -62,7 +84,7 @@ async def _run(bootstrap: str, pools: dict, topic_prefix: str, speedup: float, r
     start = {n: p.spec.replicas.initial if p.spec.replicas.initial is not None else p.spec.replicas.min
              for n, p in pools.items()}
     def server(name: str) -> EmulatorServer:  # the replicas serve the pool's model name, as vLLM would
-        return EmulatorServer(0, model=pools[name].spec.model, speedup=speedup)
+        return EmulatorServer(0, model=pools[name].spec.model, speedup=settings.speedup)
 
     actuator = LocalActuator(start, on_change=changed, server_factory=server)
     loop = ScalerLoop(pools, actuator)
@@ -71,7 +93,8 @@ async def _run(bootstrap: str, pools: dict, topic_prefix: str, speedup: float, r
         with contextlib.suppress(NotImplementedError):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     await actuator.start()
-    task = asyncio.create_task(loop.run_kafka(bootstrap, topic_prefix, report_every=report_every))
+    task = asyncio.create_task(
+        loop.run_kafka(settings.kafka.bootstrap, settings.kafka.prefix, report_every=settings.report_every))
     try:
         done, _ = await asyncio.wait({task, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
         if task in done:

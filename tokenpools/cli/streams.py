@@ -10,19 +10,31 @@ from pathlib import Path
 
 import typer
 
-from tokenpools.cli.options import finite
+from tokenpools.cli.options import EXIT_BAD_OPTIONS, build_settings, finite, given
 
 app = typer.Typer(help="The metering pipeline: windows, debt and limits from request events (Faust).",
                   no_args_is_help=True)
 
-EXIT_BAD_OPTIONS = 2
+# Option (parameter name) -> PipelineSettings field; options not given come from TOKENPOOLS_STREAMS_*,
+# TOKENPOOLS_KAFKA_* / KAFKA_BOOTSTRAP_SERVERS, or the defaults.
+FIELDS = {
+    "bootstrap": "kafka.bootstrap", "topic_prefix": "kafka.prefix", "web_port": "web_port",
+    "metrics_port": "metrics_port", "app_id": "app_id", "partitions": "partitions",
+    "tumbling": "windows.tumbling_s", "resolution": "windows.resolution_s", "hop_size": "windows.hop_size_s",
+    "hop_step": "windows.hop_step_s", "grace": "windows.grace_s", "summary_interval": "summary_interval_s",
+    "change_check": "change_check_s", "change_threshold": "change_threshold", "min_tick_gap": "min_tick_gap_s",
+    "dedup_horizon": "dedup_horizon_s", "commit_interval": "commit_interval_s", "session_timeout": "session_timeout_s",
+    "processing_guarantee": "processing_guarantee", "log_level": "log_level", "data_dir": "data_dir",
+}
 
 
 @app.command("worker")
 def worker(
+    ctx: typer.Context,
     bootstrap: str | None = typer.Option(
-        None, "--bootstrap", "-b", envvar="KAFKA_BOOTSTRAP_SERVERS",
-        help="Kafka bootstrap servers HOST:PORT[,HOST:PORT] (default $KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092)."),
+        None, "--bootstrap", "-b",
+        help="Kafka bootstrap servers HOST:PORT[,HOST:PORT] (default $TOKENPOOLS_KAFKA_BOOTSTRAP, "
+             "$KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092; security options from $TOKENPOOLS_KAFKA_*)."),
     config: list[Path] = typer.Option(
         [], "--config", "-c", help="Pool/entitlement YAML files or folders to publish to the config topic if absent."),
     web_port: int = typer.Option(6066, "--web-port", min=1, max=65535,
@@ -70,27 +82,19 @@ def worker(
     data_dir: Path | None = typer.Option(
         None, "--data-dir", help="Faust's data directory (default $XDG_STATE_HOME/tokenpools/streams/<app id>)."),
 ) -> None:
-    """Run one pipeline worker until Ctrl-C."""
+    """Run one pipeline worker until Ctrl-C.
+
+    Every setting can also be set in the environment (``TOKENPOOLS_STREAMS_<SETTING>``, see
+    streams/settings.py); an option on the command line wins.
+    """
     from schemas.loader import ConfigError
-    from streams.settings import PipelineSettings, bootstrap_from_env
-    from streams.windows import WindowSpec
+    from streams.settings import PipelineSettings
     from streams.worker import run_worker
 
-    try:
-        settings = PipelineSettings(
-            bootstrap_servers=bootstrap or bootstrap_from_env(), app_id=app_id, topic_prefix=topic_prefix,
-            partitions=partitions, web_port=web_port, metrics_port=metrics_port,
-            processing_guarantee=processing_guarantee,
-            windows=WindowSpec(tumbling_s=tumbling, hop_size_s=hop_size, hop_step_s=hop_step, grace_s=grace,
-                               resolution_s=resolution),
-            summary_interval_s=summary_interval, change_check_s=change_check, change_threshold=change_threshold,
-            min_tick_gap_s=min_tick_gap, dedup_horizon_s=dedup_horizon, commit_interval_s=commit_interval,
-            session_timeout_s=session_timeout, log_level=log_level,
-            data_dir=str(data_dir) if data_dir is not None else None,
-        )
-    except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(EXIT_BAD_OPTIONS) from None
+    values = given(ctx, FIELDS)
+    if values.get("data_dir") is not None:
+        values["data_dir"] = str(values["data_dir"])
+    settings = build_settings(PipelineSettings, values)
     try:
         run_worker(settings, config)
     except ConfigError as exc:

@@ -191,12 +191,12 @@ async def run_up(opts: UpOptions, platform: Any, stop: asyncio.Event | None = No
         admitter_urls: list[str] = []
         for i in range(opts.admitters):
             admitter_id = f"admitter-{i + 1}"
-            # With kafka_bootstrap, create_app wires the admitter's Kafka parts (admitter.kafka.parts): a KafkaSink
+            # With settings.kafka, create_app wires the admitter's Kafka parts (admitter.kafka.parts): a KafkaSink
             # spooling under the data directory, a StateFollower, the config topic's ConfigSync and (discover)
             # the replicas topic's ReplicaDiscovery.
             settings = AdmitterSettings(config_paths=opts.config, port=opts.port + i if opts.port else _free_port(),
                                         admitter_id=admitter_id, backends={name: actuator.urls(name) for name in pools},
-                                        kafka_bootstrap=bootstrap, topic_prefix=opts.topic_prefix,
+                                        kafka={"bootstrap": bootstrap, "prefix": opts.topic_prefix},
                                         spool_dir=opts.data_dir / "spool" / admitter_id,
                                         expected_admitters=opts.admitters, discover=True)
             app = create_app(settings, platform)
