@@ -120,56 +120,61 @@ class ScalerLoop:
     # -- Kafka ---------------------------------------------------------------------------------
 
     async def run_kafka(self, bootstrap_servers: str, topic_prefix: str = "", report_every: float = 10.0) -> None:
-        """Follow the pool-state topic (no group, every partition, from the beginning) until cancelled."""
-        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+        """Follow the pool-state topic until cancelled (``tokenpools.kafka.reader.CompactedReader``: no group,
+        every partition, from the beginning, reconnecting through broker outages); reports go to the
+        replicas topic, all pools once the topic is assigned and again every ``report_every`` seconds."""
+        from aiokafka import AIOKafkaProducer
+
+        from tokenpools.kafka.reader import CompactedReader
 
         topics = Topics(topic_prefix)
-        pool_topic, replicas_topic = topics.pool_state, topics.replicas
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", enable_idempotence=True)
         await producer.start()
+        self.publish = kafka_publisher(producer, topics.replicas)
+        latest: dict[str, PoolState] = {}  # the newest state per pool in the current batch
+        next_report = 0.0
 
-        self.publish = kafka_publisher(producer, replicas_topic)
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False)
-        await consumer.start()
+        def collect(_key: bytes | None, value: bytes | None) -> None:
+            state = decode(PoolState, value, topics.pool_state, self.bad)
+            if state is not None:
+                latest[state.id] = state
+
+        async def first_reports() -> None:
+            nonlocal next_report
+            if not self.reported.is_set():
+                await self.report_all()
+                await producer.flush()
+                self.reported.set()
+                next_report = self.clock() + report_every
+
+        async def batch_done() -> None:
+            nonlocal next_report
+            states = list(latest.values())
+            latest.clear()
+            for state in states:
+                await self._observe_newer(state)
+            if self.clock() >= next_report:  # keep the compacted report fresh even without states
+                await self.report_all()
+                next_report = self.clock() + report_every
+
+        reader = CompactedReader(bootstrap_servers, {topics.pool_state: collect}, bad=self.bad,
+                                 client_id="tokenpools-scaler", name="scaler", keeps="keeping the current replicas",
+                                 after_batch=batch_done, on_assigned=first_reports, logger=log)
         try:
-            while True:
-                cluster = await consumer._client.fetch_all_metadata()
-                parts = cluster.partitions_for_topic(pool_topic)
-                if parts:
-                    break
-                log.info("waiting for topic %s", pool_topic)
-                await asyncio.sleep(1.0)
-            tps = [TopicPartition(pool_topic, p) for p in sorted(parts)]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            await self.report_all()
-            await producer.flush()
-            self.reported.set()
-            next_report = self.clock() + report_every
-            while True:
-                batches = await consumer.getmany(timeout_ms=1000)
-                latest: dict[str, PoolState] = {}
-                for records in batches.values():
-                    for r in records:
-                        state = decode(PoolState, r.value, pool_topic, self.bad)
-                        if state is not None:
-                            latest[state.id] = state
-                for state in latest.values():  # only the newest state per pool in a batch
-                    if state.seq < self._last_seq.get(state.id, -1):
-                        continue
-                    self._last_seq[state.id] = state.seq
-                    try:
-                        await self.observe(state)
-                    except Exception:
-                        log.exception("scaling pool %s failed; retrying at the next state", state.id)
-                if self.clock() >= next_report:  # keep the compacted report fresh even without states
-                    await self.report_all()
-                    next_report = self.clock() + report_every
+            await reader.run()
         finally:
             with contextlib.suppress(Exception):
-                await consumer.stop()
-            with contextlib.suppress(Exception):
                 await producer.stop()
+
+    async def _observe_newer(self, state: PoolState) -> None:
+        """Observe a state unless an older one than the last observed (a replay after a reconnect)."""
+        if state.seq < self._last_seq.get(state.id, -1):
+            return
+        self._last_seq[state.id] = state.seq
+        try:
+            await self.observe(state)
+        except Exception:
+            log.exception("scaling pool %s failed; retrying at the next state", state.id)
 
 
 def kafka_publisher(producer: AIOKafkaProducer, topic: str) -> Publish:

@@ -8,16 +8,7 @@ import logging
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from schemas.topics import (  # noqa: F401 - TEMPORARY re-export for admitter/loadgen, removed once they import schemas.topics
-    COMPACTED,
-    CONFIG,
-    ENTITLEMENT_STATE,
-    ENTITLEMENT_USAGE,
-    POOL_STATE,
-    REPLICAS,
-    REQUESTS,
-    TopicSpec,
-)
+from schemas.topics import TopicSpec
 
 log = logging.getLogger(__name__)
 

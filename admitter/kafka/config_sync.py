@@ -19,14 +19,13 @@ caller applies its write locally at once; until this follower has read past the 
 reconciling overlays the written value (``_pending``), so the writer never flips back to the value
 before its own write.
 
-**Bad records** are decoded by ``streams.config_table.ConfigView`` (the pipeline's decoder: both sides
+**Bad records** are decoded by ``schemas.config_view.ConfigView`` (the pipeline's decoder too: both sides
 count and skip exactly the same records), counted in ``bad`` by reason and skipped. A well-formed
 document the admitter cannot apply (a guarantee the pool cannot provision, a key another tenant
 holds, an unknown pool) is counted once as ``rejected`` and retried on every later change.
 
-Why import from ``streams``: ``streams.config_table`` is plain aiokafka and pydantic (no Faust), and
-the admitter already takes its topic names from ``streams.topics``; one decoder and one seeding rule
-for both readers of the topic is the point, so they are shared rather than copied.
+The topic is read by ``tokenpools.kafka.reader.CompactedReader``: its caught-up hook publishes the seed
+and reads it back before the view goes live, and its positions tell when a write has been read.
 """
 
 from __future__ import annotations
@@ -38,14 +37,15 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
-from admitter.kafka.compacted import assign_resuming, reached
 from admitter.stats import ConfigStats
+from schemas.config_view import ConfigView
 from schemas.specs import Entitlement, Manifest, TokenPool
+from schemas.topics import Topics, config_key, config_value
 from schemas.wire import BadRecords
-from streams.config_table import ConfigView, config_key, config_value
-from streams.topics import CONFIG, REPLICAS
+from tokenpools.kafka.progress import Partition
+from tokenpools.kafka.reader import CompactedReader
 
 log = logging.getLogger("tokenpools.admitter.config")
 
@@ -75,48 +75,50 @@ class ConfigSync:
         client_id: str = "tokenpools-admitter-config",
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
-        self.topic = topic or topic_prefix + CONFIG
+        topics = Topics(topic_prefix)
+        self.topic = topic or topics.config
         self.initial_wait = initial_wait
         self.write_timeout = write_timeout
         self.retry_backoff = retry_backoff
         self.client_id = client_id
         self.bad = BadRecords()
-        self.view = ConfigView(self.bad, self.topic, topic_prefix + REPLICAS)
+        self.view = ConfigView(self.bad, self.topic, topics.replicas)
         self.seed = {config_key(m): m for m in seed if isinstance(m, TokenPool | Entitlement)}
-        self.ready = asyncio.Event()  # topic read to its end (and the YAML's absent documents published)
         self.published: list[str] = []  # keys this admitter seeded from its YAML
         self.rejected: dict[str, str] = {}  # key -> why the admitter could not apply that document
-        self.records = 0
         self._target: ConfigTarget | None = None
-        self._positions: dict[TopicPartition, int] = {}
-        self._pending: dict[str, tuple[TopicPartition, int, Manifest | None]] = {}
+        self._pending: dict[str, tuple[Partition, int, Manifest | None]] = {}
         self._synced_version = -1
         self._seeded = False
         self._producer: AIOKafkaProducer | None = None
         self._producer_lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
+        self.reader = CompactedReader(
+            bootstrap_servers, {self.topic: self.view.apply_config}, bad=self.bad, client_id=client_id,
+            name="config follower", keeps="keeping the current config", after_batch=self._batch_done,
+            on_caught_up=self._caught_up, retry_backoff=retry_backoff, logger=log)
+
+    @property
+    def ready(self) -> asyncio.Event:
+        """Set once the topic was read to its end (and the YAML's absent documents published and read back)."""
+        return self.reader.caught_up
+
+    @property
+    def records(self) -> int:
+        return self.reader.records[self.topic]
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self, target: ConfigTarget) -> None:
         """Follow the topic; wait up to ``initial_wait`` for it, else go on with the YAML config."""
         self._target = target
-        self._task = asyncio.create_task(self._run(), name="config-follower")
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.initial_wait):
-                await self.ready.wait()
-        if not self.ready.is_set():
+        if not await self.reader.start(self.initial_wait):
             log.warning("config topic %s not read within %.1f s (is Kafka at %s up?); serving the YAML config "
                         "until it is, and admin writes answer 503", self.topic, self.initial_wait,
                         self.bootstrap_servers)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self.reader.stop()
         producer, self._producer = self._producer, None
         if producer is not None:
             await _stop_quietly(producer)
@@ -158,8 +160,8 @@ class ConfigSync:
             self._drop_producer()
             raise ConfigUnavailable(f"Kafka at {self.bootstrap_servers} did not acknowledge the write to "
                                     f"{self.topic} ({type(exc).__name__}); nothing was changed, retry later") from exc
-        tp = TopicPartition(meta.topic, meta.partition)
-        if self._positions.get(tp, 0) <= meta.offset:
+        tp = Partition(meta.topic, meta.partition)
+        if self.reader.position(tp) <= meta.offset:
             self._pending[key] = (tp, meta.offset, manifest)
 
     async def _get_producer(self) -> AIOKafkaProducer:
@@ -193,63 +195,32 @@ class ConfigSync:
 
     # -- following -----------------------------------------------------------------------------
 
-    async def _run(self) -> None:
-        while True:
-            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, group_id=None,
-                                        enable_auto_commit=False, auto_offset_reset="earliest",
-                                        client_id=self.client_id)
-            try:
-                await consumer.start()
-                tps = await assign_resuming(consumer, (self.topic,), self._positions,
-                                            retry_backoff=self.retry_backoff, log=log)
-                end = None if self.ready.is_set() else await consumer.end_offsets(tps)
-                while True:
-                    batches = await consumer.getmany(timeout_ms=500, max_records=1000)
-                    for tp, records in batches.items():
-                        for r in records:
-                            self._handle(r.key, r.value)
-                            self._positions[tp] = r.offset + 1
-                    if end is not None:
-                        if not await reached(consumer, end):
-                            continue
-                        if not self._seeded:
-                            end = await self._publish_seed(end)
-                            self._seeded = True
-                            continue
-                        end = None
-                        self._go_live()
-                        continue
-                    self._prune_pending()
-                    if self.view.version != self._synced_version or self.rejected:
-                        self._reconcile()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("config follower lost Kafka at %s (%r); keeping the current config and retrying",
-                            self.bootstrap_servers, exc)
-                await asyncio.sleep(self.retry_backoff)
-            finally:
-                with contextlib.suppress(Exception):
-                    async with asyncio.timeout(5):
-                        await consumer.stop()
+    async def _batch_done(self) -> None:
+        if self.ready.is_set():
+            self._prune_pending()
+            if self.view.version != self._synced_version or self.rejected:
+                self._reconcile()
 
-    def _handle(self, key: bytes | None, value: bytes | None) -> None:
-        self.records += 1
-        try:
-            self.view.apply_config(key, value)
-        except Exception as exc:  # a record must never stop the follower
-            self.bad.note(self.topic, "error", repr(exc))
+    async def _caught_up(self) -> dict[Partition, int] | None:
+        """Read to the end: publish the seed once and read it back, then go live."""
+        if not self._seeded:
+            more = await self._publish_seed()
+            self._seeded = True
+            if more:
+                return more
+        self._go_live()
+        return None
 
-    async def _publish_seed(self, end: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
-        """Publish the YAML documents whose key is absent; returns the end offsets to read up to."""
+    async def _publish_seed(self) -> dict[Partition, int]:
+        """Publish the YAML documents whose key is absent; returns the offsets to read up to as well."""
         todo = [(key, m) for key, m in self.seed.items() if key not in self.view.docs]
         if not todo:
-            return end
+            return {}
         producer = await self._get_producer()
-        end = dict(end)
+        end: dict[Partition, int] = {}
         for key, manifest in todo:
             meta = await producer.send_and_wait(self.topic, config_value(manifest), key=key.encode())
-            tp = TopicPartition(meta.topic, meta.partition)
+            tp = Partition(meta.topic, meta.partition)
             end[tp] = max(end.get(tp, 0), meta.offset + 1)
         self.published = [key for key, _ in todo]
         log.info("config: published %d document(s) from the YAML absent on %s: %s", len(todo), self.topic,
@@ -257,14 +228,13 @@ class ConfigSync:
         return end
 
     def _go_live(self) -> None:
-        self.ready.set()
         self._reconcile()
         platform = self.view.platform
         log.info("config from %s: %d pool(s), %d entitlement(s)%s", self.topic, len(platform.pools),
                  len(platform.entitlements), f"; {len(self.rejected)} not applied" if self.rejected else "")
 
     def _prune_pending(self) -> None:
-        done = [key for key, (tp, offset, _) in self._pending.items() if self._positions.get(tp, 0) > offset]
+        done = [key for key, (tp, offset, _) in self._pending.items() if self.reader.position(tp) > offset]
         for key in done:
             del self._pending[key]
 

@@ -1,7 +1,8 @@
 """Replica discovery: a pool's backends follow the scaler's reports on ``tokenpools.replicas``.
 
-``ReplicaDiscovery`` reads the compacted replicas topic with a plain aiokafka consumer (no group:
-every admitter needs every pool, and the partition is read whole from the beginning, then tailed).
+``ReplicaDiscovery`` reads the compacted replicas topic with ``tokenpools.kafka.reader.CompactedReader``
+(no group: every admitter needs every pool, and the partition is read whole from the beginning, then
+tailed).
 For each ``ReplicasReport`` of a pool this admitter serves that carries ``endpoints``, the pool's
 ``ReplicaSet`` members become those URLs (``ReplicaSet.replace``): a new replica gets new requests at
 once, and a removed one gets no new ones while the requests it has finish (it is draining).
@@ -23,17 +24,14 @@ recreated and resumes from the offsets it had reached.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
-from admitter.kafka.compacted import assign_resuming, reached
 from admitter.upstream.replicas import ReplicaSet
 from schemas.records import ReplicasReport
+from schemas.topics import Topics
 from schemas.wire import BadRecords, decode
-from streams.topics import REPLICAS
+from tokenpools.kafka.reader import CompactedReader
 
 log = logging.getLogger("tokenpools.admitter.discovery")
 
@@ -56,7 +54,7 @@ class ReplicaDiscovery:
         ``initial_wait``: how long ``start`` waits to have read the topic to its end before going on."""
         self.bootstrap_servers = bootstrap_servers
         self.replica_sets: Mapping[str, ReplicaSet] = {} if replica_sets is None else replica_sets
-        self.topic = topic or topic_prefix + REPLICAS
+        self.topic = topic or Topics(topic_prefix).replicas
         self.client_id = client_id
         self.initial_wait = initial_wait
         self.retry_backoff = retry_backoff
@@ -64,29 +62,26 @@ class ReplicaDiscovery:
         self.reports: dict[str, ReplicasReport] = {}  # latest per pool, served here or not (yet)
         self._applied: dict[str, ReplicaSet] = {}  # the set each pool's report was last applied to
         self.changes = 0  # membership changes applied
-        self.caught_up = asyncio.Event()
-        self._positions: dict[TopicPartition, int] = {}
-        self._task: asyncio.Task[None] | None = None
+        self.reader = CompactedReader(
+            bootstrap_servers, {self.topic: self.handle}, bad=self.bad, client_id=client_id,
+            name="replica discovery", keeps="keeping the current replicas", after_batch=self._batch_done,
+            on_caught_up=self._caught_up, retry_backoff=retry_backoff, logger=log)
+
+    @property
+    def caught_up(self) -> asyncio.Event:
+        return self.reader.caught_up
 
     async def start(self, replica_sets: Mapping[str, ReplicaSet] | None = None) -> None:
         """Start following (``AdmitterState.start`` does, before anything else, with the upstream's sets,
         so the members are current when the first request comes)."""
         if replica_sets is not None:
             self.replica_sets = replica_sets
-        self._task = asyncio.create_task(self._run(), name="replica-discovery")
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.initial_wait):
-                await self.caught_up.wait()
-        if not self.caught_up.is_set():
+        if not await self.reader.start(self.initial_wait):
             log.warning("replicas topic %s not read within %.1f s; routing to the configured backends until it is",
                         self.topic, self.initial_wait)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self.reader.stop()
 
     def handle(self, key: bytes | None, value: bytes | None) -> bool:
         """One record; True if a pool's members changed."""
@@ -124,32 +119,8 @@ class ReplicaDiscovery:
                  " ".join(added) or "-", " ".join(removed) or "-")
         return True
 
-    async def _run(self) -> None:
-        while True:
-            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, group_id=None,
-                                        enable_auto_commit=False, auto_offset_reset="earliest",
-                                        client_id=self.client_id)
-            try:
-                await consumer.start()
-                tps = await assign_resuming(consumer, (self.topic,), self._positions,
-                                            retry_backoff=self.retry_backoff, log=log)
-                end = await consumer.end_offsets(tps) if not self.caught_up.is_set() else {}
-                while True:
-                    if end and not self.caught_up.is_set() and await reached(consumer, end):
-                        self.caught_up.set()
-                        log.info("replica discovery caught up: %d pools reported", len(self.reports))
-                    batches = await consumer.getmany(timeout_ms=500, max_records=1000)
-                    for tp, records in batches.items():
-                        for r in records:
-                            self.handle(r.key, r.value)
-                            self._positions[tp] = r.offset + 1
-                    self.apply_pending()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("replica discovery lost Kafka; keeping the current replicas and reconnecting")
-                await asyncio.sleep(self.retry_backoff)
-            finally:
-                with contextlib.suppress(Exception):
-                    async with asyncio.timeout(5):
-                        await consumer.stop()
+    async def _batch_done(self) -> None:
+        self.apply_pending()
+
+    async def _caught_up(self) -> None:
+        log.info("replica discovery caught up: %d pools reported", len(self.reports))

@@ -40,8 +40,8 @@ from aiokafka import AIOKafkaProducer
 from admitter.kafka.spool import Spool
 from admitter.stats import SinkStats
 from schemas.records import RequestEvent
+from schemas.topics import Topics
 from schemas.wire import encode, encode_event_batch
-from streams.topics import REQUESTS
 
 log = logging.getLogger("tokenpools.admitter.kafka")
 
@@ -99,7 +99,7 @@ class KafkaSink:
         producer_options: dict[str, Any] | None = None,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
-        self.topic = topic or topic_prefix + REQUESTS
+        self.topic = topic or Topics(topic_prefix).requests
         self.spool = Spool(spool_dir)
         self.flush_interval = flush_interval
         if batch_events < 1 or batch_bytes < 1 or batch_records < 1 or batch_linger < 0:

@@ -15,32 +15,31 @@ The entitlement's guarantee is scaled by the same ratio (share / limit, per dime
 its guarantee share). ``PoolState`` sets the pool's capacity to this admitter's part of the pipeline's
 capacity belief (``ready_replicas`` divided by the number of known admitters).
 
-Bad records are counted (``schemas.wire.BadRecords``) and skipped; that includes any state whose limits
-or shares are negative, NaN, infinite or above one entitlement's largest amount (``schemas.records``
-validates them on decode), so no such limit is ever applied. If Kafka goes away the admitter
-keeps enforcing the last limits it applied; aiokafka reconnects, and a consumer that fails outright is
-recreated and resumes from the positions it had reached. ``connected``, ``reconnects``, ``records``
-and ``last_applied`` are what ``admitter.metrics`` exports (docs/observability.md).
+The topics are read by ``tokenpools.kafka.reader.CompactedReader`` (every partition, no group, from the
+beginning, then tailed; caught up at the end offsets seen at start). Bad records are counted
+(``schemas.wire.BadRecords``) and skipped; that includes any state whose limits or shares are negative,
+NaN, infinite or above one entitlement's largest amount (``schemas.records`` validates them on decode),
+so no such limit is ever applied. If Kafka goes away the admitter keeps enforcing the last limits it
+applied; aiokafka reconnects, and a consumer that fails outright is recreated and resumes from the
+positions it had reached. ``connected``, ``reconnects``, ``records`` and ``last_applied`` are what
+``admitter.metrics`` exports (docs/observability.md).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
 from admitter.admission.limits import LimitTarget
-from admitter.kafka.compacted import assign_resuming, reached
 from admitter.stats import StateStats
 from capacity.live import Triple
 from schemas.records import EntitlementState, PoolState
+from schemas.topics import Topics
 from schemas.wire import BadRecords, decode
-from streams.topics import ENTITLEMENT_STATE, POOL_STATE
+from tokenpools.kafka.reader import CompactedReader
 
 log = logging.getLogger("tokenpools.admitter.follower")
 
@@ -64,8 +63,9 @@ class StateFollower:
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.admitter_id = admitter_id
-        self.entitlement_topic = entitlement_topic or topic_prefix + ENTITLEMENT_STATE
-        self.pool_topic = pool_topic or topic_prefix + POOL_STATE
+        topics = Topics(topic_prefix)
+        self.entitlement_topic = entitlement_topic or topics.entitlement_state
+        self.pool_topic = pool_topic or topics.pool_state
         self.expected_admitters = max(1, expected_admitters)
         self.initial_wait = initial_wait
         self.retry_backoff = retry_backoff
@@ -75,17 +75,35 @@ class StateFollower:
         self.entitlements: dict[str, EntitlementState] = {}  # latest per key
         self.pools: dict[str, PoolState] = {}
         self.applied = 0  # entitlement states applied to a live pool
-        self.caught_up = asyncio.Event()  # read both topics to the end offsets seen at start
         self.records: Counter[tuple[str, str]] = Counter()  # (entitlement|pool, applied|ignored|deleted)
         self.last_applied: dict[str, float] = {}  # pool -> clock() when a new state of it was last applied
         self.last_seq: dict[str, int] = {}  # pool -> highest tick seq applied
         self.started_at: float | None = None
-        self.connected = False  # a fetch response within contact_timeout
-        self.reconnects = 0  # times Kafka came back after the follower had lost it
         self._targets: dict[str, LimitTarget] = {}
-        self._positions: dict[TopicPartition, int] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._ever_connected = False
+        self._changed: set[str] = set()  # pools whose limits changed in the current batch
+        # A short fetch wait: aiokafka keeps one fetch in flight per broker, and a partition just drained
+        # joins only the next one, so new states could wait up to the whole wait (500 ms by default).
+        self.reader = CompactedReader(
+            bootstrap_servers,
+            {topic: self._record(topic) for topic in (self.entitlement_topic, self.pool_topic)},
+            bad=self.bad, client_id=f"tokenpools-follower-{admitter_id}", name="state follower",
+            keeps="keeping the last limits", after_batch=self._batch_done, on_caught_up=self._caught_up,
+            retry_backoff=retry_backoff, contact_timeout=contact_timeout, fetch_max_wait_ms=100, logger=log)
+
+    @property
+    def caught_up(self) -> asyncio.Event:
+        """Set once both topics were read to the end offsets seen at start."""
+        return self.reader.caught_up
+
+    @property
+    def connected(self) -> bool:
+        """A fetch response within ``contact_timeout``."""
+        return self.reader.connected
+
+    @property
+    def reconnects(self) -> int:
+        """Times Kafka came back after the follower had lost it."""
+        return self.reader.reconnects
 
     # -- LimitSource ---------------------------------------------------------------------------
 
@@ -93,20 +111,12 @@ class StateFollower:
         """Start following; wait up to ``initial_wait`` for the current state (else go on with the config's)."""
         self._targets = dict(targets)
         self.started_at = self._clock()
-        self._task = asyncio.create_task(self._run(), name="state-follower")
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.initial_wait):
-                await self.caught_up.wait()
-        if not self.caught_up.is_set():
+        if not await self.reader.start(self.initial_wait):
             log.warning("state topics not read within %.1f s; enforcing configured guarantees until they are",
                         self.initial_wait)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self.reader.stop()
 
     def refresh(self, pool: str) -> None:
         """Entitlements changed (admin API): re-apply what is known for the pool."""
@@ -207,44 +217,22 @@ class StateFollower:
         self.last_seq[pool] = max(seq, self.last_seq.get(pool, seq))
         return {pool}
 
-    async def _run(self) -> None:
-        while True:
-            # A short fetch wait: aiokafka keeps one fetch in flight per broker, and a partition just drained
-            # joins only the next one, so new states could wait up to the whole wait (500 ms by default).
-            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, group_id=None,
-                                        enable_auto_commit=False, auto_offset_reset="earliest",
-                                        fetch_max_wait_ms=100, client_id=f"tokenpools-follower-{self.admitter_id}")
-            try:
-                await consumer.start()
-                tps = await assign_resuming(consumer, (self.entitlement_topic, self.pool_topic), self._positions,
-                                            retry_backoff=self.retry_backoff, log=log)
-                end = await consumer.end_offsets(tps) if not self.caught_up.is_set() else {}
-                while True:
-                    batches = await consumer.getmany(timeout_ms=500, max_records=1000)
-                    self._note_contact(consumer, tps)
-                    changed: set[str] = set()
-                    for tp, records in batches.items():
-                        for r in records:
-                            changed |= self.handle(tp.topic, r.key, r.value)
-                            self._positions[tp] = r.offset + 1
-                    for pool in changed:
-                        self._targets[pool].limits_changed()
-                    if end and not self.caught_up.is_set() and await reached(consumer, end):
-                        self.caught_up.set()
-                        for pool in self._targets:  # the fallback split depends on every state read
-                            self.refresh(pool)
-                        log.info("state follower caught up: %d entitlements, %d pools",
-                                 len(self.entitlements), len(self.pools))
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                self.connected = False
-                log.exception("state follower lost Kafka; keeping the last limits and reconnecting")
-                await asyncio.sleep(self.retry_backoff)
-            finally:
-                with contextlib.suppress(Exception):
-                    async with asyncio.timeout(5):
-                        await consumer.stop()
+    def _record(self, topic: str) -> Callable[[bytes | None, bytes | None], None]:
+        def handle(key: bytes | None, value: bytes | None) -> None:
+            self._changed |= self.handle(topic, key, value)
+        return handle
+
+    async def _batch_done(self) -> None:
+        changed, self._changed = self._changed, set()
+        for pool in changed:
+            target = self._targets.get(pool)
+            if target is not None:
+                target.limits_changed()
+
+    async def _caught_up(self) -> None:
+        for pool in self._targets:  # the fallback split depends on every state read
+            self.refresh(pool)
+        log.info("state follower caught up: %d entitlements, %d pools", len(self.entitlements), len(self.pools))
 
     def stats(self) -> Sequence[StateStats]:
         return [StateStats(records=dict(self.records), bad=dict(self.bad.counts), caught_up=self.caught_up.is_set(),
@@ -256,19 +244,3 @@ class StateFollower:
         now = self._clock()
         since = self.started_at if self.started_at is not None else now
         return {pool: now - self.last_applied.get(pool, since) for pool in self._targets}
-
-    def _note_contact(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> None:
-        """aiokafka reconnects by itself and ``getmany`` just returns nothing while the broker is away, so
-        liveness is read from the last fetch response per partition (every ``fetch_max_wait_ms`` when idle)."""
-        polled = [t for tp in tps if (t := consumer.last_poll_timestamp(tp)) is not None]
-        self._set_connected(bool(polled) and time.time() - max(polled) / 1000 < self.contact_timeout)
-
-    def _set_connected(self, alive: bool) -> None:
-        if alive and not self.connected:
-            if self._ever_connected:
-                self.reconnects += 1
-                log.info("state follower reconnected to Kafka")
-            self._ever_connected = True
-        elif self.connected and not alive:
-            log.warning("state follower lost Kafka; keeping the last limits")
-        self.connected = alive

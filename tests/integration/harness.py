@@ -23,12 +23,14 @@ from typing import Any
 
 import httpx
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas import topics
 from schemas.records import Amounts, EntitlementState, Outcome, Phase, PoolState, RequestEvent
+from schemas.topics import Topics
 from schemas.wire import encode
+from tokenpools.kafka.reader import read_records
 
 REPO = Path(__file__).resolve().parents[2]
 TICK_S = 0.25
@@ -166,10 +168,14 @@ class Kafka:
     def __init__(self, bootstrap: str, prefix: str) -> None:
         self.bootstrap = bootstrap
         self.prefix = prefix
+        self.topics = Topics(prefix)
+        # unprefixed name (``schemas.topics.REQUESTS``, ...) -> this run's topic
+        self._names = {bare.name: named.name for bare, named in zip(Topics().specs(), self.topics.specs(), strict=True)}
         self.producer: AIOKafkaProducer | None = None
 
     def topic(self, name: str) -> str:
-        return self.prefix + name
+        """The topic of this run named ``name`` without the prefix (``schemas.topics.REQUESTS``, ...)."""
+        return self._names[name]
 
     async def send(self, topic: str, value: bytes | None, key: bytes | None) -> None:
         if self.producer is None:
@@ -185,21 +191,7 @@ class Kafka:
 
     async def read_all(self, topic: str) -> list[tuple[bytes | None, bytes | None]]:
         """Every record of a topic, from the beginning to its current end."""
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False)
-        await consumer.start()
-        try:
-            cluster = await consumer._client.fetch_all_metadata()
-            tps = [TopicPartition(self.topic(topic), p) for p in cluster.partitions_for_topic(self.topic(topic)) or ()]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            end = await consumer.end_offsets(tps)
-            out: list[tuple[bytes | None, bytes | None]] = []
-            while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
-                for records in (await consumer.getmany(timeout_ms=1000)).values():
-                    out.extend((r.key, r.value) for r in records)
-            return out
-        finally:
-            await consumer.stop()
+        return [(key, value) for _, key, value in await read_records(self.bootstrap, [self.topic(topic)])]
 
     async def totals(self) -> dict[str, dict[str, Any]]:
         """Latest cumulative totals per entitlement (summed over requests partitions) from stage 1's summaries."""

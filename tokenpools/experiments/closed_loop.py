@@ -72,31 +72,28 @@ class Timeline:
 
 async def follow(bootstrap: str, prefix: str, timeline: Timeline, stop: asyncio.Event) -> None:
     """Read the three topics from the beginning until ``stop`` (no consumer group: nothing committed)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from tokenpools.kafka.reader import CompactedReader, Handler
 
     named = Topics(prefix)
-    names = {named.pool_state: (PoolState, timeline.pools),
-             named.entitlement_state: (EntitlementState, timeline.entitlements),
-             named.replicas: (ReplicasReport, timeline.replicas)}
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
-                                client_id="tokenpools-demo-observer")
-    await consumer.start()
-    try:
-        from streams.config_table import partitions_of
 
-        partitions = [TopicPartition(t, p) for t in names for p in await partitions_of(consumer, t)]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        while not stop.is_set():
-            batches = await consumer.getmany(timeout_ms=200)
-            for tp, messages in batches.items():
-                model, sink = names[tp.topic]
-                for m in messages:
-                    record = decode(model, m.value, tp.topic, timeline.bad)
-                    if record is not None:
-                        sink.append(record)
+    def into(topic: str, model: type[Any], sink: list[Any]) -> Handler:
+        def handle(_key: bytes | None, value: bytes | None) -> None:
+            record = decode(model, value, topic, timeline.bad)
+            if record is not None:
+                sink.append(record)
+        return handle
+
+    reader = CompactedReader(bootstrap, {
+        named.pool_state: into(named.pool_state, PoolState, timeline.pools),
+        named.entitlement_state: into(named.entitlement_state, EntitlementState, timeline.entitlements),
+        named.replicas: into(named.replicas, ReplicasReport, timeline.replicas),
+    }, bad=timeline.bad, client_id="tokenpools-demo-observer", name="demo observer", keeps="keeping the timeline",
+        fetch_max_wait_ms=200)
+    await reader.start()
+    try:
+        await stop.wait()
     finally:
-        await consumer.stop()
+        await reader.stop()
 
 
 @dataclass
