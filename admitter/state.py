@@ -30,20 +30,12 @@ from admitter.upstream.proxy import Upstream
 from admitter.upstream.replicas import ReplicaSet
 from capacity.live import EntitlementLive, PoolLive
 from schemas.echo import echo_str
+from schemas.errors import EntitlementConflict, EntitlementInvalid, EntitlementRejected
 from schemas.loader import PlatformConfig, provisioning_problems
 from schemas.specs import Entitlement, TokenPool
 from schemas.topics import config_key
 
 log = logging.getLogger("tokenpools.admitter")
-
-
-class EntitlementRejected(Exception):
-    """An entitlement update that cannot be applied; ``status`` is the HTTP answer (409 or 422)."""
-
-    def __init__(self, status: int, problems: list[str]) -> None:
-        super().__init__("; ".join(problems))
-        self.status = status
-        self.problems = problems
 
 
 class RequestIds:
@@ -122,33 +114,33 @@ class AdmitterState:
     def check_entitlement(self, ent: Entitlement) -> tuple[TokenPool, Entitlement | None, dict[str, KeyOwner]]:
         """Validate a create or update without changing anything: the pool, the previous spec, the new key table.
 
-        Refused with 422 for an unknown pool, and with 409 when its guarantee could not be provisioned
-        at the pool's max replicas, when its keys clash with another tenant's, or when it would move
-        pools with requests in flight.
+        Refused (``EntitlementInvalid``) for an unknown pool, and (``EntitlementConflict``) when its
+        guarantee could not be provisioned at the pool's max replicas, when its keys clash with another
+        tenant's, or when it would move pools with requests in flight.
         """
         pool = self.config.pools.get(ent.spec.pool)
         if pool is None:
             known = ", ".join(sorted(self.config.pools)) or "none"
-            raise EntitlementRejected(422, [f"spec.pool: unknown pool '{echo_str(ent.spec.pool)}' (known: {known})"])
+            raise EntitlementInvalid([f"spec.pool: unknown pool '{echo_str(ent.spec.pool)}' (known: {known})"])
         previous = self.config.entitlements.get(ent.name)
         others = [e for e in self.config.entitlements_of(pool.name) if e.name != ent.name]
         # The loader names whichever entitlement tips a dimension over (in name order); here the
         # existing ones were provisionable, so any new problem is this entitlement's doing.
         after = provisioning_problems(pool, [*others, ent])
         if len(after) > len(provisioning_problems(pool, others)):
-            raise EntitlementRejected(409, list(dict.fromkeys(f"{fld}: {msg}" for _, fld, msg in after)))
+            raise EntitlementConflict(list(dict.fromkeys(f"{fld}: {msg}" for _, fld, msg in after)))
         entitlements = dict(self.config.entitlements)
         entitlements[ent.name] = ent
         try:
             owners = KeyRing.build(entitlements.values(), incoming=ent.name)
         except KeyConflict as exc:
-            raise EntitlementRejected(409, [f"spec.apiKeys: {exc}"]) from None
+            raise EntitlementConflict([f"spec.apiKeys: {exc}"]) from None
         if previous is not None and previous.spec.pool != ent.spec.pool:
             old_gate = self.gates.get(previous.spec.pool)
             old = old_gate.live.entitlements.get(ent.name) if old_gate is not None else None
             requests = old.in_flight()[1] if old is not None else 0.0
             if requests > 0:
-                raise EntitlementRejected(409, [
+                raise EntitlementConflict([
                     f"spec.pool: entitlement '{ent.name}' has {requests:g} request(s) in flight on pool "
                     f"'{previous.spec.pool}'; move it when they have finished"])
         return pool, previous, owners
@@ -156,7 +148,7 @@ class AdmitterState:
     def apply_entitlement(self, ent: Entitlement) -> bool:
         """Create or update an entitlement in the config, the key ring and the live pool; True if created.
 
-        Refused (``EntitlementRejected``) for the reasons ``check_entitlement`` gives.
+        Refused (an ``EntitlementRejected``) for the reasons ``check_entitlement`` gives.
         """
         pool, previous, owners = self.check_entitlement(ent)
         now = time.monotonic()

@@ -22,6 +22,12 @@ and is sent with the first token (so a client timing the first byte of content s
 last token chunk carries ``finish_reason``; ``stream_options.include_usage`` adds one more chunk
 with ``choices: []`` and ``usage``; the stream ends with ``data: [DONE]``. Errors use the OpenAI
 envelope ``{"error": {"message", "type", "param", "code"}}``.
+
+The parts the admitter shares (the error envelope and :class:`~schemas.openai.OpenAIError`, SSE
+framing and ``[DONE]``, the JSON-integer and token-id rules) come from :mod:`schemas.openai`; the
+messages here are the emulator's own (vLLM's wording where a client might match on it). An
+emulator error's ``type`` is ``invalid_request_error`` unless given: vLLM does not vary it by status
+as the admitter does.
 """
 
 from __future__ import annotations
@@ -31,36 +37,21 @@ from typing import Any, Literal
 
 import orjson
 
+from schemas.openai import INVALID_REQUEST, OpenAIError, is_integer, is_token_ids, sse_frame
+
 # The token convention is shared with the load generator, which sizes prompts by it.
 from schemas.openai_tokens import BYTES_PER_TOKEN, CHAT_TOKENS_PER_MESSAGE
 
 #: One generated token's text: exactly :data:`BYTES_PER_TOKEN` bytes, so text and counts agree.
 FILLER_WORD = "tok "
-SSE_DONE = b"data: [DONE]\n\n"
 
 Kind = Literal["chat", "completion"]
 
 
-class WireError(Exception):
-    """A request the server must refuse, with the HTTP status and OpenAI error fields to send."""
-
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 type_: str = "invalid_request_error") -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.param = param
-        self.code = code
-        self.type = type_
-
-    def body(self) -> dict[str, Any]:
-        return error_body(self.message, type_=self.type, param=self.param, code=self.code)
-
-
-def error_body(message: str, *, type_: str = "invalid_request_error", param: str | None = None,
-               code: str | None = None) -> dict[str, Any]:
-    """OpenAI's error envelope; clients (the openai SDK, the admitter) parse ``error.message``."""
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+def refuse(status: int, message: str, *, param: str | None = None, code: str | None = None,
+           type: str = INVALID_REQUEST) -> OpenAIError:
+    """A request the emulator must refuse: the status and OpenAI error fields to send."""
+    return OpenAIError(status, message, code, type=type, param=param)
 
 
 # ----------------------------------------------------------------------------------- counting
@@ -80,11 +71,11 @@ def _content_bytes(content: Any, index: int) -> int:
         total = 0
         for j, part in enumerate(content):
             if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise WireError(400, "only text content parts are supported by this model",
+                raise refuse(400, "only text content parts are supported by this model",
                                 param=f"messages.[{index}].content.[{j}]")
             total += len(part["text"].encode("utf-8"))
         return total
-    raise WireError(400, "message content must be a string, a list of text parts or null",
+    raise refuse(400, "message content must be a string, a list of text parts or null",
                     param=f"messages.[{index}].content")
 
 
@@ -93,7 +84,7 @@ def chat_prompt_tokens(messages: list[Any]) -> int:
     total = 0
     for i, msg in enumerate(messages):
         if not isinstance(msg, dict) or not isinstance(msg.get("role"), str):
-            raise WireError(400, "each message must be an object with a string 'role'", param=f"messages.[{i}]")
+            raise refuse(400, "each message must be an object with a string 'role'", param=f"messages.[{i}]")
         nbytes = _content_bytes(msg.get("content"), i)
         tool_calls = msg.get("tool_calls")
         if tool_calls:
@@ -111,13 +102,13 @@ def completion_prompt_tokens(prompt: Any) -> int:
     if isinstance(prompt, str):
         return text_tokens(prompt)
     if isinstance(prompt, list) and prompt:
-        if all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        if is_token_ids(prompt):
             return len(prompt)
         if len(prompt) == 1:
             return completion_prompt_tokens(prompt[0])
-        raise WireError(400, "batched prompts are not supported by the emulator; send one prompt per request",
+        raise refuse(400, "batched prompts are not supported by the emulator; send one prompt per request",
                         param="prompt")
-    raise WireError(400, "'prompt' must be a non-empty string, list of token ids, or one-element list",
+    raise refuse(400, "'prompt' must be a non-empty string, list of token ids, or one-element list",
                     param="prompt")
 
 
@@ -157,8 +148,8 @@ def _opt_int(body: dict[str, Any], key: str, minimum: int) -> int | None:
     v = body.get(key)
     if v is None:
         return None
-    if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
-        raise WireError(400, f"'{key}' must be an integer >= {minimum}", param=key)
+    if not is_integer(v) or v < minimum:
+        raise refuse(400, f"'{key}' must be an integer >= {minimum}", param=key)
     return v
 
 
@@ -167,7 +158,7 @@ def _opt_bool(body: dict[str, Any], key: str) -> bool:
     if v is None:
         return False
     if not isinstance(v, bool):
-        raise WireError(400, f"'{key}' must be a boolean", param=key)
+        raise refuse(400, f"'{key}' must be a boolean", param=key)
     return v
 
 
@@ -178,10 +169,10 @@ def parse_output_tokens_header(value: str | None) -> int | None:
     try:
         n = int(value.strip())
     except ValueError:
-        raise WireError(400, "x-emulator-output-tokens must be an integer >= 1",
+        raise refuse(400, "x-emulator-output-tokens must be an integer >= 1",
                         param="x-emulator-output-tokens") from None
     if n < 1:
-        raise WireError(400, "x-emulator-output-tokens must be an integer >= 1", param="x-emulator-output-tokens")
+        raise refuse(400, "x-emulator-output-tokens must be an integer >= 1", param="x-emulator-output-tokens")
     return n
 
 
@@ -190,9 +181,9 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise WireError(400, f"request body is not valid JSON: {exc}") from None
+        raise refuse(400, f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
-        raise WireError(400, "request body must be a JSON object")
+        raise refuse(400, "request body must be a JSON object")
     return body
 
 
@@ -200,45 +191,45 @@ def parse_request(kind: Kind, body: dict[str, Any], output_tokens_header: str | 
     """Validate a chat or completions body (the fields the emulator honours; others are ignored)."""
     model = body.get("model")
     if model is not None and not isinstance(model, str):
-        raise WireError(400, "'model' must be a string", param="model")
+        raise refuse(400, "'model' must be a string", param="model")
     if kind == "chat":
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
-            raise WireError(400, "'messages' is required and must be a non-empty list", param="messages")
+            raise refuse(400, "'messages' is required and must be a non-empty list", param="messages")
         prompt_tokens = chat_prompt_tokens(messages)
         max_tokens = _opt_int(body, "max_completion_tokens", 1)
         if max_tokens is None:
             max_tokens = _opt_int(body, "max_tokens", 1)
     else:
         if "prompt" not in body or body["prompt"] is None:
-            raise WireError(400, "'prompt' is required", param="prompt")
+            raise refuse(400, "'prompt' is required", param="prompt")
         prompt_tokens = completion_prompt_tokens(body["prompt"])
         max_tokens = _opt_int(body, "max_tokens", 1)
         if body.get("echo"):
-            raise WireError(400, "'echo' is not supported by the emulator", param="echo")
+            raise refuse(400, "'echo' is not supported by the emulator", param="echo")
     n = _opt_int(body, "n", 1)
     if n is not None and n != 1:
-        raise WireError(400, "only n=1 is supported by the emulator", param="n")
+        raise refuse(400, "only n=1 is supported by the emulator", param="n")
     stream = _opt_bool(body, "stream")
     opts = body.get("stream_options")
     include_usage = continuous = False
     if opts is not None:
         if not isinstance(opts, dict):
-            raise WireError(400, "'stream_options' must be an object", param="stream_options")
+            raise refuse(400, "'stream_options' must be an object", param="stream_options")
         if not stream:
-            raise WireError(400, "stream_options can only be set when stream is true", param="stream_options")
+            raise refuse(400, "stream_options can only be set when stream is true", param="stream_options")
         include_usage = _opt_bool(opts, "include_usage")
         continuous = _opt_bool(opts, "continuous_usage_stats")
     priority = body.get("priority", 0)
     if priority is None:
         priority = 0
-    if not isinstance(priority, int) or isinstance(priority, bool):
-        raise WireError(400, "'priority' must be an integer", param="priority")
+    if not is_integer(priority):
+        raise refuse(400, "'priority' must be an integer", param="priority")
     ext = body.get("emulator")
     out: int | None = None
     if ext is not None:
         if not isinstance(ext, dict):
-            raise WireError(400, "'emulator' must be an object", param="emulator")
+            raise refuse(400, "'emulator' must be an object", param="emulator")
         out = _opt_int(ext, "output_tokens", 1)
     if out is None:
         out = parse_output_tokens_header(output_tokens_header)
@@ -315,4 +306,4 @@ def models_list(model: str, created: int, max_model_len: int) -> dict[str, Any]:
 
 def sse(obj: dict[str, Any]) -> bytes:
     """One server-sent event carrying ``obj`` as JSON."""
-    return b"data: " + orjson.dumps(obj) + b"\n\n"
+    return sse_frame(orjson.dumps(obj))

@@ -4,6 +4,10 @@ Admin sees every pool and entitlement with live state and may create, update or 
 (with Kafka the write goes to ``tokenpools.config`` first and is answered once acknowledged, else 503);
 a tenant key gets 401 there. A tenant sees only its own entitlements' usage through its own key:
 the tenant is derived from the key, never taken from the request.
+
+Refusals found below the edge (an invalid manifest, an entitlement that conflicts, the config topic
+unavailable) are domain errors, answered by the app's handler through
+``admitter.http.errors.openai_error``: these routes do not choose those statuses.
 """
 
 from __future__ import annotations
@@ -18,16 +22,15 @@ from starlette.convertors import PathConvertor, register_url_convertor
 
 from admitter.http.auth import KeyOwner, request_token
 from admitter.http.body import ClientGone, read_body
-from admitter.http.errors import OpenAIError
 from admitter.http.views import entitlement_view, pool_view, usage_view
-from admitter.kafka.config_sync import ConfigUnavailable
-from admitter.state import AdmitterState, EntitlementRejected
+from admitter.kafka import config_sync
+from admitter.state import AdmitterState
 from schemas.echo import echo, echo_str
-from schemas.loader import ConfigError, Source, parse_manifest
+from schemas.errors import ConfigUnavailable, EntitlementInvalid
+from schemas.loader import Source, parse_manifest
+from schemas.openai import OpenAIError
 from schemas.specs import Entitlement
 from schemas.specs import check_name as spec_check_name
-
-RETRY_AFTER_S = 5  # a broker restart or leader move usually takes seconds
 
 
 def json_response(data: Any, status: int = 200) -> Response:
@@ -117,22 +120,15 @@ def build_router() -> APIRouter:
         except ClientGone:
             return Response(status_code=499)  # nobody reads it; the client left mid-body
         doc = _decode_manifest(raw, request.headers.get("content-type"))
-        try:
-            manifest = parse_manifest(doc, Source(f"PUT /admin/entitlements/{name}", 1))
-        except ConfigError as exc:
-            return _unprocessable([str(p) for p in exc.problems])
+        manifest = parse_manifest(doc, Source(f"PUT /admin/entitlements/{name}", 1))  # ConfigError: 422
         if not isinstance(manifest, Entitlement):
-            return _unprocessable([f"kind: expected 'Entitlement', got '{manifest.kind}'"])  # type: ignore[attr-defined]
+            raise EntitlementInvalid([f"kind: expected 'Entitlement', got '{manifest.kind}'"])  # type: ignore[attr-defined]
         if manifest.name != name:
-            return _unprocessable([f"metadata.name: '{echo_str(manifest.name)}' does not match the URL's "
-                                   f"'{echo_str(name)}'"])
+            raise EntitlementInvalid([f"metadata.name: '{echo_str(manifest.name)}' does not match the URL's "
+                                      f"'{echo_str(name)}'"])
         try:
-            created = await state.put_entitlement(manifest)
-        except EntitlementRejected as exc:
-            if exc.status == 422:
-                return _unprocessable(exc.problems)
-            return _problems(409, "conflict", exc.problems)
-        except ConfigUnavailable as exc:
+            created = await state.put_entitlement(manifest)  # EntitlementInvalid 422, EntitlementConflict 409
+        except config_sync.ConfigUnavailable as exc:
             raise _unavailable(exc) from None
         found = state.entitlement_live(name)
         assert found is not None
@@ -145,7 +141,7 @@ def build_router() -> APIRouter:
         check_name(name, "name")
         try:
             deleted = await state.delete_entitlement(name)
-        except ConfigUnavailable as exc:
+        except config_sync.ConfigUnavailable as exc:
             raise _unavailable(exc) from None
         if not deleted:
             raise OpenAIError(404, f"no entitlement named '{echo_str(name)}'", "not_found")
@@ -225,16 +221,7 @@ def _decode_manifest(raw: bytes, content_type: str | None) -> Any:
                       "unsupported_media_type")
 
 
-def _unavailable(exc: ConfigUnavailable) -> OpenAIError:
-    return OpenAIError(503, str(exc), "config_unavailable", headers={"retry-after": str(RETRY_AFTER_S)})
-
-
-def _unprocessable(problems: list[str]) -> Response:
-    return _problems(422, "invalid_manifest", problems)
-
-
-def _problems(status: int, code: str, problems: list[str]) -> Response:
-    err = OpenAIError(status, "\n".join(problems), code)
-    payload = err.payload()
-    payload["problems"] = problems
-    return json_response(payload, status=status)
+def _unavailable(exc: Exception) -> ConfigUnavailable:
+    """The config sync's error as the domain's (the same class once ``admitter.kafka.config_sync``
+    raises ``schemas.errors.ConfigUnavailable`` itself; until then its own class is translated here)."""
+    return exc if isinstance(exc, ConfigUnavailable) else ConfigUnavailable(str(exc))

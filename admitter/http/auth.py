@@ -15,7 +15,8 @@ import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from admitter.http.errors import OpenAIError
+from schemas.errors import TokenPoolsError
+from schemas.openai import OpenAIError
 from schemas.specs import Entitlement
 
 
@@ -68,7 +69,7 @@ class KeyOwner:
     by_pool: dict[str, str] = field(default_factory=dict)  # pool name -> entitlement name
 
 
-class KeyConflict(ValueError):
+class KeyConflict(TokenPoolsError, ValueError):
     """A key claimed by two tenants, or by two entitlements on one pool (which would be ambiguous)."""
 
 

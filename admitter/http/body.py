@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 from starlette.types import Receive
 
-from admitter.http.errors import OpenAIError
 from schemas.echo import echo
+from schemas.openai import OpenAIError, is_integer, is_token_ids
 
 CHAT = "chat"
 COMPLETIONS = "completions"
@@ -94,11 +94,13 @@ def parse_body(raw: bytes, kind: str) -> ParsedRequest:
             max_tokens, max_field = data.get("max_tokens"), "max_tokens"
     else:
         prompt = data.get("prompt")
-        if isinstance(prompt, list) and prompt and all(type(p) is int for p in prompt):
+        if is_token_ids(prompt):
             exact_tokens = len(prompt)
-        prompt_bytes = _prompt_bytes(prompt)
+            prompt_bytes = 0  # counted exactly: nothing for the bytes estimator to learn
+        else:
+            prompt_bytes = _prompt_bytes(prompt)
         max_tokens, max_field = data.get("max_tokens"), "max_tokens"
-    if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1):
+    if max_tokens is not None and (not is_integer(max_tokens) or max_tokens < 1):
         raise _invalid(max_field, "must be an integer >= 1")
     stream = data.get("stream", False)
     if stream is None:
@@ -171,9 +173,7 @@ def _prompt_bytes(prompt: Any) -> int:
         raise _missing("prompt")
     if isinstance(prompt, str):
         return len(prompt.encode("utf-8"))
-    if isinstance(prompt, list) and prompt:
-        if all(isinstance(p, int) and not isinstance(p, bool) for p in prompt):
-            return 0  # token ids: counted exactly by the caller, nothing for the bytes estimator to learn
+    if isinstance(prompt, list) and prompt:  # token ids were taken by the caller
         if len(prompt) == 1 and isinstance(prompt[0], str):
             return len(prompt[0].encode("utf-8"))
         raise _invalid("prompt", "batched prompts are not supported through this gateway; send one prompt per request")

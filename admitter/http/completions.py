@@ -22,14 +22,15 @@ from starlette.types import Receive, Scope, Send
 from admitter.admission.gate import Flight, PoolGate
 from admitter.http.auth import request_token
 from admitter.http.body import CHAT, ClientGone, ParsedRequest, check_content_type, parse_body, read_body
-from admitter.http.errors import OpenAIError
-from admitter.http.refusal import preempted_error, refusal_error
+from admitter.http.errors import openai_error, send_error, send_stream_error
 from admitter.state import AdmitterState
-from admitter.upstream.proxy import Exchange, send_stream_error
+from admitter.upstream.proxy import Exchange
 from capacity.admission import Decision, Verdict
 from capacity.cost import RequestCost
 from capacity.live import EntitlementLive
 from schemas.echo import echo_str
+from schemas.errors import AdmissionRefused, Preempted, TokenPoolsError
+from schemas.openai import OpenAIError
 from schemas.records import SCHEMA_VERSION, Amounts, Outcome, Phase, RequestEvent
 from schemas.specs import TokenPool
 
@@ -85,8 +86,8 @@ class CompletionEndpoint:
         arrival = time.perf_counter()
         try:
             await self._handle(scope, receive, send, arrival)
-        except OpenAIError as err:  # raised only before anything was sent
-            await err.send(send)
+        except TokenPoolsError as exc:  # raised only before anything was sent
+            await send_error(send, openai_error(exc))
         except ClientGone:
             return
 
@@ -156,15 +157,15 @@ class CompletionEndpoint:
             try:
                 with flight.scope:
                     await self._admit_and_relay(call, body, upstream_headers, reply_headers)
-            except OpenAIError as err:
-                error = err
+            except TokenPoolsError as exc:  # domain errors get their status here, once
+                error = openai_error(exc)
             finally:
                 flight.closing = True
                 watcher.cancel()
             if flight.preempted_by is not None:
                 await _tell_preempted(call, reply_headers)
             elif error is not None and not flight.cancelled and not ex.started:
-                await error.send(send, dict(reply_headers_str(reply_headers)))
+                await send_error(send, error, dict(reply_headers_str(reply_headers)))
         finally:
             await self._finish(call, error)
 
@@ -191,7 +192,8 @@ class CompletionEndpoint:
                 metrics.child(metrics.refused, call.pool.name, ent.name, ent.tier.value, dim).inc()
                 state.usage.decision(ent.name, Outcome.REFUSED)
                 await state.sink.emit(self._event(call, Phase.DECISION, Outcome.REFUSED, status=429))
-                raise refusal_error(ent, decision)
+                raise AdmissionRefused(ent.name, ent.tier.value, dim, decision.retry_after, ent.limits(),
+                                       ent.remaining())
             call.admitted = True
             if call.queued:
                 call.decision_outcome = Outcome.QUEUED_ADMITTED
@@ -295,10 +297,10 @@ def reply_headers_str(headers: list[tuple[bytes, bytes]]) -> list[tuple[str, str
 
 
 async def _tell_preempted(call: Call, reply_headers: list[tuple[bytes, bytes]]) -> None:
-    err = preempted_error(call.gate.live.tick_seconds)
+    err = Preempted(call.gate.live.tick_seconds)  # worth retrying after one allocator tick
     ex = call.ex
     if not ex.started:
-        await err.send(ex.send, dict(reply_headers_str(reply_headers)))
+        await send_error(ex.send, openai_error(err), dict(reply_headers_str(reply_headers)))
     elif ex.parsed.stream:
         await send_stream_error(ex.send, err)
 

@@ -16,7 +16,8 @@ today only as a dependency of faust-streaming and kubernetes; selecting it
 
 Errors are mapped to three exceptions so the relay decides retries and statuses once:
 ``UpstreamConnectError`` (nothing was sent: safe to retry elsewhere), ``UpstreamTimeout`` and
-``UpstreamBroken`` (the request may have reached the replica: not retried).
+``UpstreamBroken`` (the request may have reached the replica: not retried). They are transport
+errors, private to the relay, which turns them into the domain's ``UpstreamError`` family.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from typing import TYPE_CHECKING, Protocol
 import anyio
 import httpx
 
+from schemas.errors import TokenPoolsError
+
 if TYPE_CHECKING:
     from admitter.upstream.replicas import Replica
 
@@ -44,7 +47,7 @@ if importlib.util.find_spec("sniffio") is None:
 Headers = list[tuple[bytes, bytes]]
 
 
-class UpstreamConnectError(Exception):
+class UpstreamConnectError(TokenPoolsError):
     """No connection (refused, unreachable, connect timeout): the request was never sent."""
 
     def __init__(self, timeout: bool) -> None:
@@ -52,11 +55,11 @@ class UpstreamConnectError(Exception):
         self.timeout = timeout
 
 
-class UpstreamTimeout(Exception):
+class UpstreamTimeout(TokenPoolsError):
     """The replica went silent longer than the read timeout (it may still be working)."""
 
 
-class UpstreamBroken(Exception):
+class UpstreamBroken(TokenPoolsError):
     """The connection failed after the request was sent."""
 
 

@@ -12,8 +12,9 @@
   asked for ``stream_options.include_usage`` so the admitter learns the real usage; the usage-only
   chunk is dropped for clients that did not ask for it.
 
-``relay`` raises ``OpenAIError`` only before the response has started; after that, trouble is
-reported in-band (an SSE error event) and recorded on the ``Exchange``.
+``relay`` raises an ``UpstreamError`` (``schemas.errors``: what went wrong, no HTTP status) only
+before the response has started; after that, trouble is reported in-band (an SSE error event) and
+recorded on the ``Exchange``. The statuses and codes are the HTTP edge's (``admitter.http.errors``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import orjson
 from starlette.types import Send
 
 from admitter.http.body import ParsedRequest
-from admitter.http.errors import OpenAIError
+from admitter.http.errors import send_stream_error
 from admitter.upstream.clients import (
     UpstreamBroken,
     UpstreamClient,
@@ -35,6 +36,15 @@ from admitter.upstream.clients import (
     UpstreamTimeout,
 )
 from admitter.upstream.replicas import Replica, ReplicaSet
+from schemas.errors import (
+    NoReplica,
+    ReplicaFailed,
+    ReplicaTimeout,
+    ReplicaUnavailable,
+    UpstreamError,
+    UpstreamProtocolError,
+)
+from schemas.openai import DONE_EVENT, ERROR_EVENT
 from schemas.records import Outcome
 
 SSE_HEADERS = [
@@ -42,7 +52,6 @@ SSE_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
-DONE = b"data: [DONE]"
 _USAGE = b'"usage"'
 _NULL_USAGE = (b'"usage":null', b'"usage": null')
 
@@ -102,10 +111,10 @@ class Upstream:
         """Forward to a replica (retrying where safe) and relay its answer to ``ex.send``."""
         replicas = self.replicas.get(pool)
         if not replicas:
-            raise OpenAIError(503, f"no replica is configured for pool '{pool}'", "no_backend")
+            raise NoReplica(f"no replica is configured for pool '{pool}'")
         client = self.client
         tried: list[Replica] = []
-        last_error: OpenAIError | None = None
+        last_error: UpstreamError | None = None
         while True:
             replica = replicas.pick(tried)
             if replica is None:
@@ -122,19 +131,17 @@ class Upstream:
                 except UpstreamConnectError as exc:
                     replicas.mark_down(replica)
                     last_error = (
-                        OpenAIError(504, "timed out connecting to a model replica", "upstream_timeout")
-                        if exc.timeout else
-                        OpenAIError(502, "could not connect to a model replica", "upstream_unavailable"))
+                        ReplicaTimeout("timed out connecting to a model replica") if exc.timeout else
+                        ReplicaUnavailable("could not connect to a model replica"))
                     continue
                 except UpstreamTimeout:
-                    raise OpenAIError(504, "the model replica did not answer in time", "upstream_timeout") from None
+                    raise ReplicaTimeout("the model replica did not answer in time") from None
                 except UpstreamBroken:
-                    raise OpenAIError(502, "the connection to the model replica failed", "upstream_error") from None
+                    raise ReplicaFailed("the connection to the model replica failed") from None
                 try:
                     if response.status >= 500:
                         replica.failures += 1
-                        last_error = OpenAIError(
-                            502, f"the model replica failed (HTTP {response.status})", "upstream_error")
+                        last_error = ReplicaFailed(f"the model replica failed (HTTP {response.status})")
                         continue
                     if ex.parsed.stream and response.status == 200:
                         await _relay_stream(ex, response, reply_headers)
@@ -154,9 +161,9 @@ async def _relay_whole(ex: Exchange, response: UpstreamResponse, reply_headers: 
     try:
         data = await response.read()
     except UpstreamTimeout:
-        raise OpenAIError(504, "the model replica did not answer in time", "upstream_timeout") from None
+        raise ReplicaTimeout("the model replica did not answer in time") from None
     except UpstreamBroken:
-        raise OpenAIError(502, "the connection to the model replica failed", "upstream_error") from None
+        raise ReplicaFailed("the connection to the model replica failed") from None
     now = time.perf_counter()
     ex.t_upstream_first = now
     ex.upstream_time = now - ex.t_upstream_start
@@ -221,17 +228,17 @@ async def _relay_stream(ex: Exchange, response: UpstreamResponse, reply_headers:
     except UpstreamTimeout:
         ex.failure = Outcome.FAILED
         ex.flight.closing = True
-        await send_stream_error(send, OpenAIError(504, "the model replica stopped answering", "upstream_timeout"))
+        await send_stream_error(send, ReplicaTimeout("the model replica stopped answering"))
         return
     except UpstreamBroken:
         ex.failure = Outcome.FAILED
         ex.flight.closing = True
-        await send_stream_error(send, OpenAIError(502, "the model replica's stream broke off", "upstream_error"))
+        await send_stream_error(send, ReplicaFailed("the model replica's stream broke off"))
         return
     if not ex.saw_done:
         ex.failure = Outcome.FAILED
         ex.flight.closing = True
-        await send_stream_error(send, OpenAIError(502, "the model replica's stream ended early", "upstream_error"))
+        await send_stream_error(send, UpstreamProtocolError("the model replica's stream ended early"))
         return
     ex.flight.closing = True
     await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -239,7 +246,7 @@ async def _relay_stream(ex: Exchange, response: UpstreamResponse, reply_headers:
 
 def _keep_event(ex: Exchange, event: bytes, wants_usage: bool) -> bool:
     """Inspect one SSE event cheaply (substring tests; JSON is parsed only for the usage chunk)."""
-    if event.startswith(DONE):
+    if event.startswith(DONE_EVENT):
         ex.saw_done = True
         return True
     if _USAGE in event and _NULL_USAGE[0] not in event and _NULL_USAGE[1] not in event:
@@ -252,13 +259,9 @@ def _keep_event(ex: Exchange, event: bytes, wants_usage: bool) -> bool:
             _take_usage(ex, obj.get("usage"))
             # Drop the usage-only chunk when the client did not ask for it.
             return wants_usage or bool(obj.get("choices"))
-    if event.startswith(b'data: {"error"'):
+    if event.startswith(ERROR_EVENT):
         ex.failure = Outcome.FAILED
         return True
     ex.chunks += 1
     return True
 
-
-async def send_stream_error(send: Send, err: OpenAIError) -> None:
-    """End a stream that already started with an error event and ``[DONE]``."""
-    await send({"type": "http.response.body", "body": err.sse(), "more_body": False})

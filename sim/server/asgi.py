@@ -13,6 +13,7 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
+from schemas.openai import OpenAIError
 from sim import openai_wire as wire
 
 #: Status sent to a client that disconnected: nobody reads it, but access logs show what happened.
@@ -35,8 +36,8 @@ def request_id_base(header: str | None) -> str:
     return uuid.uuid4().hex
 
 
-def error_response(exc: wire.WireError) -> Response:
-    return json_response(exc.body(), exc.status)
+def error_response(exc: OpenAIError) -> Response:
+    return json_response(exc.payload(), exc.status)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -58,8 +59,8 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _too_large(limit: int) -> wire.WireError:
-    return wire.WireError(413, f"request body exceeds the limit of {limit} bytes", code="request_too_large")
+def _too_large(limit: int) -> OpenAIError:
+    return wire.refuse(413, f"request body exceeds the limit of {limit} bytes", code="request_too_large")
 
 
 async def _wait_disconnect(receive: Receive) -> None:

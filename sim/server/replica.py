@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import ClientDisconnect
 
 from schemas.echo import echo, echo_str
+from schemas.openai import INVALID_REQUEST, SERVER, SSE_DONE, OpenAIError
 from sim import openai_wire as wire
 from sim.engine import Engine
 from sim.engine import Request as EngineRequest
@@ -118,15 +119,15 @@ class EmulatorReplica:
     def _job(self, p: wire.WireRequest, request: Request) -> Job:
         cfg = self.config
         if p.model is not None and p.model != cfg.model:
-            raise wire.WireError(404, f"The model `{echo_str(p.model)}` does not exist.", param="model",
+            raise wire.refuse(404, f"The model `{echo_str(p.model)}` does not exist.", param="model",
                                  code="model_not_found")
         if p.priority != 0 and cfg.cost_model.scheduling_policy != "priority":
-            raise wire.WireError(400, f"Got priority {echo(p.priority)} but Priority scheduling is not enabled.",
+            raise wire.refuse(400, f"Got priority {echo(p.priority)} but Priority scheduling is not enabled.",
                                  param="priority")
         ctx = cfg.context_length
         room = ctx - p.prompt_tokens
         if room < 1:
-            raise wire.WireError(
+            raise wire.refuse(
                 400, f"This model's maximum context length is {ctx} tokens. However, you requested "
                 f"{p.prompt_tokens} tokens in the prompt. Please reduce the length of the input.",
                 param="messages" if p.kind == "chat" else "prompt")
@@ -218,31 +219,31 @@ class EmulatorReplica:
                     usage_=wire.usage(prompt, sent) if job.continuous_usage else None))
         if job.include_usage:
             yield wire.sse(wire.usage_chunk(kind, jid, created, model, prompt, sent))
-        yield wire.SSE_DONE
+        yield SSE_DONE
 
     async def _serve_inference(self, request: Request, kind: wire.Kind) -> Response:
         try:
             raw = await read_body(request, self.config.max_body_bytes)
         except ClientDisconnect:
             return Response(status_code=CLIENT_CLOSED)
-        except wire.WireError as exc:
+        except OpenAIError as exc:
             return error_response(exc)
         try:
             if self._closing.is_set():
-                raise wire.WireError(503, "the replica is shutting down", type_="server_error")
+                raise wire.refuse(503, "the replica is shutting down", type=SERVER)
             status, delay = self.faults.take()
             if status is not None:
-                raise wire.WireError(status, f"injected fault: HTTP {status}",
-                                     type_="server_error" if status >= 500 else "invalid_request_error")
+                raise wire.refuse(status, f"injected fault: HTTP {status}",
+                                     type=SERVER if status >= 500 else INVALID_REQUEST)
             if delay > 0:
                 waited, _ = await unless_disconnected(request, self._hang(delay))
                 if not waited:
                     return Response(status_code=CLIENT_CLOSED)
                 if self._closing.is_set():
-                    raise wire.WireError(503, "the replica is shutting down", type_="server_error")
+                    raise wire.refuse(503, "the replica is shutting down", type=SERVER)
             parsed = wire.parse_request(kind, wire.parse_body(raw), request.headers.get("x-emulator-output-tokens"))
             job = self._job(parsed, request)
-        except wire.WireError as exc:
+        except OpenAIError as exc:
             return error_response(exc)
         if parsed.stream:
             return EventStream(self._events(job))
@@ -295,14 +296,14 @@ class EmulatorReplica:
                     unknown = sorted(set(body) - allowed)
                     if unknown:
                         names = ", ".join(echo_str(u) for u in unknown[:5])
-                        raise wire.WireError(400, f"unknown fault field(s): {names}", param=echo_str(unknown[0]))
+                        raise wire.refuse(400, f"unknown fault field(s): {names}", param=echo_str(unknown[0]))
                     if body.pop("clear", False):
                         self.faults.clear()
                     self.faults.arm(**body)
-                except wire.WireError as exc:
+                except OpenAIError as exc:
                     return error_response(exc)
                 except (TypeError, ValueError) as exc:
-                    return error_response(wire.WireError(400, echo_str(str(exc), 200)))
+                    return error_response(wire.refuse(400, echo_str(str(exc), 200)))
             return json_response(self.faults.to_dict())
 
         async def abort(request: Request) -> Response:
@@ -310,14 +311,14 @@ class EmulatorReplica:
                 body = wire.parse_body(await read_body(request, cfg.max_body_bytes))
                 rid = body.get("id")
                 if not isinstance(rid, str):
-                    raise wire.WireError(400, "'id' (a response id) is required", param="id")
-            except wire.WireError as exc:
+                    raise wire.refuse(400, "'id' (a response id) is required", param="id")
+            except OpenAIError as exc:
                 return error_response(exc)
             return json_response({"id": rid, "aborted": self.abort(rid)})
 
         async def internal_error(request: Request, exc: Exception) -> Response:
             log.exception("emulator replica %d: unhandled error", self.index, exc_info=exc)
-            return json_response(wire.error_body("internal error in the emulator", type_="server_error"), 500)
+            return error_response(wire.refuse(500, "internal error in the emulator", type=SERVER))
 
         app.add_route("/v1/chat/completions", chat, methods=["POST"])
         app.add_route("/v1/completions", completions, methods=["POST"])

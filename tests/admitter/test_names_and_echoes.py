@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from admitter.state import EntitlementRejected
+from schemas.errors import EntitlementConflict
 from schemas.specs import Entitlement
 from tests.admitter.conftest import ADMIN, auth, chat, ent, key_for, platform, pool
 from tests.admitter.test_admin import manifest
@@ -124,7 +125,7 @@ async def test_the_409_names_the_incoming_entitlement_whatever_the_sort_order(ad
     with pytest.raises(EntitlementRejected) as caught:
         adm.state.check_entitlement(incoming)
     message = caught.value.problems[0]
-    assert caught.value.status == 409
+    assert isinstance(caught.value, EntitlementConflict)  # answered 409 at the HTTP edge, below
     assert f"entitlement '{newcomer}' (tenant 'intruder') lists an API key that already belongs to tenant " \
            "'holder'" in message, message
     # And over HTTP, where the admin sees it.

@@ -20,6 +20,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from schemas.openai import OpenAIError
 from sim import openai_wire as wire
 from sim.costmodel import ReplicaCostModel
 from sim.server import EmulatorConfig, EmulatorServer, Faults, build_cost_model, start_emulators
@@ -93,9 +94,9 @@ def test_prompt_token_rule() -> None:
     assert wire.chat_prompt_tokens(msgs) == 2 * wire.CHAT_TOKENS_PER_MESSAGE + 2 + 1
     assert wire.completion_prompt_tokens([1, 2, 3]) == 3
     assert wire.completion_prompt_tokens(["abcdefgh"]) == 2
-    with pytest.raises(wire.WireError):
+    with pytest.raises(OpenAIError):
         wire.completion_prompt_tokens(["a", "b"])
-    with pytest.raises(wire.WireError):
+    with pytest.raises(OpenAIError):
         wire.chat_prompt_tokens([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}])
 
 
