@@ -135,3 +135,48 @@ async def test_a_real_admitter_process_serves_the_example_config(replicas) -> No
             out, _ = await proc.communicate()
     assert DEMO_KEY.encode() not in out
     assert len(r.received) == 1
+
+
+def test_the_environment_fills_what_the_command_line_leaves_out(monkeypatch) -> None:
+    seen = {}
+    monkeypatch.setattr("uvicorn.run", lambda asgi, **kw: seen.update(state=asgi.state.admitter, kw=kw))
+    monkeypatch.setenv("TOKENPOOLS_PORT", "9124")
+    monkeypatch.setenv("TOKENPOOLS_MAX_QUEUE", "7")
+    monkeypatch.setenv("TOKENPOOLS_CONFIG_PATHS", f'["{EXAMPLES}"]')
+    monkeypatch.setenv("TOKENPOOLS_LOG_LEVEL", "info")
+    result = CliRunner().invoke(app, ["admitter"])
+    assert result.exit_code == 0, result.output
+    settings = seen["state"].settings
+    assert (settings.port, settings.max_queue, settings.config_paths) == (9124, 7, [EXAMPLES])
+    assert seen["kw"]["log_level"] == "info"
+    result = CliRunner().invoke(app, ["admitter", "--port", "9125"])  # an option wins over the environment
+    assert result.exit_code == 0, result.output
+    assert seen["state"].settings.port == 9125
+
+
+def test_kafka_from_the_environment(monkeypatch, tmp_path) -> None:
+    """``KAFKA_BOOTSTRAP_SERVERS`` (as documented) joins the control plane, like --kafka."""
+    monkeypatch.setattr("uvicorn.run", lambda *a, **k: None)
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    result = CliRunner().invoke(app, ["admitter", "--config", str(EXAMPLES), "--spool-dir", str(tmp_path),
+                                      "--topic-prefix", "t."])
+    assert result.exit_code == 0, result.output
+    assert "kafka 127.0.0.1:1, topic prefix 't.'" in result.output and "t.tokenpools.config" in result.output
+
+
+@pytest.mark.parametrize(("args", "env", "needle"), [
+    (["--config", str(EXAMPLES), "--discover"], {}, "error: --discover needs --kafka"),
+    ([], {}, "error: --config is required without --kafka"),
+    (["--config", str(EXAMPLES)], {"TOKENPOOLS_READ_TIMEOUT": "nan"}, "error: read_timeout: Input should be a finite"),
+    (["--config", str(EXAMPLES)], {"TOKENPOOLS_PORT": "x" * 10_000}, "error: port: Input should be a valid integer"),
+    (["--config", str(EXAMPLES), "--kafka", "nohost"], {}, "error: kafka.bootstrap: Kafka bootstrap server"),
+    (["--config", str(EXAMPLES), "--kafka", "h:1", "--topic-prefix", "a b"], {}, "error: kafka.prefix: String"),
+])
+def test_bad_settings_exit_2_with_one_bounded_line_each(monkeypatch, args, env, needle) -> None:
+    monkeypatch.setattr("uvicorn.run", lambda *a, **k: pytest.fail("must not start"))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(app, ["admitter", *args])
+    assert result.exit_code == 2
+    assert needle in result.output
+    assert len(result.output.strip().splitlines()) == 1 and len(result.output) < 300
