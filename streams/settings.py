@@ -39,14 +39,14 @@ class PipelineSettings(ServiceSettings):
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     processing_guarantee: str = "at_least_once"
     windows: WindowSpec = Field(default_factory=WindowSpec)
-    summary_interval_s: float = Field(default=1.0, le=DAY)  # every record's summary, whether or not it changed
+    summary_interval_s: float = Field(default=1.0, gt=0, le=DAY)  # every record's summary, whether or not it changed
     # Early path (the event-to-limit lag): every ``change_check_s`` stage 1 sends the summaries whose
     # trailing demand moved by more than ``change_threshold`` since the last one sent, and stage 2
     # ticks a pool whose inputs moved that much as soon as ``min_tick_gap_s`` has passed since its
     # last tick, instead of waiting for ``tickSeconds``. ``change_check_s = 0`` turns it off.
-    change_check_s: float = Field(default=0.1, le=DAY)
-    change_threshold: float = Field(default=0.1, le=1e6)
-    min_tick_gap_s: float = Field(default=0.25, le=DAY)
+    change_check_s: float = Field(default=0.1, ge=0, le=DAY)
+    change_threshold: float = Field(default=0.1, ge=0, le=1e6)
+    min_tick_gap_s: float = Field(default=0.25, ge=0, le=DAY)
     scheduler_interval_s: float = Field(default=0.1, gt=0, le=DAY)
     # Longest wait of a fetch at the broker (Faust's own is 1.5 s; see fetch_wait.py).
     fetch_max_wait_s: float = Field(default=0.1, gt=0, le=DAY)
@@ -63,7 +63,7 @@ class PipelineSettings(ServiceSettings):
     # its default is ``./<app id>-data``, which litters whatever directory the worker was started in.
     data_dir: str | None = Field(default=None, min_length=1)
 
-    # The checks of the former dataclass's __post_init__, with the same messages.
+    # The former dataclass's __post_init__ checks are the fields' bounds, and this one.
     @field_validator("processing_guarantee")
     @classmethod
     def _guarantee(cls, value: str) -> str:
@@ -78,27 +78,6 @@ class PipelineSettings(ServiceSettings):
             seconds = getattr(value, name)
             if seconds is not None and seconds > DAY:
                 raise ValueError(f"{name} must be at most {DAY:g} seconds")
-        return value
-
-    @field_validator("summary_interval_s")
-    @classmethod
-    def _positive(cls, value: float) -> float:
-        if value <= 0:
-            raise ValueError("summary_interval_s must be > 0")
-        return value
-
-    @field_validator("change_check_s", "min_tick_gap_s")
-    @classmethod
-    def _not_negative(cls, value: float) -> float:
-        if value < 0:
-            raise ValueError("change_check_s and min_tick_gap_s must be >= 0")
-        return value
-
-    @field_validator("change_threshold")
-    @classmethod
-    def _threshold(cls, value: float) -> float:
-        if value < 0:
-            raise ValueError("change_threshold must be >= 0")
         return value
 
     @property

@@ -57,10 +57,28 @@ def parse_bootstrap(value: str) -> str:
     return ",".join(servers)
 
 
-class KafkaSettings(BaseSettings):
+class SettingsBase(BaseSettings):
+    """What every settings model here shares: unknown names refused, no NaN or infinity, frozen;
+    values given first, then the model's own variables (its ``env_prefix``), then the Kafka block's
+    (under ``kafka_env_key``, or at the top for ``KafkaSettings`` itself)."""
+
+    model_config = SettingsConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    kafka_env_key: ClassVar[str | None] = "kafka"
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, KafkaEnvSource(settings_cls, nested=cls.kafka_env_key)
+
+
+class KafkaSettings(SettingsBase):
     """Where Kafka is, which topics are this deployment's, and how to authenticate."""
 
-    model_config = SettingsConfigDict(env_prefix=KAFKA_ENV_PREFIX, extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = SettingsConfigDict(env_prefix=KAFKA_ENV_PREFIX)
+    kafka_env_key: ClassVar[str | None] = None
 
     bootstrap: str = Field(default=DEFAULT_BOOTSTRAP, max_length=4096,
                            description="HOST:PORT[,HOST:PORT] of Kafka (also $KAFKA_BOOTSTRAP_SERVERS)")
@@ -72,14 +90,6 @@ class KafkaSettings(BaseSettings):
     sasl_password: SecretStr | None = Field(default=None, min_length=1, max_length=1024)
     ssl_cafile: FilePath | None = Field(
         default=None, description="CA bundle to verify the brokers (with SSL or SASL_SSL; default: the system's)")
-
-    @classmethod
-    def settings_customise_sources(
-        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return init_settings, KafkaEnvSource(settings_cls)
 
     @field_validator("bootstrap")
     @classmethod
@@ -134,7 +144,7 @@ class KafkaEnvSource(PydanticBaseSettingsSource):
         return {self.nested: values} if values else {}
 
 
-class ServiceSettings(BaseSettings):
+class ServiceSettings(SettingsBase):
     """Base of a service's settings: its own fields, and the Kafka block under ``kafka``.
 
     A subclass sets its ``env_prefix`` and declares ``kafka`` (a ``KafkaSettings``, or ``None`` where
@@ -143,18 +153,8 @@ class ServiceSettings(BaseSettings):
     ``topic_prefix``) to the block's fields, so ``Settings(topic_prefix="t.")`` still works.
     """
 
-    model_config = SettingsConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
     kafka_keys: ClassVar[dict[str, str]] = {}
     kafka_optional: ClassVar[bool] = False
-
-    @classmethod
-    def settings_customise_sources(
-        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return init_settings, env_settings, KafkaEnvSource(settings_cls, nested="kafka")
 
     @model_validator(mode="before")
     @classmethod
