@@ -9,12 +9,11 @@ key after a minute of load has wasted the minute.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from schemas.specs import Entitlement
+from schemas.specs import Entitlement, key_digest
 from schemas.yaml_load import YAMLInputError, load_one
 
 #: The plaintext demo keys of deploy/examples (their SHA-256 digests are in entitlements.yaml).
@@ -33,10 +32,6 @@ DEMO_PREFIX = "tp-demo-"
 
 class KeysError(ValueError):
     """A key option or file that cannot be used; the message says which and why."""
-
-
-def sha256_hex(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def parse_key_options(options: Iterable[str]) -> dict[str, str]:
@@ -71,7 +66,7 @@ def demo_key(name: str, entitlement: Entitlement | None) -> str | None:
         return None
     key = DEMO_PREFIX + entitlement.spec.tenant
     digests = {ref.sha256 for ref in entitlement.spec.api_keys}
-    return key if sha256_hex(key) in digests else None
+    return key if key_digest(key) in digests else None
 
 
 def resolve_keys(needed: Iterable[str], entitlements: Mapping[str, Entitlement], *,

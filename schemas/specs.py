@@ -8,6 +8,7 @@ in the workload spec and the wire records, which take both from this module.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
@@ -287,6 +288,11 @@ class ApiKeyRef(SpecModel):
     """A tenant API key, stored only as its SHA-256 (API keys are random, so a fast hash suffices)."""
 
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+def key_digest(secret: str) -> str:
+    """What ``ApiKeyRef.sha256`` holds for a key: the hex SHA-256 of its UTF-8 bytes."""
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
 class EntitlementSpec(SpecModel):

@@ -10,18 +10,13 @@ fast unsalted hash is enough (the config stores it that way too, see ``ApiKeyRef
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from schemas.errors import TokenPoolsError
 from schemas.openai import OpenAIError
-from schemas.specs import Entitlement
-
-
-def sha256_hex(secret: str) -> str:
-    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+from schemas.specs import Entitlement, key_digest
 
 
 def bearer_token(authorization: str | None) -> str | None:
@@ -118,7 +113,7 @@ class KeyRing:
     def lookup(self, token: str | None) -> KeyOwner | None:
         if not token:
             return None
-        digest = hashlib.sha256(token.encode("utf-8")).hexdigest()
+        digest = key_digest(token)
         owner = self._owners.get(digest)
         if owner is None or not hmac.compare_digest(owner.digest, digest):
             return None
@@ -138,4 +133,4 @@ class AdminKey:
     def check(self, token: str | None) -> bool:
         if self._digest is None or not token:
             return False
-        return hmac.compare_digest(hashlib.sha256(token.encode("utf-8")).hexdigest(), self._digest)
+        return hmac.compare_digest(key_digest(token), self._digest)
