@@ -36,6 +36,8 @@ from schemas.wire import BadRecords, decode, encode
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaProducer
 
+    from tokenpools.kafka.settings import KafkaSettings
+
 log = logging.getLogger("tokenpools.scaler")
 
 Publish = Callable[[ReplicasReport], Awaitable[None]]
@@ -119,16 +121,18 @@ class ScalerLoop:
 
     # -- Kafka ---------------------------------------------------------------------------------
 
-    async def run_kafka(self, bootstrap_servers: str, topic_prefix: str = "", report_every: float = 10.0) -> None:
+    async def run_kafka(self, bootstrap_servers: KafkaSettings | str,
+                        topic_prefix: str = "", report_every: float = 10.0) -> None:
         """Follow the pool-state topic until cancelled (``tokenpools.kafka.reader.CompactedReader``: no group,
         every partition, from the beginning, reconnecting through broker outages); reports go to the
         replicas topic, all pools once the topic is assigned and again every ``report_every`` seconds."""
         from aiokafka import AIOKafkaProducer
 
+        from tokenpools.kafka.connection import connection
         from tokenpools.kafka.reader import CompactedReader
 
         topics = Topics(topic_prefix)
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", enable_idempotence=True)
+        producer = AIOKafkaProducer(**connection(bootstrap_servers), acks="all", enable_idempotence=True)
         await producer.start()
         self.publish = kafka_publisher(producer, topics.replicas)
         latest: dict[str, PoolState] = {}  # the newest state per pool in the current batch

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
+from faust.auth import SASLCredentials, SSLCredentials
 
 from schemas.wire import BadRecords
 from streams.allocate import PoolTick
@@ -57,6 +58,8 @@ from streams.stage1 import Stage1
 from streams.stage2 import Stage2
 from streams.store import FaustTableStore
 from streams.windows import EntitlementWindows
+from tokenpools.kafka.connection import connection
+from tokenpools.kafka.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +102,27 @@ def _raw(events: Sequence[Any]) -> list[RawMessage]:
     return [RawMessage(e.message.partition, e.message.offset, e.message.key, e.message.value) for e in events]
 
 
+def faust_credentials(kafka: KafkaSettings) -> SASLCredentials | SSLCredentials | None:
+    """Faust's ``broker_credentials`` for the Kafka block (faust hands them to its aiokafka consumer,
+    producer and admin client): None with PLAINTEXT; ``SSLCredentials(context)`` with SSL;
+    ``SASLCredentials(username, password, mechanism)`` with SASL_PLAINTEXT, plus ``ssl_context`` with
+    SASL_SSL (faust then says SASL_SSL). The SSL context is the one ``connection`` builds (``ssl_cafile``
+    or the system's CAs), so the worker's Faust clients and its own aiokafka clients verify alike."""
+    kwargs = connection(kafka)
+    if kafka.security_protocol == "PLAINTEXT":
+        return None
+    if kafka.security_protocol == "SSL":
+        return SSLCredentials(kwargs["ssl_context"])
+    return SASLCredentials(username=kwargs["sasl_plain_username"], password=kwargs["sasl_plain_password"],
+                           mechanism=kwargs["sasl_mechanism"], ssl_context=kwargs.get("ssl_context"))
+
+
 def faust_settings(s: PipelineSettings) -> dict[str, Any]:
-    """``faust.App`` settings of a pipeline worker (the benchmark's empty-agent baseline uses them too)."""
+    """``faust.App`` settings of a pipeline worker (the benchmark's empty-agent baseline uses them too);
+    ``broker_credentials`` only when the Kafka block is not PLAINTEXT."""
+    credentials = faust_credentials(s.kafka)
     return dict(
+        **({"broker_credentials": credentials} if credentials is not None else {}),
         broker=[f"kafka://{h.strip()}" for h in s.bootstrap_servers.split(",") if h.strip()],
         store="memory://",  # tables recover from their changelogs at start: no RocksDB needed
         datadir=str(s.faust_data_dir),
@@ -142,7 +163,7 @@ def create_pipeline_app(
     metrics = PipelineMetrics(bad)
     config = ConfigView(bad, s.topics.config, s.topics.replicas)
     follower = TopicFollower(
-        s.bootstrap_servers, {s.topics.config: config.apply_config, s.topics.replicas: config.apply_replicas}, bad,
+        s.kafka, {s.topics.config: config.apply_config, s.topics.replicas: config.apply_replicas}, bad,
         client_id=f"{s.full_app_id}-config",
     )
 
@@ -171,7 +192,7 @@ def create_pipeline_app(
         seen=FaustTableStore(seen_table, SeenBatch.from_json),
         config=config, spec=s.windows, topic=s.topics.requests, bad=bad, metrics=metrics,
         dedup_horizon_s=s.dedup_horizon_s, dedup_max_ids=s.dedup_max_ids, sink=sink,
-        gaps=KafkaGapSource(s.bootstrap_servers, s.topics.requests, s.full_app_id),
+        gaps=KafkaGapSource(s.kafka, s.topics.requests, s.full_app_id),
     )
 
     async def publish(topic: str, key: str, value: bytes) -> None:

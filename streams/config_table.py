@@ -24,7 +24,9 @@ from schemas.specs import Manifest
 from schemas.topics import config_key, config_value
 from schemas.wire import BadRecords
 from streams.windows import Weights
+from tokenpools.kafka.connection import connection
 from tokenpools.kafka.reader import CompactedReader, Handler, read_compacted
+from tokenpools.kafka.settings import KafkaSettings
 
 __all__ = ["ConfigView", "TopicFollower", "read_compacted", "seed_config"]
 
@@ -44,7 +46,7 @@ class TopicFollower(CompactedReader):
     callers can wait for a complete view before acting on it.
     """
 
-    def __init__(self, bootstrap_servers: str, handlers: Mapping[str, Handler], bad: BadRecords,
+    def __init__(self, bootstrap_servers: KafkaSettings | str, handlers: Mapping[str, Handler], bad: BadRecords,
                  client_id: str = "tokenpools-streams-config") -> None:
         super().__init__(bootstrap_servers, handlers, bad=bad, client_id=client_id, name="config follower",
                          keeps="keeping the current config")
@@ -54,7 +56,7 @@ class TopicFollower(CompactedReader):
         return self.caught_up
 
 
-async def seed_config(bootstrap_servers: str, topic: str, manifests: Iterable[Manifest]) -> list[str]:
+async def seed_config(bootstrap_servers: KafkaSettings | str, topic: str, manifests: Iterable[Manifest]) -> list[str]:
     """Publish the manifests whose key the config topic does not hold yet; returns the keys published.
 
     "If absent" on purpose: the topic is the source of truth once it holds a document (the admin API
@@ -64,7 +66,7 @@ async def seed_config(bootstrap_servers: str, topic: str, manifests: Iterable[Ma
     todo = [(config_key(m), config_value(m)) for m in manifests if config_key(m).encode() not in present]
     if not todo:
         return []
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(**connection(bootstrap_servers), acks="all", enable_idempotence=True)
     await producer.start()
     try:
         for key, value in todo:

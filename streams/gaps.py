@@ -24,6 +24,8 @@ from typing import Protocol
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.codec import RawMessage
+from tokenpools.kafka.connection import connection
+from tokenpools.kafka.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +53,9 @@ class NoGaps:
 class KafkaGapSource:
     """Committed offsets of the pipeline's group and direct reads, without joining the group."""
 
-    def __init__(self, bootstrap_servers: str, topic: str, group_id: str, fetch_timeout_s: float = 10.0) -> None:
-        self.bootstrap_servers = bootstrap_servers
+    def __init__(self, bootstrap_servers: KafkaSettings | str,
+                 topic: str, group_id: str, fetch_timeout_s: float = 10.0) -> None:
+        self.kafka = bootstrap_servers
         self.topic = topic
         self.group_id = group_id
         self.fetch_timeout_s = fetch_timeout_s
@@ -63,7 +66,7 @@ class KafkaGapSource:
             # Manual assignment with the group id: may read the group's committed offsets (OffsetFetch),
             # never joins the group, never commits.
             consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap_servers, group_id=self.group_id, enable_auto_commit=False,
+                **connection(self.kafka), group_id=self.group_id, enable_auto_commit=False,
                 auto_offset_reset="earliest", client_id=f"{self.group_id}-gaps",
             )
             await consumer.start()

@@ -9,13 +9,16 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from schemas.topics import TopicSpec
+from tokenpools.kafka.connection import connection
+from tokenpools.kafka.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
 
-async def create_topics(bootstrap_servers: str, specs: list[TopicSpec], replication: int = 1) -> list[str]:
+async def create_topics(bootstrap_servers: KafkaSettings | str,
+                        specs: list[TopicSpec], replication: int = 1) -> list[str]:
     """Create what is missing; existing topics are left as they are. Returns the names created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="tokenpools-topics")
+    admin = AIOKafkaAdminClient(**connection(bootstrap_servers), client_id="tokenpools-topics")
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -22,13 +22,16 @@ from streams.app import Pipeline, create_pipeline_app
 from streams.config_table import seed_config
 from streams.settings import PipelineSettings
 from streams.topics import create_topics
+from tokenpools.kafka.connection import connection
+from tokenpools.kafka.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
 
-async def partition_counts(bootstrap_servers: str, topics: Sequence[str], wait_s: float = 30.0) -> dict[str, int]:
+async def partition_counts(bootstrap_servers: KafkaSettings | str,
+                           topics: Sequence[str], wait_s: float = 30.0) -> dict[str, int]:
     """Partitions of each topic, waiting for freshly created topics to show up in metadata."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="tokenpools-streams-setup")
+    admin = AIOKafkaAdminClient(**connection(bootstrap_servers), client_id="tokenpools-streams-setup")
     await admin.start()
     try:
         async with asyncio.timeout(wait_s):
@@ -45,14 +48,14 @@ async def partition_counts(bootstrap_servers: str, topics: Sequence[str], wait_s
 async def prepare(settings: PipelineSettings, config_paths: Sequence[Path] = ()) -> dict[str, int]:
     """Create missing topics, publish absent config documents; returns partitions per topic."""
     specs = settings.topics.specs(settings.partitions)
-    created = await create_topics(settings.bootstrap_servers, specs, settings.replication)
+    created = await create_topics(settings.kafka, specs, settings.replication)
     if created:
         log.info("created topics: %s", ", ".join(created))
-    counts = await partition_counts(settings.bootstrap_servers, [spec.name for spec in specs])
+    counts = await partition_counts(settings.kafka, [spec.name for spec in specs])
     if config_paths:
         platform = load_config(*config_paths)
         manifests = [*platform.pools.values(), *platform.entitlements.values()]
-        published = await seed_config(settings.bootstrap_servers, settings.topics.config, manifests)
+        published = await seed_config(settings.kafka, settings.topics.config, manifests)
         log.info("config: published %d absent document(s) to %s", len(published), settings.topics.config)
     return counts
 
@@ -87,10 +90,10 @@ async def create_changelogs(settings: PipelineSettings, app: faust.App) -> None:
     (seen as two tick sequences from 1 in ``test_two_workers_share_the_partitions_and_count_exactly``).
     """
     specs = changelog_specs(app)
-    created = await create_topics(settings.bootstrap_servers, specs, settings.replication)
+    created = await create_topics(settings.kafka, specs, settings.replication)
     if created:
         log.info("created changelog topics: %s", ", ".join(created))
-    await partition_counts(settings.bootstrap_servers, [spec.name for spec in specs])
+    await partition_counts(settings.kafka, [spec.name for spec in specs])
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

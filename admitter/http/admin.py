@@ -23,10 +23,9 @@ from starlette.convertors import PathConvertor, register_url_convertor
 from admitter.http.auth import KeyOwner, request_token
 from admitter.http.body import ClientGone, read_body
 from admitter.http.views import entitlement_view, pool_view, usage_view
-from admitter.kafka import config_sync
 from admitter.state import AdmitterState
 from schemas.echo import echo, echo_str
-from schemas.errors import ConfigUnavailable, EntitlementInvalid
+from schemas.errors import EntitlementInvalid
 from schemas.loader import Source, parse_manifest
 from schemas.openai import OpenAIError
 from schemas.specs import Entitlement
@@ -126,10 +125,8 @@ def build_router() -> APIRouter:
         if manifest.name != name:
             raise EntitlementInvalid([f"metadata.name: '{echo_str(manifest.name)}' does not match the URL's "
                                       f"'{echo_str(name)}'"])
-        try:
-            created = await state.put_entitlement(manifest)  # EntitlementInvalid 422, EntitlementConflict 409
-        except config_sync.ConfigUnavailable as exc:
-            raise _unavailable(exc) from None
+        # EntitlementInvalid 422, EntitlementConflict 409, ConfigUnavailable 503 (admitter.http.errors)
+        created = await state.put_entitlement(manifest)
         found = state.entitlement_live(name)
         assert found is not None
         return json_response(entitlement_view(*found), status=201 if created else 200)
@@ -139,10 +136,7 @@ def build_router() -> APIRouter:
         """Its keys stop working at once (at every admitter, with Kafka); requests in flight finish."""
         state = require_admin(request)
         check_name(name, "name")
-        try:
-            deleted = await state.delete_entitlement(name)
-        except config_sync.ConfigUnavailable as exc:
-            raise _unavailable(exc) from None
+        deleted = await state.delete_entitlement(name)  # ConfigUnavailable 503 (admitter.http.errors)
         if not deleted:
             raise OpenAIError(404, f"no entitlement named '{echo_str(name)}'", "not_found")
         return Response(status_code=204)
@@ -220,8 +214,3 @@ def _decode_manifest(raw: bytes, content_type: str | None) -> Any:
     raise OpenAIError(415, f"Content-Type must be application/json or application/yaml, got {echo(media)}",
                       "unsupported_media_type")
 
-
-def _unavailable(exc: Exception) -> ConfigUnavailable:
-    """The config sync's error as the domain's (the same class once ``admitter.kafka.config_sync``
-    raises ``schemas.errors.ConfigUnavailable`` itself; until then its own class is translated here)."""
-    return exc if isinstance(exc, ConfigUnavailable) else ConfigUnavailable(str(exc))

@@ -13,7 +13,7 @@ between. If Kafka cannot be reached in time the admitter serves the YAML, says s
 keeps retrying; it switches to the topic as soon as it has read it.
 
 **Admin writes.** ``write`` publishes with an ``acks=all`` producer and returns once the broker
-acknowledged the record, else raises ``ConfigUnavailable`` (the admin API answers 503 and changes
+acknowledged the record, else raises ``schemas.errors.ConfigUnavailable`` (the admin API answers 503 and changes
 nothing; the unsent record expires, so it does not land later either, see ``_get_producer``). The
 caller applies its write locally at once; until this follower has read past the written offset,
 reconciling overlays the written value (``_pending``), so the writer never flips back to the value
@@ -41,17 +41,16 @@ from aiokafka import AIOKafkaProducer
 
 from admitter.stats import ConfigStats
 from schemas.config_view import ConfigView
+from schemas.errors import ConfigUnavailable
 from schemas.specs import Entitlement, Manifest, TokenPool
 from schemas.topics import Topics, config_key, config_value
 from schemas.wire import BadRecords
+from tokenpools.kafka.connection import bootstrap_of, connection
 from tokenpools.kafka.progress import Partition
 from tokenpools.kafka.reader import CompactedReader
+from tokenpools.kafka.settings import KafkaSettings
 
 log = logging.getLogger("tokenpools.admitter.config")
-
-
-class ConfigUnavailable(Exception):
-    """Kafka did not acknowledge a config write (or the topic has not been read yet): nothing changed."""
 
 
 class ConfigTarget(Protocol):
@@ -64,7 +63,7 @@ class ConfigSync:
 
     def __init__(
         self,
-        bootstrap_servers: str,
+        bootstrap_servers: KafkaSettings | str,
         *,
         topic_prefix: str = "",
         topic: str | None = None,
@@ -74,7 +73,8 @@ class ConfigSync:
         retry_backoff: float = 1.0,
         client_id: str = "tokenpools-admitter-config",
     ) -> None:
-        self.bootstrap_servers = bootstrap_servers
+        self.kafka = bootstrap_servers
+        self.bootstrap_servers = bootstrap_of(bootstrap_servers)  # for messages
         topics = Topics(topic_prefix)
         self.topic = topic or topics.config
         self.initial_wait = initial_wait
@@ -172,7 +172,7 @@ class ConfigSync:
                 # A plain acks=all producer fails the batch after request_timeout_ms. A retried config
                 # write cannot double-count anything (same key, same value; writes here are serialised).
                 producer = AIOKafkaProducer(
-                    bootstrap_servers=self.bootstrap_servers, acks="all", enable_idempotence=False,
+                    **connection(self.kafka), acks="all", enable_idempotence=False,
                     request_timeout_ms=int(self.write_timeout * 1000), client_id=f"{self.client_id}-{int(time.time())}")
                 try:
                     await producer.start()

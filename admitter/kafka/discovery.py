@@ -31,7 +31,9 @@ from admitter.upstream.replicas import ReplicaSet
 from schemas.records import ReplicasReport
 from schemas.topics import Topics
 from schemas.wire import BadRecords, decode
+from tokenpools.kafka.connection import bootstrap_of
 from tokenpools.kafka.reader import CompactedReader
+from tokenpools.kafka.settings import KafkaSettings
 
 log = logging.getLogger("tokenpools.admitter.discovery")
 
@@ -41,7 +43,7 @@ class ReplicaDiscovery:
 
     def __init__(
         self,
-        bootstrap_servers: str,
+        bootstrap_servers: KafkaSettings | str,
         replica_sets: Mapping[str, ReplicaSet] | None = None,
         *,
         topic_prefix: str = "",
@@ -52,7 +54,7 @@ class ReplicaDiscovery:
     ) -> None:
         """``replica_sets``: the sets to keep current (an admitter's are given to ``start`` instead).
         ``initial_wait``: how long ``start`` waits to have read the topic to its end before going on."""
-        self.bootstrap_servers = bootstrap_servers
+        self.bootstrap_servers = bootstrap_of(bootstrap_servers)
         self.replica_sets: Mapping[str, ReplicaSet] = {} if replica_sets is None else replica_sets
         self.topic = topic or Topics(topic_prefix).replicas
         self.client_id = client_id

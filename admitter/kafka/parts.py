@@ -36,22 +36,22 @@ def kafka_parts(
     config_sync: ConfigSync | None = None,
     discovery: ReplicaDiscovery | None = None,
 ) -> KafkaParts:
-    bootstrap = settings.kafka_bootstrap
-    if bootstrap is None:
-        raise ValueError("kafka_parts needs settings.kafka_bootstrap")
+    kafka = settings.kafka  # the Kafka block: bootstrap and security options, for every client
+    if kafka is None:
+        raise ValueError("kafka_parts needs settings.kafka (a bootstrap)")
     prefix = settings.topic_prefix
     if sink is None:
-        sink = KafkaSink(bootstrap, settings.spool_dir or default_spool_dir(settings.admitter_id), topic_prefix=prefix)
+        sink = KafkaSink(kafka, settings.spool_dir or default_spool_dir(settings.admitter_id), topic_prefix=prefix)
     if limits is None:
-        limits = StateFollower(bootstrap, settings.admitter_id, topic_prefix=prefix,
+        limits = StateFollower(kafka, settings.admitter_id, topic_prefix=prefix,
                                expected_admitters=settings.expected_admitters)
     if config_sync is None:
-        config_sync = ConfigSync(bootstrap, topic_prefix=prefix,
+        config_sync = ConfigSync(kafka, topic_prefix=prefix,
                                  seed=[*config.pools.values(), *config.entitlements.values()],
                                  initial_wait=settings.config_wait_seconds,
                                  write_timeout=settings.config_write_timeout,
                                  client_id=f"tokenpools-admitter-config-{settings.admitter_id}")
     if discovery is None and settings.discover:
-        discovery = ReplicaDiscovery(bootstrap, topic_prefix=prefix,
+        discovery = ReplicaDiscovery(kafka, topic_prefix=prefix,
                                      client_id=f"tokenpools-discovery-{settings.admitter_id}")
     return KafkaParts(sink, limits, config_sync, discovery)

@@ -42,6 +42,8 @@ from admitter.stats import SinkStats
 from schemas.records import RequestEvent
 from schemas.topics import Topics
 from schemas.wire import encode, encode_event_batch
+from tokenpools.kafka.connection import bootstrap_of, connection
+from tokenpools.kafka.settings import KafkaSettings
 
 log = logging.getLogger("tokenpools.admitter.kafka")
 
@@ -82,7 +84,7 @@ class KafkaSink:
 
     def __init__(
         self,
-        bootstrap_servers: str,
+        bootstrap_servers: KafkaSettings | str,
         spool_dir: str | Path,
         *,
         topic_prefix: str = "",
@@ -98,7 +100,8 @@ class KafkaSink:
         close_timeout: float = 5.0,
         producer_options: dict[str, Any] | None = None,
     ) -> None:
-        self.bootstrap_servers = bootstrap_servers
+        self.kafka = bootstrap_servers
+        self.bootstrap_servers = bootstrap_of(bootstrap_servers)
         self.topic = topic or Topics(topic_prefix).requests
         self.spool = Spool(spool_dir)
         self.flush_interval = flush_interval
@@ -265,7 +268,7 @@ class KafkaSink:
     async def _get_producer(self) -> AIOKafkaProducer:
         if self._producer is None:
             producer = AIOKafkaProducer(
-                bootstrap_servers=self.bootstrap_servers,
+                **connection(self.kafka),
                 enable_idempotence=True,
                 acks="all",
                 linger_ms=5,

@@ -39,7 +39,9 @@ from capacity.live import Triple
 from schemas.records import EntitlementState, PoolState
 from schemas.topics import Topics
 from schemas.wire import BadRecords, decode
+from tokenpools.kafka.connection import bootstrap_of
 from tokenpools.kafka.reader import CompactedReader
+from tokenpools.kafka.settings import KafkaSettings
 
 log = logging.getLogger("tokenpools.admitter.follower")
 
@@ -49,7 +51,7 @@ class StateFollower:
 
     def __init__(
         self,
-        bootstrap_servers: str,
+        bootstrap_servers: KafkaSettings | str,
         admitter_id: str,
         *,
         topic_prefix: str = "",
@@ -61,7 +63,7 @@ class StateFollower:
         contact_timeout: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.bootstrap_servers = bootstrap_servers
+        self.bootstrap_servers = bootstrap_of(bootstrap_servers)
         self.admitter_id = admitter_id
         topics = Topics(topic_prefix)
         self.entitlement_topic = entitlement_topic or topics.entitlement_state

@@ -94,7 +94,7 @@ async def _run(settings: ScalerSettings, pools: dict[str, Any]) -> None:
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     await actuator.start()
     task = asyncio.create_task(
-        loop.run_kafka(settings.kafka.bootstrap, settings.kafka.prefix, report_every=settings.report_every))
+        loop.run_kafka(settings.kafka, settings.kafka.prefix, report_every=settings.report_every))
     try:
         done, _ = await asyncio.wait({task, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
         if task in done:

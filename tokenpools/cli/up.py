@@ -254,7 +254,9 @@ async def _wait_for_leaders(bootstrap: str, names: list[str], within: float = 30
     """New topics have no partition leader for a moment; clients started then log errors until they do."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="tokenpools-up")
+    from tokenpools.kafka.connection import connection
+
+    admin = AIOKafkaAdminClient(**connection(bootstrap), client_id="tokenpools-up")
     await admin.start()
     try:
         async with asyncio.timeout(within):

@@ -37,7 +37,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas.wire import BadRecords
+from tokenpools.kafka.connection import bootstrap_of, connection
 from tokenpools.kafka.progress import Backoff, Contact, Partition, Progress, partitions_in
+from tokenpools.kafka.settings import KafkaSettings
 
 log = logging.getLogger("tokenpools.kafka.reader")
 
@@ -63,7 +65,7 @@ class CompactedReader:
 
     def __init__(
         self,
-        bootstrap_servers: str,
+        bootstrap_servers: KafkaSettings | str,
         handlers: Mapping[str, Handler],
         *,
         bad: BadRecords | None = None,
@@ -81,8 +83,10 @@ class CompactedReader:
         logger: logging.Logger | None = None,
     ) -> None:
         """``name`` and ``keeps`` word the log lines ("state follower lost Kafka; keeping the last limits");
-        ``start``: offsets to resume from instead of the beginning."""
-        self.bootstrap_servers = bootstrap_servers
+        ``start``: offsets to resume from instead of the beginning; ``bootstrap_servers``: the Kafka block (or a
+        PLAINTEXT bootstrap string), see ``tokenpools.kafka.connection``."""
+        self.kafka = bootstrap_servers
+        self.bootstrap_servers = bootstrap_of(bootstrap_servers)  # for log lines
         self.handlers = dict(handlers)
         self.bad = bad if bad is not None else BadRecords()
         self.client_id = client_id
@@ -145,7 +149,7 @@ class CompactedReader:
     async def run(self) -> None:
         """Read until cancelled, recreating the consumer whenever it fails."""
         while True:
-            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, group_id=None,
+            consumer = AIOKafkaConsumer(**connection(self.kafka), group_id=None,
                                         enable_auto_commit=False, auto_offset_reset="earliest",
                                         fetch_max_wait_ms=self.fetch_max_wait_ms, client_id=self.client_id)
             try:
@@ -189,7 +193,7 @@ class CompactedReader:
         """Assign every partition of the topics (waiting until they all exist), each at its position."""
         topics = list(self.handlers)
         while True:
-            parts = await describe(self.bootstrap_servers, topics, f"{self.client_id}-metadata")
+            parts = await describe(self.kafka, topics, f"{self.client_id}-metadata")
             missing = [t for t in topics if t not in parts]
             if not missing:
                 break
@@ -231,10 +235,11 @@ class CompactedReader:
             self.log.warning("%s lost Kafka; %s", self.name, self.keeps)
 
 
-async def describe(bootstrap_servers: str, topics: Sequence[str], client_id: str) -> dict[str, list[int]]:
+async def describe(bootstrap_servers: KafkaSettings | str,
+                   topics: Sequence[str], client_id: str) -> dict[str, list[int]]:
     """Partition ids of those of ``topics`` that exist, from fresh cluster metadata (all topics are asked
     for, so a broker that auto-creates topics never creates one here)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id=client_id)
+    admin = AIOKafkaAdminClient(**connection(bootstrap_servers), client_id=client_id)
     await admin.start()
     try:
         return partitions_in(await admin.describe_topics(), topics)
@@ -243,7 +248,7 @@ async def describe(bootstrap_servers: str, topics: Sequence[str], client_id: str
             await admin.close()
 
 
-async def read_records(bootstrap_servers: str, topics: Sequence[str], *, wait_s: float = 30.0,
+async def read_records(bootstrap_servers: KafkaSettings | str, topics: Sequence[str], *, wait_s: float = 30.0,
                        client_id: str = "tokenpools-read-once") -> list[tuple[str, bytes | None, bytes | None]]:
     """Every record of ``topics`` as ``(topic, key, value)``, from the beginning to their ends when read;
     raises ``RuntimeError`` if that takes longer than ``wait_s`` (a topic that does not exist, say)."""
@@ -262,7 +267,8 @@ async def read_records(bootstrap_servers: str, topics: Sequence[str], *, wait_s:
     return out
 
 
-async def read_compacted(bootstrap_servers: str, topic: str, wait_s: float = 30.0) -> dict[bytes, bytes]:
+async def read_compacted(bootstrap_servers: KafkaSettings | str,
+                         topic: str, wait_s: float = 30.0) -> dict[bytes, bytes]:
     """The live (non-tombstoned) records of a topic, read once up to its current end."""
     live: dict[bytes, bytes] = {}
     for _, key, value in await read_records(bootstrap_servers, [topic], wait_s=wait_s):
