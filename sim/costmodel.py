@@ -1,8 +1,9 @@
 """Step-time and KV-capacity model of one vLLM replica.
 
 The emulator never sleeps per token: it asks this model how long one scheduler step takes for a
-given batch composition. The numbers come from a GPU measurement (``/work/shared/calibration/``),
-so other models and GPUs are a calibration file away (:meth:`ReplicaCostModel.from_calibration`).
+given batch composition. The numbers come from a GPU measurement (``shared/calibration/``, shipped
+in ``sim/calibration/``), so other models and GPUs are a calibration file away
+(:meth:`ReplicaCostModel.from_calibration`).
 
 Step time (milliseconds), for a step with ``B`` decode sequences holding ``K`` cached tokens in
 total and ``T`` prompt tokens of prefill chunks::

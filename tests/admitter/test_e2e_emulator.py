@@ -10,9 +10,8 @@ import orjson
 import pytest
 
 from schemas.records import Outcome, Phase
+from sim import server
 from tests.admitter.conftest import auth, chat, ent, eventually, platform, pool, sse_events
-
-server = pytest.importorskip("sim.server")
 
 
 @pytest.fixture(params=["httpx", "aiohttp"])
