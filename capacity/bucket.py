@@ -13,13 +13,17 @@ class TokenBucket:
     long-run rate never exceeds the limit.
     """
 
-    __slots__ = ("depth", "level", "rate", "updated")
+    __slots__ = ("clipped", "depth", "level", "primed", "rate", "updated")
 
     def __init__(self, rate: float, depth: float, now: float, level: float | None = None) -> None:
         self.rate = rate
         self.depth = depth
         self.level = depth if level is None else min(level, depth)
         self.updated = now
+        self.clipped = 0.0  # credit above a cut's new depth, dropped (never debt: that is never forgiven)
+        # A bucket starts full once: at its first positive depth (an elastic entitlement's first
+        # tick takes it from 0), as a bucket created with that depth would have.
+        self.primed = depth > 0
 
     def refill(self, now: float) -> None:
         dt = now - self.updated
@@ -49,17 +53,28 @@ class TokenBucket:
             return 0.0
         return deficit / self.rate
 
-    def reconfigure(self, rate: float, depth: float, now: float) -> None:
-        """Keep what has been spent (depth - level) across a change, whichever way the depth moves.
+    def reconfigure(self, rate: float, depth: float, now: float) -> float:
+        """Change rate and depth, keeping the level (clipped to the new depth); the credit dropped.
 
-        A raised limit is usable at once, and a limit that moves up and down (an admitter's share
-        following its demand, every tick) gives nothing away: keeping the level on a cut would hand
-        out the difference again on the next raise. After a large cut the debt is capped at one new
-        depth, so a tenant waits at most about one burst window.
+        Neither way of moving the depth creates tokens. A raise refills at the new rate, it does
+        not hand over the extra depth at once: when the pipeline moves a share from one admitter
+        to another, the one that lost it may already have spent its bucket, and tokens granted on
+        the raise would be admitted twice. A cut keeps any debt (a negative level from an oversized
+        request or an under-reserved completion) whole, so it is repaid at the new rate and never
+        comes back as free tokens on the next raise. Summed over admitters whose rates add up to
+        the limit, what is admitted over any window T is then at most limit x T, plus the levels
+        at its start (at most one burst depth), plus one request's overshoot per admitter. The one
+        exception is a bucket's first positive depth, which starts it full as if it had been created
+        with that depth: once per bucket, part of the levels at the start.
         """
         self.refill(now)
-        level = self.level + depth - self.depth
-        floor = self.level if self.level < -depth else -depth
-        self.level = depth if level > depth else (level if level > floor else floor)
+        if not self.primed and depth > 0:
+            self.primed = True
+            self.level = depth if self.level >= 0 else self.level + depth
+        dropped = self.level - depth if self.level > depth else 0.0
+        if dropped:
+            self.level = depth
+            self.clipped += dropped
         self.rate = rate
         self.depth = depth
+        return dropped

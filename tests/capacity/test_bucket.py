@@ -28,25 +28,38 @@ def test_wait_for_is_infinite_at_zero_rate():
     assert math.isinf(b.wait_for(1))
 
 
-def test_reconfigure_caps_level_at_new_depth():
+def test_reconfigure_caps_level_at_new_depth_and_counts_the_dropped_credit():
     b = TokenBucket(rate=10, depth=100, now=0)
-    b.reconfigure(rate=1, depth=5, now=1)
-    assert b.level == 5 and b.rate == 1
+    assert b.reconfigure(rate=1, depth=5, now=1) == 95
+    assert b.level == 5 and b.rate == 1 and b.clipped == 95
 
 
-def test_reconfigure_keeps_what_was_spent_both_ways():
+def test_a_raise_refills_at_the_new_rate_and_grants_nothing_at_once():
     b = TokenBucket(rate=10, depth=100, now=0)
     b.take(100)
-    for depth in (120, 100, 130, 100):  # a share moving up and down gives nothing away
+    assert b.reconfigure(rate=20, depth=200, now=0) == 0
+    assert b.level == 0  # the extra depth is not handed over: it fills at 20/s
+    b.refill(2.5)
+    assert b.level == 50
+
+
+def test_a_share_moving_up_and_down_gives_nothing_away():
+    b = TokenBucket(rate=10, depth=100, now=0)
+    b.take(70)
+    for depth in (120, 10, 130, 100):
         b.reconfigure(rate=depth / 10, depth=depth, now=0)
+    assert b.level == 10  # the cut to 10 dropped 20 of credit; no raise gave any back
+    assert b.clipped == 20
+
+
+def test_debt_survives_any_cut_and_raise():
+    b = TokenBucket(rate=1, depth=10, now=0)
+    b.take(50)  # an oversized request from a full bucket: 40 owed
+    for depth in (1, 0.5, 1000, 10):
+        b.reconfigure(rate=1, depth=depth, now=0)
+    assert b.level == -40 and b.clipped == 0
+    b.refill(40)
     assert b.level == 0
-    b.reconfigure(rate=20, depth=200, now=0)
-    assert b.level == 100  # a raised limit is usable at once
-    b.reconfigure(rate=1, depth=10, now=0)
-    assert b.level == -10  # a large cut: the debt is capped at one new depth
-    b.take(50)
-    b.reconfigure(rate=1, depth=5, now=0)
-    assert b.level == -60  # a deeper debt (an oversized request) is neither forgiven nor deepened by a cut
 
 
 def test_give_back_never_overfills():
@@ -54,3 +67,13 @@ def test_give_back_never_overfills():
     b.take(5)
     b.give_back(50)
     assert b.level == 20
+
+
+def test_a_bucket_starts_full_once_at_its_first_positive_depth():
+    b = TokenBucket(rate=0, depth=0, now=0)  # an elastic entitlement before its first tick
+    b.reconfigure(rate=10, depth=100, now=1)
+    assert b.level == 100
+    b.take(100)
+    b.reconfigure(rate=0, depth=0, now=1)
+    b.reconfigure(rate=10, depth=100, now=1)
+    assert b.level == 0  # the second time it fills at its rate like any other raise
