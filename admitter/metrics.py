@@ -91,6 +91,10 @@ class _LiveCollector(Collector):
         in_flight = GaugeMetricFamily(PREFIX + "in_flight", "Held now per entitlement and dimension", labels=ent_labels)
         bucket = GaugeMetricFamily(PREFIX + "bucket_level", "Throughput bucket level (weighted tokens)",
                                    labels=["pool", "entitlement", "tier"])
+        clipped = CounterMetricFamily(PREFIX + "bucket_clipped_tokens",
+                                      "Throughput bucket credit dropped because a cut left the level above the new "
+                                      "depth (debt is never clipped: a negative level is repaid whole)",
+                                      labels=["pool", "entitlement", "tier"])
         debt = GaugeMetricFamily(PREFIX + "debt", "Elastic fairness debt", labels=["pool", "entitlement", "tier"])
         weight = GaugeMetricFamily(PREFIX + "effective_weight", "Weight after debt",
                                    labels=["pool", "entitlement", "tier"])
@@ -111,6 +115,7 @@ class _LiveCollector(Collector):
                 in_flight.add_metric([*base, "kv"], e.kv_in_flight)
                 in_flight.add_metric([*base, "concurrency"], e.seqs_in_flight)
                 bucket.add_metric(base, e.bucket.level)
+                clipped.add_metric(base, e.bucket.clipped)
                 debt.add_metric(base, e.debt)
                 weight.add_metric(base, e.effective_weight)
             capacity.add_metric([name, "throughput"], live.cap_tp)
@@ -122,7 +127,7 @@ class _LiveCollector(Collector):
         for name, replica_set in self._replicas().items():
             for replica in replica_set:
                 outstanding.add_metric([name, replica.url], replica.outstanding)
-        yield from (limit, in_flight, bucket, debt, weight, capacity, pool_in_flight, waiting, outstanding)
+        yield from (limit, in_flight, bucket, clipped, debt, weight, capacity, pool_in_flight, waiting, outstanding)
 
 
 class _ConnectionCollector(Collector):
@@ -246,7 +251,14 @@ def _state_metrics(f: StateStats) -> Iterable[Metric]:
                             labels=["pool"])
     for pool, n in sorted(f.last_seq.items()):
         seq.add_metric([pool], n)
-    yield from (records, bad, caught_up, connected, reconnects, staleness, seq)
+    fallbacks = CounterMetricFamily(
+        PREFIX + "state_fallback_shares",
+        "Entitlement states applied with a share not named in the record, by pool and kind (unlisted: the "
+        "record lists other admitters, so this one enforces nothing; empty: it lists none, limits / n each)",
+        labels=["pool", "kind"])
+    for (pool, kind), n in sorted(f.fallbacks.items()):
+        fallbacks.add_metric([pool, kind], n)
+    yield from (records, bad, caught_up, connected, reconnects, staleness, seq, fallbacks)
 
 
 def _config_metrics(c: ConfigStats) -> Iterable[Metric]:

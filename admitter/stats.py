@@ -9,7 +9,7 @@ themselves, so a scrape of an admitter without Kafka imports no Kafka code.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 Counts = Mapping[tuple[str, str], int]  # (label, label) -> count, e.g. (topic, reason) for bad records
@@ -42,6 +42,7 @@ class StateStats:
     reconnects: int
     staleness: Mapping[str, float]  # pool -> seconds since a new state was applied
     last_seq: Mapping[str, int]  # pool -> newest tick seq applied
+    fallbacks: Counts = field(default_factory=dict)  # (pool, unlisted|empty) -> states applied with a fallback share
 
 
 @dataclass(frozen=True, slots=True)

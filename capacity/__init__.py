@@ -10,7 +10,7 @@ from capacity.bucket import TokenBucket
 from capacity.cost import BytesPerTokenEstimator, OutputEstimator, PromptEstimator, RequestCost
 from capacity.live import EntitlementLive, PoolLive, Reservation
 from capacity.scaling import DemandForecaster, ScalingDecision, ScalingRule, replicas_for
-from capacity.split import split_by_demand
+from capacity.split import hold_raises, share_for, split_by_demand
 from capacity.tick import tick
 from capacity.waterfill import waterfill
 
@@ -18,5 +18,5 @@ __all__ = [
     "AllocatorPolicy", "BytesPerTokenEstimator", "Decision", "DemandForecaster", "EntitlementLive",
     "OutputEstimator", "PoolLive", "PromptEstimator", "RequestCost", "Reservation", "ScalingDecision",
     "ScalingRule", "TickInput", "TickResult", "TokenBucket", "Verdict", "allocate", "decide",
-    "replicas_for", "split_by_demand", "tick", "waterfill",
+    "hold_raises", "replicas_for", "share_for", "split_by_demand", "tick", "waterfill",
 ]

@@ -4,7 +4,9 @@ Stage 2 owns a pool because the internal usage topic is keyed by pool: every sum
 entitlements reaches the one worker that holds that partition. Each tick it runs the capacity
 model's allocator for the whole pool (water-filling with debt carried from the previous tick), splits
 every limit across admitters by their recent demand (``capacity.split.split_by_demand``), and emits
-one ``EntitlementState`` per entitlement and one ``PoolState``.
+one ``EntitlementState`` per entitlement and one ``PoolState``. The split lists every admitter seen
+in the pool within ``admitter_horizon_s``, and a raise of a share is published one tick late
+(``capacity.split.hold_raises``), so the shares that admitters enforce never sum above the limit.
 
 Inputs per entitlement come from the *trailing window* of its latest summary (the last
 ``tumbling_s`` seconds up to the summary's time, open bucket included): demand (which includes
@@ -31,29 +33,45 @@ import numpy as np
 import orjson
 
 from capacity.allocator import TickResult, allocate
-from capacity.split import split_by_demand
+from capacity.split import hold_raises, split_by_demand
 from capacity.tick import policy_from_spec, tick_input
 from capacity.waterfill import Array
 from schemas.records import Amounts, EntitlementState, PoolState
-from schemas.specs import DIMENSIONS, TIER_RANK, Entitlement, Tier, TokenPool
+from schemas.specs import DIMENSIONS, TIER_RANK, Entitlement, Tier, TokenPool, Triple
 from streams.records import UsageSummary
 
 
 @dataclass
 class PoolTick:
-    """What one pool carries from tick to tick (persisted in stage 2's table)."""
+    """What one pool carries from tick to tick (persisted in stage 2's table).
+
+    ``admitters``: when each admitter was last seen in the pool (any entitlement's demand), so a
+    record lists every admitter seen within the horizon, idle ones with the split's floor, and an
+    admitter whose tenant pauses keeps a share to admit the next request with. ``targets``: each
+    entitlement's split of the last tick per admitter, which ``capacity.split.hold_raises``
+    needs to hold a raise back one tick.
+    """
 
     seq: int = 0
     ts: float = 0.0
     debt: dict[str, float] = field(default_factory=dict)
+    admitters: dict[str, float] = field(default_factory=dict)
+    targets: dict[str, dict[str, Triple]] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
-        return orjson.dumps({"seq": self.seq, "ts": self.ts, "debt": self.debt})
+        return orjson.dumps({"seq": self.seq, "ts": self.ts, "debt": self.debt, "admitters": self.admitters,
+                             "targets": self.targets})
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> PoolTick:
         d = orjson.loads(raw)
-        return cls(seq=int(d["seq"]), ts=float(d["ts"]), debt={k: float(v) for k, v in d.get("debt", {}).items()})
+        return cls(seq=int(d["seq"]), ts=float(d["ts"]), debt={k: float(v) for k, v in d.get("debt", {}).items()},
+                   admitters={k: float(v) for k, v in d.get("admitters", {}).items()},
+                   targets={e: {a: _triple(v) for a, v in by.items()} for e, by in d.get("targets", {}).items()})
+
+
+def _triple(v: list[float]) -> Triple:
+    return (float(v[0]), float(v[1]), float(v[2]))
 
 
 @dataclass(frozen=True)
@@ -106,13 +124,29 @@ def published_debt(result: TickResult) -> Array:
     return result.over_use
 
 
-def admitter_shares(limits: tuple[float, float, float],
-                    demand: Mapping[str, tuple[float, float, float]]) -> dict[str, Amounts]:
-    """Each admitter's share of every limit, by its recent demand on that dimension."""
-    if not demand:
+def split_targets(limits: Triple, demand: Mapping[str, Triple], known: Iterable[str]) -> dict[str, Triple]:
+    """Each known admitter's target share of every limit, by its recent demand on that dimension
+    (those with none get the floor; with no demand at all, an even split)."""
+    everyone = {a: demand.get(a, (0.0, 0.0, 0.0)) for a in known} | dict(demand)
+    if not everyone:
         return {}
-    per_dim = [split_by_demand(limits[d], {a: v[d] for a, v in demand.items()}) for d in range(3)]
-    return {a: Amounts(throughput=per_dim[0][a], kv=per_dim[1][a], concurrency=per_dim[2][a]) for a in demand}
+    per_dim = [split_by_demand(limits[d], {a: v[d] for a, v in everyone.items()}) for d in range(3)]
+    return {a: (per_dim[0][a], per_dim[1][a], per_dim[2][a]) for a in everyone}
+
+
+def admitter_shares(targets: Mapping[str, Triple], previous: Mapping[str, Triple]) -> dict[str, Amounts]:
+    """The shares to publish (``capacity.split.hold_raises``: a raise waits one tick)."""
+    return {a: _amounts(v) for a, v in hold_raises(targets, previous).items()}
+
+
+def seen_admitters(prev: Mapping[str, float], inputs: Iterable[EntitlementInput], now: float,
+                   horizon_s: float) -> dict[str, float]:
+    """Admitters seen in the pool within ``horizon_s`` (with when), this tick's inputs included."""
+    seen = {a: t for a, t in prev.items() if t >= now - horizon_s}
+    for inp in inputs:
+        for a in inp.admitter_demand:
+            seen[a] = now
+    return seen
 
 
 def allocate_pool(
@@ -124,6 +158,7 @@ def allocate_pool(
     now: float,
     *,
     max_dt_s: float = 60.0,
+    admitter_horizon_s: float = 600.0,
 ) -> PoolOutput:
     """Run one tick for ``pool``: limits, shares, debt, and the state records to publish."""
     spec = pool.spec
@@ -136,6 +171,8 @@ def allocate_pool(
     ins = [inputs.get(e.name, none) for e in ents]
     result: TickResult | None = None
     states: list[EntitlementState] = []
+    admitters = seen_admitters(prev.admitters, ins, now, admitter_horizon_s)
+    targets: dict[str, dict[str, Triple]] = {}
     if n:
         inp = tick_input(
             capacity,
@@ -156,10 +193,11 @@ def allocate_pool(
         reported = published_debt(result)
         for i, e in enumerate(ents):
             lim = (limits[i][0], limits[i][1], limits[i][2])
+            targets[e.name] = split_targets(lim, ins[i].admitter_demand, admitters)
             states.append(EntitlementState(
                 id=e.name, pool=pool.name, tier=e.spec.tier, seq=seq, ts=now,
                 limits=_amounts(lim),
-                admitter_shares=admitter_shares(lim, ins[i].admitter_demand),
+                admitter_shares=admitter_shares(targets[e.name], prev.targets.get(e.name, {})),
                 demand=_amounts(ins[i].demand), usage=_amounts(ins[i].usage),
                 debt=float(reported[i]), effective_weight=float(result.effective_weight[i]),
                 fair_share=float(result.fair_share[i]), dominant_share=float(result.dominant_share[i]),
@@ -175,7 +213,8 @@ def allocate_pool(
         demand=_by_tier(ents, [i.demand for i in ins]),
         usage=_by_tier(ents, [i.usage for i in ins]),
     )
-    return PoolOutput(states, pool_state, PoolTick(seq=seq, ts=now, debt=debt), result)
+    return PoolOutput(states, pool_state, PoolTick(seq=seq, ts=now, debt=debt, admitters=admitters, targets=targets),
+                      result)
 
 
 def _by_tier(ents: list[Entitlement], values: list[tuple[float, float, float]]) -> dict[Tier, Amounts]:

@@ -204,8 +204,8 @@ def create_pipeline_app(
         ticks=FaustTableStore(ticks_table, lambda _k, v: PoolTick.from_json(v)),
         config=config, topic=s.topics.entitlement_usage, entitlement_state_topic=s.topics.entitlement_state,
         pool_state_topic=s.topics.pool_state, publish=publish, bad=bad, metrics=metrics,
-        stale_after_s=s.stale_after, max_dt_s=s.max_dt, change_threshold=s.change_threshold,
-        min_tick_gap_s=s.min_tick_gap_s,
+        stale_after_s=s.stale_after, max_dt_s=s.max_dt, admitter_horizon_s=s.admitter_horizon_s,
+        change_threshold=s.change_threshold, min_tick_gap_s=s.min_tick_gap_s,
     )
     pipeline = Pipeline(app, s, bad, metrics, config, follower, stage1, stage2, requests_partitions,
                         usage_partitions)

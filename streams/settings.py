@@ -54,6 +54,9 @@ class PipelineSettings(ServiceSettings):
     dedup_max_ids: int = Field(default=1_000_000, ge=1, le=1_000_000_000)
     stale_after_s: float | None = Field(default=None, gt=0, le=DAY)  # default: the hopping window size
     max_dt_s: float | None = Field(default=None, gt=0, le=DAY)  # default: the hopping window size
+    # An admitter seen in a pool within this long is listed in every state record of the pool (idle
+    # ones with the split's floor); one not listed gets nothing (capacity.split.share_for).
+    admitter_horizon_s: float = Field(default=600.0, gt=0, le=30 * DAY)
     batch_max: int = Field(default=1000, ge=1, le=1_000_000)
     batch_within_s: float = Field(default=0.05, gt=0, le=DAY)
     commit_interval_s: float = Field(default=1.0, gt=0, le=DAY)

@@ -51,6 +51,7 @@ class Stage2:
         metrics: PipelineMetrics,
         stale_after_s: float = 60.0,
         max_dt_s: float = 60.0,
+        admitter_horizon_s: float = 600.0,
         change_threshold: float = 0.1,
         min_tick_gap_s: float = 0.25,
         clock: Callable[[], float] = time.time,
@@ -66,6 +67,7 @@ class Stage2:
         self.metrics = metrics
         self.stale_after_s = stale_after_s
         self.max_dt_s = max_dt_s
+        self.admitter_horizon_s = admitter_horizon_s
         self.clock = clock
         self.change_threshold = change_threshold
         self.min_tick_gap_s = min_tick_gap_s
@@ -148,7 +150,7 @@ class Stage2:
         prev = self.ticks.get(pool_name) or PoolTick()
         out = allocate_pool(
             pool, self.config.entitlements_of(pool_name), inputs, prev, self.config.ready_replicas(pool), now,
-            max_dt_s=self.max_dt_s,
+            max_dt_s=self.max_dt_s, admitter_horizon_s=self.admitter_horizon_s,
         )
         if out.rejected is not None or out.pool is None:
             self.metrics.rejected_ticks.labels(pool_name, out.rejected or "").inc()

@@ -6,9 +6,15 @@ then tails them. For every ``EntitlementState`` of a pool this admitter serves i
 admitter's share:
 
 - ``admitter_shares[admitter_id]`` when the pipeline has split the limit across admitters;
-- otherwise ``limits / n``, where ``n`` is the number of admitters known for the pool (those named in
-  its states' ``admitter_shares``, plus this one, and at least ``expected_admitters``); with nothing
-  known that is the full limit.
+- nothing, when the record lists other admitters but not this one: they share the whole limit, so
+  anything here would admit beyond it (the pipeline lists an admitter from the tick after its
+  first event; a refused request is an event);
+- ``limits / n`` when the record lists no admitter at all, where ``n`` is the number of admitters
+  known for the pool (those named in its states' ``admitter_shares``, plus this one, and at least
+  ``expected_admitters``); with nothing known that is the full limit.
+
+The rule is ``capacity.split.share_for``; each fallback is counted in ``fallbacks`` (pool, kind:
+``unlisted`` or ``empty``), exported as ``tokenpools_admitter_state_fallback_shares_total``.
 
 The entitlement's guarantee is scaled by the same ratio (share / limit, per dimension) with
 ``PoolLive.apply_share`` before the limits are set (a guaranteed entitlement never goes below
@@ -36,6 +42,7 @@ from collections.abc import Callable, Mapping, Sequence
 from admitter.admission.limits import LimitTarget
 from admitter.stats import StateStats
 from capacity.live import Triple
+from capacity.split import share_for
 from schemas.records import EntitlementState, PoolState
 from schemas.topics import Topics
 from schemas.wire import BadRecords, decode
@@ -78,6 +85,7 @@ class StateFollower:
         self.pools: dict[str, PoolState] = {}
         self.applied = 0  # entitlement states applied to a live pool
         self.records: Counter[tuple[str, str]] = Counter()  # (entitlement|pool, applied|ignored|deleted)
+        self.fallbacks: Counter[tuple[str, str]] = Counter()  # (pool, unlisted|empty): shares not from the record
         self.last_applied: dict[str, float] = {}  # pool -> clock() when a new state of it was last applied
         self.last_seq: dict[str, int] = {}  # pool -> highest tick seq applied
         self.started_at: float | None = None
@@ -149,13 +157,15 @@ class StateFollower:
                 known.update(state.admitter_shares)
         return known
 
-    def share_of(self, state: EntitlementState) -> Triple:
-        mine = state.admitter_shares.get(self.admitter_id)
-        if mine is not None:
-            return (mine.throughput, mine.kv, mine.concurrency)
-        n = max(self.expected_admitters, len(self.admitters_of(state.pool)))
+    def share_of(self, state: EntitlementState) -> tuple[Triple, str | None]:
+        """This admitter's share of the state's limits, and the fallback taken (None: its own share)."""
+        shares = {a: (v.throughput, v.kv, v.concurrency) for a, v in state.admitter_shares.items()}
         lim = state.limits
-        return (lim.throughput / n, lim.kv / n, lim.concurrency / n)
+        n = max(self.expected_admitters, len(self.admitters_of(state.pool)))
+        share, fallback = share_for(self.admitter_id, shares, (lim.throughput, lim.kv, lim.concurrency), n)
+        if not fallback:
+            return share, None
+        return share, "unlisted" if shares else "empty"
 
     def _apply(self, state: EntitlementState) -> bool:
         target = self._targets.get(state.pool)
@@ -165,7 +175,9 @@ class StateFollower:
         ent = live.entitlements.get(state.id)
         if ent is None:
             return False
-        share = self.share_of(state)
+        share, fallback = self.share_of(state)
+        if fallback is not None:
+            self.fallbacks[state.pool, fallback] += 1
         n = max(self.expected_admitters, len(self.admitters_of(state.pool)))
         limits = (state.limits.throughput, state.limits.kv, state.limits.concurrency)
         live.apply_share(state.id, share, limits, n, self._clock())
@@ -239,7 +251,7 @@ class StateFollower:
     def stats(self) -> Sequence[StateStats]:
         return [StateStats(records=dict(self.records), bad=dict(self.bad.counts), caught_up=self.caught_up.is_set(),
                            connected=self.connected, reconnects=self.reconnects, staleness=self.staleness(),
-                           last_seq=dict(self.last_seq))]
+                           last_seq=dict(self.last_seq), fallbacks=dict(self.fallbacks))]
 
     def staleness(self) -> dict[str, float]:
         """Seconds since a new state was last applied, per pool served (since ``start`` if none yet)."""

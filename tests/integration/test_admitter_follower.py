@@ -57,7 +57,7 @@ async def test_late_follower_applies_latest_limits_and_skips_bad_records(kafka: 
     ent_topic = await make_topic(partitions=3, config=COMPACTED, hint="ent-state")
     pool_topic = await make_topic(partitions=1, config=COMPACTED, hint="pool-state")
     live = PoolLive(pool("p", replicas=2), [
-        ent("a"), ent("b"), ent("g", tier="guaranteed", guarantee=(100.0, 1000.0, 1.0)), ent("c"),
+        ent("a"), ent("b"), ent("g", tier="guaranteed", guarantee=(100.0, 1000.0, 1.0)), ent("c"), ent("d"),
     ], now=time.monotonic())
     target = Target(live)
     producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers)
@@ -72,6 +72,8 @@ async def test_late_follower_applies_latest_limits_and_skips_bad_records(kafka: 
                                                          shares={ADM: 0.5, "adm-2": 0.5})), key=b"g")
         await producer.send(ent_topic, b"not json at all", key=b"a")
         await producer.send(ent_topic, b'{"schema_version": 99, "id": "a"}', key=b"a")
+        # "d" is split between the other admitters only: this one enforces nothing for it.
+        await producer.send(ent_topic, encode(state("d", 1, 400.0, shares={"adm-2": 0.5, "adm-3": 0.5})), key=b"d")
         await producer.send(ent_topic, encode(state("c", 1, 50.0)), key=b"c")
         await producer.send(ent_topic, None, key=b"c")  # tombstone: c's state is gone
         await producer.send(ent_topic, encode(state("elsewhere", 1, 5.0, pool_name="other")), key=b"elsewhere")
@@ -87,8 +89,12 @@ async def test_late_follower_applies_latest_limits_and_skips_bad_records(kafka: 
     try:
         assert follower.caught_up.is_set()
         a, b, g = (live.entitlements[n] for n in "abg")
-        # "a" has no per-admitter split: known admitters of pool p are adm-1 and adm-2, so half of it.
-        assert (a.limit_tp, a.limit_kv, a.limit_conc) == pytest.approx((150.0, 1500.0, 1.5))
+        # "a" has no per-admitter split: known admitters of pool p are adm-1, adm-2 and adm-3, so a third.
+        assert (a.limit_tp, a.limit_kv, a.limit_conc) == pytest.approx((100.0, 1000.0, 1.0))
+        d = live.entitlements["d"]
+        assert (d.limit_tp, d.limit_kv, d.limit_conc) == (0.0, 0.0, 0.0)
+        assert {kind for (_, kind) in follower.fallbacks} == {"empty", "unlisted"}
+        assert follower.fallbacks["p", "unlisted"] >= 1 and follower.fallbacks["p", "empty"] >= 1
         assert (b.limit_tp, b.limit_kv, b.limit_conc) == pytest.approx((300.0, 3000.0, 3.0))
         # Half of g's limit, and half of its guarantee.
         assert g.guarantee == pytest.approx((50.0, 500.0, 0.5))
@@ -96,7 +102,7 @@ async def test_late_follower_applies_latest_limits_and_skips_bad_records(kafka: 
         assert "c" not in follower.entitlements and "elsewhere" in follower.entitlements
         assert follower.bad.total(ent_topic) == 2
         assert live.replicas == 4
-        assert live.cap_tp == pytest.approx(pool("p").spec.capacity(4)[0] / 2)
+        assert live.cap_tp == pytest.approx(pool("p").spec.capacity(4)[0] / 3)
         assert target.changes >= 1
 
         # It keeps tailing: a new state is applied.

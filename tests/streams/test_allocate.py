@@ -7,7 +7,7 @@ import pytest
 
 from schemas.records import Amounts
 from schemas.specs import Tier
-from streams.allocate import EntitlementInput, PoolTick, admitter_shares, allocate_pool, combine
+from streams.allocate import EntitlementInput, PoolTick, allocate_pool, combine, seen_admitters, split_targets
 from streams.records import UsageSummary, WindowSummary
 from tests.factories import ent, pool
 
@@ -95,16 +95,37 @@ def test_dt_is_the_time_since_the_last_tick_clamped() -> None:
     assert ten == pytest.approx(10 * one, rel=1e-6) and capped == pytest.approx(ten, rel=1e-6)
 
 
-def test_shares_split_each_limit_by_admitter_demand() -> None:
-    shares = admitter_shares((1000.0, 100.0, 10.0), {"a": (3, 0, 1), "b": (1, 0, 1)})
-    assert shares["a"].throughput + shares["b"].throughput == pytest.approx(1000)
-    assert shares["a"].throughput > shares["b"].throughput
-    assert shares["a"].kv == shares["b"].kv == 50  # nobody asked for KV: an even split
-    assert admitter_shares((1.0, 1.0, 1.0), {}) == {}
-    out = allocate_pool(P, [ent("e", "elastic")], {"e": EntitlementInput((500, 0, 0), (0, 0, 0), {"x": (1, 1, 1)})},
-                        PoolTick(), 1, now=1.0)
-    (state,) = out.entitlements
-    assert state.admitter_shares["x"] == state.limits
+def test_targets_split_each_limit_by_admitter_demand() -> None:
+    targets = split_targets((1000.0, 100.0, 10.0), {"a": (3, 0, 1), "b": (1, 0, 1)}, [])
+    # floor 10 % / 2 each, the other 90 % by demand 3:1
+    assert targets["a"][0] == pytest.approx(50 + 900 * 3 / 4) and targets["b"][0] == pytest.approx(50 + 900 / 4)
+    assert targets["a"][1] == targets["b"][1] == 50  # nobody asked for KV: an even split
+    assert split_targets((1.0, 1.0, 1.0), {}, []) == {}
+
+
+def test_an_idle_admitter_seen_within_the_horizon_keeps_the_floor() -> None:
+    targets = split_targets((1000.0, 100.0, 10.0), {"a": (5, 5, 5)}, ["a", "idle"])
+    assert targets["idle"] == pytest.approx((50, 5, 0.5)) and targets["a"] == pytest.approx((950, 95, 9.5))
+    seen = seen_admitters({"old": 0.0, "recent": 500.0}, [EntitlementInput(admitter_demand={"x": (1, 1, 1)})],
+                          now=700.0, horizon_s=600.0)
+    assert seen == {"recent": 500.0, "x": 700.0}
+
+
+def test_a_share_is_published_one_tick_after_it_is_first_targeted_and_a_raise_waits_a_tick() -> None:
+    ents = [ent("e", "elastic")]
+    one = {"e": EntitlementInput((500, 0, 0), (0, 0, 0), {"x": (1, 1, 1)})}
+    first = allocate_pool(P, ents, one, PoolTick(), 1, now=1.0)
+    assert first.entitlements[0].admitter_shares["x"] == Amounts(throughput=0, kv=0, concurrency=0)
+    second = allocate_pool(P, ents, one, first.tick, 1, now=2.0)
+    assert second.entitlements[0].admitter_shares["x"] == second.entitlements[0].limits
+    # demand moves from x to y: x's share drops at once, y's rises a tick later
+    moved = {"e": EntitlementInput((500, 0, 0), (0, 0, 0), {"x": (0, 0, 0), "y": (1, 1, 1)})}
+    third = allocate_pool(P, ents, moved, second.tick, 1, now=3.0)
+    shares = third.entitlements[0].admitter_shares
+    lim = third.entitlements[0].limits.throughput
+    assert shares["x"].throughput == pytest.approx(lim * 0.05) and shares["y"].throughput == 0
+    fourth = allocate_pool(P, ents, moved, third.tick, 1, now=4.0)
+    assert fourth.entitlements[0].admitter_shares["y"].throughput == pytest.approx(lim * 0.95)
 
 
 def test_empty_pool_still_reports_its_capacity() -> None:
@@ -113,5 +134,5 @@ def test_empty_pool_still_reports_its_capacity() -> None:
 
 
 def test_tick_state_round_trip() -> None:
-    t = PoolTick(seq=3, ts=12.5, debt={"a": 0.25})
+    t = PoolTick(seq=3, ts=12.5, debt={"a": 0.25}, admitters={"x": 12.0}, targets={"a": {"x": (1.0, 2.0, 3.0)}})
     assert PoolTick.from_json(t.to_json()) == t
