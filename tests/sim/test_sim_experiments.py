@@ -1,17 +1,17 @@
-"""Invariants of the control loop and the experiments on short runs (simulated time, no services)."""
+"""Invariants of the control loop on a short run, and the experiments' helpers (simulated time, no services).
+
+The experiments' claims are asserted in test_claims.py, on the full-length seeded runs.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-from rich.console import Console
 
 from schemas.arrivals import generate_arrivals, scaled
 from sim import analysis
 from sim.control import ControlLoop, LoopSettings, Mode, SimOutcome
-from sim.experiments import fairness, overload
+from sim.experiments import overload
 from sim.experiments.common import ENGINE, load
 
 
@@ -45,22 +45,6 @@ def test_tokenpools_throttles_spot_and_baseline_admits_everything(overload_runs)
 def test_same_seed_same_arrivals_in_both_modes(overload_runs):
     ids = {m: sorted(r.request_id for r in recs) for m, recs in overload_runs.items()}
     assert ids[Mode.TOKENPOOLS] == ids[Mode.BASELINE]
-
-
-def test_overload_experiment_writes_its_results(tmp_path: Path):
-    summary = overload.run(seed=3, duration=60, out=tmp_path, console=Console(quiet=True))
-    assert {"summary.json", "table.md", "p99_ttft.png"} <= {p.name for p in tmp_path.iterdir()}
-    assert summary["checks"]["tokenpools"]["throughput_vs_baseline"] > 0
-    modes = {row["mode"] for row in summary["rows"]}
-    assert modes == {"no-spot", "tokenpools", "tokenpools-fcfs", "baseline"}
-
-
-def test_fairness_experiment_runs_every_mode(tmp_path: Path):
-    summary = fairness.run(seed=3, duration=60, out=tmp_path, console=Console(quiet=True))
-    assert set(summary["modes"]) == {"tokenpools", "no-debt", "vtc", "fcfs"}
-    assert (tmp_path / "shares.png").stat().st_size > 0
-    tp = summary["modes"]["tokenpools"]
-    assert tp["alone_share"] > 0.3  # work conservation: alone (from a cold start), it fills the pool
 
 
 def test_phases_follow_the_spot_profile():
