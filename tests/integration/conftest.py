@@ -127,7 +127,7 @@ async def create_topic(
     name: str,
     partitions: int = 1,
     config: Mapping[str, str] | None = None,
-    leader_wait_s: float = 15.0,
+    leader_wait_s: float = 120.0,
 ) -> str:
     """Returns only once every partition has a leader, so a producer's first send does not race."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic

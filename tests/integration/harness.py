@@ -2,8 +2,15 @@
 client for test topics, event factories and ``eventually``.
 
 Workers run as ``python -m tokenpools.cli streams worker`` subprocesses with a topic prefix (every topic
-and the app id get it) and short windows (1 s tumbling, 3 s hopping every 1 s) and a 0.25 s pool tick,
-so numbers settle in seconds.
+and the app id get it) and short windows (1 s tumbling, 3 s hopping every 1 s), a summary of every
+record each 0.25 s and a 0.25 s pool tick, so numbers settle in seconds.
+
+Waits. ``eventually`` waits for a condition; a wait on something that goes through Kafka gets
+``KAFKA_WAIT_S`` (120 s) as its bound, a generous one: it returns as soon as the condition holds, and a
+hang still fails well inside the 600 s per-test timeout. An exact count is waited for with ``settled``
+(``totals_are`` for the pipeline's totals): once it matches it must keep matching for ``SETTLE_S``, eight
+summary intervals, so a count that overshoots after first matching (a late double count) fails
+instead of passing at the moment the totals went by the right value.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +33,23 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
+from admitter.kafka.state_follower import StateFollower
+from capacity.live import PoolLive
 from schemas import topics
+from schemas.loader import load_config
 from schemas.records import Amounts, EntitlementState, Outcome, Phase, PoolState, RequestEvent
 from schemas.topics import Topics
 from schemas.wire import encode
+from streams.records import UsageSummary
 from tokenpools.kafka.reader import read_records
 
 REPO = Path(__file__).resolve().parents[2]
-TICK_S = 0.25
+TICK_S = 0.25  # the pools' tickSeconds
+SUMMARY_S = 0.25  # the workers' --summary-interval: every record's summary (and its totals) this often
+KAFKA_WAIT_S = 120.0  # bound of a wait on a condition that goes through Kafka
+# How long an exact count must stay matched: eight summaries of every record (a later one carrying a
+# double count would change the totals) and eight ticks of a 0.25 s pool.
+SETTLE_S = 8 * max(SUMMARY_S, TICK_S)
 
 POOLS_YAML = """\
 apiVersion: tokenpools.dev/v1alpha1
@@ -58,17 +74,20 @@ spec:
   tier: %(tier)s
   guarantee: %(guarantee)s
   burst: {throughput: 100000, kv: 1000000, concurrency: 1000}
-  weight: 1
+  weight: %(weight)s
 """
 
 
-def write_config(path: Path, pools: dict[str, list[tuple[str, str]]]) -> Path:
+def write_config(path: Path, pools: Mapping[str, Sequence[tuple[str, str] | tuple[str, str, float]]]) -> Path:
+    """Pools of the harness's shape (1,000 weighted tokens/s per replica, one replica) and their
+    entitlements, ``(name, tier)`` or ``(name, tier, weight)`` (weight 1 by default)."""
     docs = []
     for pool, ents in pools.items():
         docs.append(POOLS_YAML % {"pool": pool, "tick": TICK_S})
-        for name, tier in ents:
+        for name, tier, *weight in ents:
             guarantee = "{throughput: 100, kv: 1000, concurrency: 1}" if tier == "guaranteed" else "{}"
-            docs.append(ENT_YAML % {"name": name, "pool": pool, "tier": tier, "guarantee": guarantee})
+            docs.append(ENT_YAML % {"name": name, "pool": pool, "tier": tier, "guarantee": guarantee,
+                                    "weight": weight[0] if weight else 1})
     path.write_text("---\n".join(docs))
     return path
 
@@ -89,7 +108,8 @@ class Worker:
             sys.executable, "-m", "tokenpools.cli", "streams", "worker", "--bootstrap", bootstrap,
             "--config", str(config), "--web-port", str(self.port), "--topic-prefix", prefix,
             "--tumbling-seconds", "1", "--hop-size-seconds", "3", "--hop-step-seconds", "1", "--grace-seconds", "0.2",
-            "--summary-interval", "0.25", "--commit-interval", "0.5", "--session-timeout", "6", "--log-level", "warn",
+            "--summary-interval", str(SUMMARY_S), "--commit-interval", "0.5", "--session-timeout", "6",
+            "--log-level", "warn",
             "--data-dir", str(log.parent / f"{log.stem}.faust-data"), *extra,
         ]
         self.proc: subprocess.Popen[bytes] | None = None
@@ -215,13 +235,63 @@ class Kafka:
     async def pool_states(self) -> list[PoolState]:
         return [PoolState.model_validate_json(v) for _, v in await self.read_all(topics.POOL_STATE) if v]
 
+    async def summaries(self) -> list[UsageSummary]:
+        """Stage 1's summaries on the internal usage topic (what stage 2 ticks on)."""
+        return [UsageSummary.model_validate_json(v) for _, v in await self.read_all(topics.ENTITLEMENT_USAGE) if v]
+
     async def close(self) -> None:
         if self.producer is not None:
             await self.producer.stop()
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], within: float = 30.0, every: float = 0.5) -> Any:
-    """Await ``check()`` until it returns a truthy value (or its assertion passes)."""
+class _Target:
+    """What a ``StateFollower`` updates: a pool's live state (``admitter.admission.limits.LimitTarget``)."""
+
+    def __init__(self, live: PoolLive) -> None:
+        self.live = live
+
+    def limits_changed(self) -> None:
+        pass
+
+
+class AppliedStates(StateFollower):
+    """Another admitter's view of the pipeline: the real ``StateFollower`` over the pools of a config file,
+    keeping every entitlement state it applies (``history``, in order; a re-apply of a state already
+    applied is not kept again), the latest per entitlement (``latest``) and the throughput limit that this
+    admitter enforces after applying each, its share (``share[(entitlement, seq)]``)."""
+
+    def __init__(self, bootstrap: str, prefix: str, config: Path, admitter_id: str = "adm-follower") -> None:
+        super().__init__(bootstrap, admitter_id, topic_prefix=prefix, initial_wait=30.0, retry_backoff=0.2,
+                         contact_timeout=2.0)
+        platform = load_config(config)
+        now = time.monotonic()
+        self._pool_targets = {
+            name: _Target(PoolLive(pool, [e for e in platform.entitlements.values() if e.spec.pool == name], now))
+            for name, pool in platform.pools.items()}
+        self.history: list[EntitlementState] = []
+        self.latest: dict[str, EntitlementState] = {}
+        self.share: dict[tuple[str, int], float] = {}
+
+    async def begin(self) -> AppliedStates:
+        await self.start(self._pool_targets)
+        return self
+
+    def _apply(self, state: EntitlementState) -> bool:
+        applied = super()._apply(state)
+        seen = self.latest.get(state.id)
+        if applied and (seen is None or seen.seq < state.seq):
+            self.history.append(state)
+            self.latest[state.id] = state
+            self.share[state.id, state.seq] = self._pool_targets[state.pool].live.entitlements[state.id].limits()[0]
+        return applied
+
+    def seq(self, pool: str) -> int:
+        """The pool's highest tick number this follower has applied (0 before any)."""
+        return self.last_seq.get(pool, 0)
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], within: float = KAFKA_WAIT_S, every: float = 0.5) -> Any:
+    """Await ``check()`` until it returns a truthy value (or its assertion passes); that value."""
     deadline = time.monotonic() + within
     while True:
         try:
@@ -238,7 +308,34 @@ async def eventually(check: Callable[[], Awaitable[Any]], within: float = 30.0, 
         await asyncio.sleep(every)
 
 
+async def settled(check: Callable[[], Awaitable[Any]], within: float = KAFKA_WAIT_S, settle: float = SETTLE_S,
+                  every: float = 0.5, checks: int = 3) -> Any:
+    """``eventually(check)``, then ``check`` must keep holding: re-checked every ``every`` seconds for
+    ``settle`` seconds and at least ``checks`` more times. A check that stops holding fails at once
+    (an exact count that went past its value is not waited out); the last value is returned.
+
+    ``within`` bounds the wait for the first match only; settling adds ``settle`` (and the checks' own time).
+    """
+    first = await eventually(check, within=within, every=every)
+    matched_at = time.monotonic()
+    result, rechecked = first, 0
+    while rechecked < checks or time.monotonic() - matched_at < settle:
+        await asyncio.sleep(every)
+        try:
+            result = await check()
+        except AssertionError as exc:
+            raise AssertionError(f"matched, then changed {time.monotonic() - matched_at:.1f} s later "
+                                 f"(re-check {rechecked + 1}): {exc}") from exc
+        rechecked += 1
+        if not result:
+            raise AssertionError(f"matched, then changed {time.monotonic() - matched_at:.1f} s later "
+                                 f"(re-check {rechecked}): {result!r} after {first!r}")
+    return result
+
+
 def totals_are(io: Kafka, expected: dict[str, dict[str, int]]) -> Callable[[], Awaitable[bool]]:
+    """A check that the pipeline's cumulative totals are exactly ``expected``; wait on it with ``settled``."""
+
     async def check() -> bool:
         got = await io.totals()
         for ent, want in expected.items():

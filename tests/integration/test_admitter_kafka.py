@@ -18,7 +18,7 @@ from admitter.kafka.spool import Spool
 from schemas import topics
 from schemas.records import EVENT_BATCH, Outcome, Phase, RequestEvent
 from schemas.wire import encode
-from tests.integration.harness import Kafka, Worker, event, eventually, request_pair, write_config
+from tests.integration.harness import KAFKA_WAIT_S, Kafka, Worker, event, request_pair, settled, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -72,7 +72,7 @@ async def test_events_survive_a_broker_outage(kafka: Any, make_topic: Any, tmp_p
     try:
         for ev in first:
             await sink.emit(ev)
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(KAFKA_WAIT_S):
             await sink.drain()
         await kafka.astop()
         try:
@@ -83,12 +83,12 @@ async def test_events_survive_a_broker_outage(kafka: Any, make_topic: Any, tmp_p
             assert sink.backlog()
         finally:
             await kafka.astart()
-        async with asyncio.timeout(45):
+        async with asyncio.timeout(KAFKA_WAIT_S):
             await sink.drain()
     finally:
         await sink.close()
     expected = {e.id for e in first + second}
-    await eventually(ids_arrived(kafka.bootstrap_servers, topic, expected), within=30)
+    await settled(ids_arrived(kafka.bootstrap_servers, topic, expected))
     records = await read_topic(kafka.bootstrap_servers, topic)
     assert all(k == v["entitlement"].encode() for k, v in records)  # keyed by entitlement
 
@@ -108,14 +108,14 @@ async def test_spooled_events_are_sent_by_the_next_sink(kafka: Any, make_topic: 
     again = KafkaSink(kafka.bootstrap_servers, spool, topic=topic)
     try:
         await again.start()
-        async with asyncio.timeout(45):
+        async with asyncio.timeout(KAFKA_WAIT_S):
             await again.drain()
         assert again.sent == len(evs)
         # One pass over the spool: the events of each of the 5 entitlements go out as one record.
         assert again.records_sent == 5
     finally:
         await again.close()
-    await eventually(ids_arrived(kafka.bootstrap_servers, topic, {e.id for e in evs}), within=30)
+    await settled(ids_arrived(kafka.bootstrap_servers, topic, {e.id for e in evs}))
     # In spool order per entitlement (one entitlement's events stay ordered on its partition).
     records = await read_topic(kafka.bootstrap_servers, topic)
     assert len(await read_records(kafka.bootstrap_servers, topic)) == 5
@@ -148,7 +148,7 @@ async def test_a_worker_counts_batched_events_once_when_they_are_sent_again(
         sink = KafkaSink(kafka.bootstrap_servers, tmp_path / directory, topic=topic, batch_events=batch_events)
         try:
             await sink.start()
-            async with asyncio.timeout(45):
+            async with asyncio.timeout(KAFKA_WAIT_S):
                 await sink.drain()
             sent.append((sink.sent, sink.records_sent))
         finally:
@@ -167,4 +167,4 @@ async def test_a_worker_counts_batched_events_once_when_they_are_sent_again(
         assert not [k for k, v in m.items() if k[0] == "tokenpools_streams_bad_records_total" and v]
         return True
 
-    await eventually(counted_once, within=60)
+    await settled(counted_once)

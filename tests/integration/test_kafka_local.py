@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -11,7 +13,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -172,17 +174,23 @@ async def _produce(bootstrap: str, topic: str, value: bytes) -> None:
         await producer.stop()
 
 
-async def _consume_one(bootstrap: str, topic: str) -> bytes:
+async def _consume_one(bootstrap: str, topic: str, within: float = 120.0) -> bytes:
+    """The topic's first record: fetched until one comes (a fresh consumer's first fetches may be empty
+    while it finds the partition's leader and offset), failing after ``within`` seconds."""
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
     )
     await consumer.start()
+    records: list[Any] = []
     try:
-        batches = await consumer.getmany(timeout_ms=15000, max_records=1)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                while not records:
+                    batches = await consumer.getmany(timeout_ms=1000, max_records=1)
+                    records = [record for batch in batches.values() for record in batch]
     finally:
         await consumer.stop()
-    records = [record for batch in batches.values() for record in batch]
-    assert records, f"no record on {topic}"
+    assert records, f"no record on {topic} within {within} s"
     return records[0].value
 
 

@@ -26,7 +26,7 @@ from schemas.loader import load_config
 from schemas.records import ReplicasReport
 from schemas.wire import BadRecords, decode
 from tests.factories import emulators
-from tests.integration.harness import Kafka, Worker, eventually, request_pair
+from tests.integration.harness import KAFKA_WAIT_S, Kafka, Worker, eventually, request_pair
 
 pytestmark = pytest.mark.integration
 POOL = "sp"
@@ -88,9 +88,9 @@ async def test_demand_grows_replicas_and_they_shrink_only_after_the_stabilisatio
     stop_demand = asyncio.Event()
     demand: asyncio.Task[int] | None = None
     try:
-        await asyncio.wait_for(scaler.reported.wait(), 30)
+        await asyncio.wait_for(scaler.reported.wait(), KAFKA_WAIT_S)
         # Nothing asked yet: one replica.
-        await eventually(lambda: _steps(scaler), within=30)
+        await eventually(lambda: _steps(scaler))
         assert await actuator.current(POOL) == 1
 
         # Demand of 2.5 replicas: the scaler grows the pool (at once, no window on the way up).
@@ -100,7 +100,7 @@ async def test_demand_grows_replicas_and_they_shrink_only_after_the_stabilisatio
             assert not task.done(), task
             return await actuator.current(POOL) >= 3
 
-        await eventually(grown, within=40)
+        await eventually(grown)
         assert len(actuator.urls(POOL)) == await actuator.current(POOL)
 
         # Demand stops; the pool goes back to one replica, after the window.
@@ -111,7 +111,7 @@ async def test_demand_grows_replicas_and_they_shrink_only_after_the_stabilisatio
             assert not task.done(), task
             return await actuator.current(POOL) == 1
 
-        await eventually(shrunk, within=60)
+        await eventually(shrunk)
         steps = [s for s in scaler.steps if s.pool == POOL]
         peak = max(s.decision.replicas for s in steps)  # demand still in the windows may add one after `grown`
         assert 3 <= peak <= 4
@@ -141,7 +141,7 @@ async def test_demand_grows_replicas_and_they_shrink_only_after_the_stabilisatio
             assert seen and seen[0] == 1 and max(seen) == peak and seen[-1] == 1, seen
             return True
 
-        await eventually(pipeline_followed, within=20)
+        await eventually(pipeline_followed)
         reports = [decode(ReplicasReport, v, "replicas", BadRecords())
                    for _, v in await kafka_io.read_all(topics.REPLICAS)]
         assert reports and all(r is not None and r.endpoints is not None

@@ -29,7 +29,7 @@ import pytest
 from schemas import topics
 from schemas.records import ReplicasReport
 from schemas.wire import BadRecords, decode
-from tests.integration.harness import REPO, Kafka, eventually, totals_are
+from tests.integration.harness import REPO, Kafka, eventually, settled, totals_are
 
 pytestmark = pytest.mark.integration
 POOL = "llama-3-8b"
@@ -96,8 +96,8 @@ async def test_up_serves_through_both_admitters_closes_the_loop_and_stops_on_a_s
                     await chat(url, KEYS["acme-prod"])
 
             # The events reached the pipeline: 6 decisions and 6 completions.
-            await eventually(totals_are(kafka_io, {
-                "acme-prod": {"decisions": 6, "admitted": 6, "finished": 6, "duplicates": 0}}), within=60)
+            await settled(totals_are(kafka_io, {
+                "acme-prod": {"decisions": 6, "admitted": 6, "finished": 6, "duplicates": 0}}))
 
             # States came back: each admitter enforces its own share of the pipeline's latest limits (the
             # elastic entitlement has none until then: 429). Traffic goes on meanwhile, so both
@@ -124,7 +124,7 @@ async def test_up_serves_through_both_admitters_closes_the_loop_and_stops_on_a_s
                         assert usage["requests"].get("completed", 0) >= 1
                 return True
 
-            await eventually(applied, within=60)
+            await eventually(applied)
 
         # The scaler runs in the loop: its report carries the replicas' URLs, and the pipeline counts them.
         reports = [decode(ReplicasReport, v, "replicas", BadRecords()) for _, v in
