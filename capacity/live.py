@@ -161,8 +161,12 @@ class EntitlementLive:
             self.seq_seconds += self.seqs_in_flight * dt
             self.last_change = now
 
-    def set_limits(self, throughput: float, kv: float, concurrency: float, now: float) -> None:
+    def set_limits(self, throughput: float, kv: float, concurrency: float, now: float, *,
+                   share: bool = False) -> None:
         """Apply new limits; a guaranteed entitlement never drops below its guarantee.
+
+        ``share``: these are this admitter's share of limits split across admitters (the pipeline's),
+        not the whole limit; the buckets then never grant a raise at once (``TokenBucket.reconfigure``).
 
         NaN or infinity (which no allocator or state record should ever pass) falls back to the
         guarantee too: an infinite limit would make the bucket infinitely deep and never refuse.
@@ -171,14 +175,14 @@ class EntitlementLive:
         self.limit_tp = throughput if g[0] < throughput < _INF else g[0]
         self.limit_kv = kv if g[1] < kv < _INF else g[1]
         self.limit_conc = concurrency if g[2] < concurrency < _INF else g[2]
-        self.bucket.reconfigure(self.limit_tp, self.limit_tp * self.window, now)
+        self.bucket.reconfigure(self.limit_tp, self.limit_tp * self.window, now, share=share)
         if self.g_bucket is not None:
             # Rate: this admitter's share of the guarantee. Depth: the whole guarantee's burst window, so
             # a burst that happens to land on one admitter is not refused for how the tenant's traffic
             # split across admitters last tick. The rates still sum to the guarantee; what the split
             # can let through on top is at most one burst window per extra admitter, once.
             full = self.spec.spec.guarantee.throughput
-            self.g_bucket.reconfigure(g[0], (full if full > g[0] else g[0]) * self.window, now)
+            self.g_bucket.reconfigure(g[0], (full if full > g[0] else g[0]) * self.window, now, share=share)
 
 
 class PoolLive:
@@ -297,15 +301,15 @@ class PoolLive:
         fallback = 1.0 / admitters
         guarantee = (g[0] * _ratio(share[0], total[0], fallback), g[1] * _ratio(share[1], total[1], fallback),
                      g[2] * _ratio(share[2], total[2], fallback))
-        self.set_guarantee_share(name, guarantee, now)
-        ent.set_limits(*share, now)
+        self.set_guarantee_share(name, guarantee, now, share=True)
+        ent.set_limits(*share, now, share=True)
         return True
 
-    def set_guarantee_share(self, name: str, guarantee: Triple, now: float) -> None:
+    def set_guarantee_share(self, name: str, guarantee: Triple, now: float, *, share: bool = True) -> None:
         """This admitter's share of an entitlement's guarantee (the pipeline splits it across admitters)."""
         ent = self.entitlements[name]
         ent.guarantee = guarantee
-        ent.set_limits(ent.limit_tp, ent.limit_kv, ent.limit_conc, now)
+        ent.set_limits(ent.limit_tp, ent.limit_kv, ent.limit_conc, now, share=share)
         self.recount_unused_guarantees()
 
     def recount_unused_guarantees(self) -> None:

@@ -73,9 +73,12 @@ records = st.lists(
 )
 
 
-def simulate(n: int, published: list[dict[str, Triple]], lag: list[float], sizes: list[float]) -> None:
-    """Every admitter applies record k at ``k * INTERVAL + lag[k * 4 + i]`` and tries a request every
-    ``STEP``; asserts the bound over every window between two admissions."""
+def simulate(n: int, published: list[dict[str, Triple]], lag: list[float], sizes: list[float],
+             active: list[bool] | None = None) -> None:
+    """Every admitter applies record k at ``k * INTERVAL + lag[k * 4 + i]`` and, in the seconds
+    where ``active[second * 4 + i]`` (always, by default), tries a request every ``STEP``; asserts
+    the bound over every window between two admissions. An idle admitter keeps its bucket's
+    credit, which is what a share moved onto it must not double."""
     names = [f"adm-{i}" for i in range(n)]
     big = pool("p", replicas=8, per=(1e6, 1e9, 1e6))  # the pool never binds: only the entitlement's limit does
     admitters = [Admitter(name, PoolLive(big, [ent("e", window=WINDOW, burst=TOTAL)], now=0.0)) for name in names]
@@ -97,7 +100,10 @@ def simulate(n: int, published: list[dict[str, Triple]], lag: list[float], sizes
                 primings.append((t, share[0] * WINDOW))
             adm.applied = k + 1
             a += 1
+        second = min(int(t / INTERVAL), len(published) + 2)
         for i, adm in enumerate(admitters):
+            if active is not None and not active[second * 4 + i]:
+                continue
             amount = sizes[(step + i) % len(sizes)]
             e = adm.live.entitlements["e"]
             cost = RequestCost(int(amount), 0, 0, 1.0, 1.0)
@@ -142,12 +148,13 @@ def published_of(targets: list[dict[str, Triple]]) -> list[dict[str, Triple]]:
     # Small next to the depth, so that the overshoot term (one request per admitter) stays small
     # and a bucket that hands out its depth twice shows; a small share's depth is smaller still.
     sizes=st.lists(st.sampled_from([10.0, 50.0, 100.0, 200.0]), min_size=1, max_size=8),
+    active=st.lists(st.booleans(), min_size=(RECORDS + 3) * 4, max_size=(RECORDS + 3) * 4),
 )
 def test_admitted_never_exceeds_the_limit_plus_one_depth(n: int, drawn: list, lags: list[float],
-                                                         sizes: list[float]) -> None:
+                                                         sizes: list[float], active: list[bool]) -> None:
     names = [f"adm-{i}" for i in range(n)]
     targets = [shares_of([i for i in listed if i < n], weights, spend, names) for listed, weights, spend in drawn]
-    simulate(n, published_of(targets), lags, sizes)
+    simulate(n, published_of(targets), lags, sizes, active)
 
 
 def test_a_share_swapped_every_tick_while_one_admitter_lags_stays_within_the_limit() -> None:
@@ -160,6 +167,19 @@ def test_a_share_swapped_every_tick_while_one_admitter_lags_stays_within_the_lim
     # record k (even: adm-0 gains) is applied late by the admitter it cuts
     lags = [0.9 if (i == 1) == (k % 2 == 0) else 0.0 for k in range(RECORDS) for i in range(4)]
     simulate(2, published_of(targets), lags, [50.0])
+
+
+def test_a_share_moved_from_an_admitter_that_spent_its_bucket_is_not_admitted_twice() -> None:
+    """adm-0 holds 99 % and spends its full bucket in seconds 4-6; then the share moves to adm-1, idle
+    until second 7 with a full bucket of its 1 %. Granting adm-1 the extra depth on its raise
+    while adm-0's debt stays behind at adm-0 (floored at minus its new depth, 0) admits that depth
+    twice: the whole-limit semantics (``share=False``) fail here."""
+    most = {"adm-0": (0.99 * LIMIT, 0.99 * KV, 0.99 * CONC), "adm-1": (0.01 * LIMIT, 0.01 * KV, 0.01 * CONC)}
+    moved = {"adm-0": NOTHING, "adm-1": TOTAL}
+    targets = [most] * 6 + [moved] * (RECORDS - 6)
+    seconds = RECORDS + 3
+    active = [(4 <= sec < 6) if i == 0 else (i == 1 and sec >= 7) for sec in range(seconds) for i in range(4)]
+    simulate(2, published_of(targets), [0.0] * (RECORDS * 4), [100.0], active)
 
 
 def test_the_fallback_share_is_nothing_when_the_record_lists_others() -> None:

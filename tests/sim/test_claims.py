@@ -143,12 +143,6 @@ def test_fairness_every_claim_has_a_test(fairness_summary: dict[str, Any]) -> No
     assert set(fairness_summary["pass"]) == FAIRNESS_CLAIMS
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fails since 8067275 (TokenBucket.reconfigure: a raise refills at the new rate instead of granting "
-    "its extra depth at once): the interactive tenant settles 5-8 % under its weighted fair share (last "
-    "window 0.946 of fair at seed 43, 600 s; of seeds 1-3 at 600 s, 1 and 2 hold the band over their "
-    "last two windows only and 3 does not); at 34f6520, before it, all four seeds converged. Strict: "
-    "once the claim holds again this test XPASSes, which fails, and the marker must go."))
 def test_elastic_shares_converge_within_5_percent(fairness_summary: dict[str, Any]) -> None:
     """From some window of the scarce phase on, every window holds every tenant within 5 % of its
     weighted fair share (weight / sum of weights of what the three were served together)."""
