@@ -292,15 +292,22 @@ class PoolLive:
 
         The guarantee is scaled by the same ratio, per dimension (``1 / admitters`` where the total
         is 0), and set first, so the limits never go below this admitter's part of the guarantee.
-        False if the entitlement is not in this pool.
+        On KV and concurrency that part is at least ``1 / admitters`` of the guarantee: a share
+        follows demand a tick or two late (the pipeline holds a raise back a tick, and lists a new
+        admitter from the tick after its first event), and guaranteed work moving onto this
+        admitter must not be refused meanwhile. The held dimensions bound what is in flight, not a
+        rate, so this adds nothing to the throughput limit; throughput within the guarantee comes
+        from the guarantee bucket, whose depth is the whole guarantee's burst window at every
+        admitter. False if the entitlement is not in this pool.
         """
         ent = self.entitlements.get(name)
         if ent is None:
             return False
         g = ent.spec.spec.guarantee.as_tuple()
         fallback = 1.0 / admitters
-        guarantee = (g[0] * _ratio(share[0], total[0], fallback), g[1] * _ratio(share[1], total[1], fallback),
-                     g[2] * _ratio(share[2], total[2], fallback))
+        guarantee = (g[0] * _ratio(share[0], total[0], fallback),
+                     g[1] * max(fallback, _ratio(share[1], total[1], fallback)),
+                     g[2] * max(fallback, _ratio(share[2], total[2], fallback)))
         self.set_guarantee_share(name, guarantee, now, share=True)
         ent.set_limits(*share, now, share=True)
         return True
