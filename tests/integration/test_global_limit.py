@@ -197,5 +197,8 @@ async def test_a_tenant_behind_two_admitters_gets_its_global_limit_not_twice_it(
     print(f"admitted weighted tokens/s: {together:.1f} through two admitters with the pipeline, {alone:.1f} "
           f"without it; limit {LIMIT:.0f}; last shares {shares[0]}")
     assert set(shares[0]) == {"adm-1", "adm-2"}  # the pipeline split the limit between both admitters
-    assert together == pytest.approx(LIMIT, rel=0.10)
+    # Held by construction (capacity.split, capacity.bucket; tests/capacity/test_global_invariant.py):
+    # over the measured minute the bound is the limit plus what the buckets held at its start, which
+    # the warm-up drained. 20 clean runs of this test: docs/pipeline.md, "The global limit".
+    assert together == pytest.approx(LIMIT, rel=0.05)
     assert alone > 1.7 * LIMIT  # without the pipeline the tenant would get about twice its limit
