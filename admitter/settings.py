@@ -97,8 +97,8 @@ class AdmitterSettings(ServiceSettings):
     spool_dir: Path | None = Field(
         default=None, description="Durable event spool (default: default_spool_dir(admitter_id))")
     expected_admitters: int = Field(default=1, ge=1, le=10_000,
-                                    description="Admitters sharing each pool, until the pipeline "
-                                    "says otherwise (each enforces 1/N of a limit without a split)")
+                                    description="Admitters sharing each pool: each enforces 1/N of a "
+                                    "limit whose state record lists no admitter yet (docs/global-limit.md)")
     config_wait_seconds: float = Field(
         default=10.0, ge=0, le=DAY,
         description="How long start waits to read the config topic before serving the YAML")

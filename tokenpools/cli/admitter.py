@@ -83,7 +83,8 @@ def admitter(
              "directory (or --admitter-id) stable."),
     expected_admitters: int = typer.Option(
         1, "--expected-admitters", min=1,
-        help="Admitters sharing the pools (with --kafka): each enforces 1/N of a limit the pipeline has not split."),
+        help="Admitters sharing the pools (with --kafka): each enforces 1/N of a limit whose state lists no "
+             "admitter yet. Set it to the number you run, or a cold pool can admit more than its limit."),
     config_wait: float = typer.Option(
         10.0, "--config-wait", parser=finite(min=0),
         help="Seconds to wait at start for the config topic before serving the YAML (with --kafka)."),
