@@ -95,6 +95,12 @@ class _LiveCollector(Collector):
                                       "Throughput bucket credit dropped because a cut left the level above the new "
                                       "depth (debt is never clipped: a negative level is repaid whole)",
                                       labels=["pool", "entitlement", "tier"])
+        deferred = CounterMetricFamily(PREFIX + "bucket_deferred_debt_tokens",
+                                       "Throughput bucket debt a large cut of the whole limit took out of the level "
+                                       "(so the tenant waits at most one burst window) and carried as owed, collected "
+                                       "from the next raises", labels=["pool", "entitlement", "tier"])
+        owed = GaugeMetricFamily(PREFIX + "bucket_owed_tokens", "Throughput bucket debt owed now (see "
+                                 "bucket_deferred_debt_tokens_total)", labels=["pool", "entitlement", "tier"])
         debt = GaugeMetricFamily(PREFIX + "debt", "Elastic fairness debt", labels=["pool", "entitlement", "tier"])
         weight = GaugeMetricFamily(PREFIX + "effective_weight", "Weight after debt",
                                    labels=["pool", "entitlement", "tier"])
@@ -116,6 +122,8 @@ class _LiveCollector(Collector):
                 in_flight.add_metric([*base, "concurrency"], e.seqs_in_flight)
                 bucket.add_metric(base, e.bucket.level)
                 clipped.add_metric(base, e.bucket.clipped)
+                deferred.add_metric(base, e.bucket.deferred)
+                owed.add_metric(base, e.bucket.owed)
                 debt.add_metric(base, e.debt)
                 weight.add_metric(base, e.effective_weight)
             capacity.add_metric([name, "throughput"], live.cap_tp)
@@ -127,7 +135,8 @@ class _LiveCollector(Collector):
         for name, replica_set in self._replicas().items():
             for replica in replica_set:
                 outstanding.add_metric([name, replica.url], replica.outstanding)
-        yield from (limit, in_flight, bucket, clipped, debt, weight, capacity, pool_in_flight, waiting, outstanding)
+        yield from (limit, in_flight, bucket, clipped, deferred, owed, debt, weight, capacity, pool_in_flight, waiting,
+                    outstanding)
 
 
 class _ConnectionCollector(Collector):

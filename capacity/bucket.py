@@ -13,7 +13,7 @@ class TokenBucket:
     long-run rate never exceeds the limit.
     """
 
-    __slots__ = ("clipped", "depth", "level", "owed", "primed", "rate", "updated")
+    __slots__ = ("clipped", "deferred", "depth", "level", "owed", "primed", "rate", "updated")
 
     def __init__(self, rate: float, depth: float, now: float, level: float | None = None) -> None:
         self.rate = rate
@@ -22,6 +22,7 @@ class TokenBucket:
         self.updated = now
         self.clipped = 0.0  # credit above a cut's new depth, dropped (never debt: that is never forgiven)
         self.owed = 0.0  # spent beyond what a cut left in the level, collected from the next raises
+        self.deferred = 0.0  # all debt ever moved from the level into ``owed`` (a counter)
         # A bucket starts full once: at its first positive depth (an elastic entitlement's first
         # tick takes it from 0), as a bucket created with that depth would have.
         self.primed = depth > 0
@@ -95,6 +96,7 @@ class TokenBucket:
             floor = self.level if self.level < -depth else -depth  # a cut never deepens a debt past both
             if level < floor:
                 self.owed += floor - level
+                self.deferred += floor - level
                 level = floor
             self.level = depth if level > depth else level
         self.clipped += dropped

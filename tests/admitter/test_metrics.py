@@ -73,6 +73,8 @@ async def test_metrics_parse_and_count_admitted_refused_and_latency(replicas, ad
     limits = {s.labels["dimension"]: s.value for s in fams["tokenpools_admitter_limit"]}
     assert limits["concurrency"] == 1
     assert {s.labels["dimension"] for s in fams["tokenpools_admitter_in_flight"]} == {"kv", "concurrency"}
+    for bucket in ("bucket_level", "bucket_clipped_tokens", "bucket_deferred_debt_tokens", "bucket_owed_tokens"):
+        assert {s.labels["entitlement"] for s in fams[f"tokenpools_admitter_{bucket}"]} == {"acme"}
     tokens = {s.labels["direction"]: s.value for s in fams["tokenpools_admitter_tokens"] if s.name.endswith("_total")}
     assert tokens == {"input": 21, "output": 9}
 
@@ -218,6 +220,8 @@ async def test_state_follower_metrics_count_records_and_staleness_per_pool() -> 
     assert one(values, "tokenpools_admitter_state_staleness_seconds", pool="p") == 7.0
     assert one(values, "tokenpools_admitter_state_staleness_seconds", pool="q") == 12.0  # since start
     assert one(values, "tokenpools_admitter_state_seq", pool="p") == 7
+    # e-p's records list no admitter: each apply (two records and the refresh) is an even-split fallback
+    assert one(values, "tokenpools_admitter_state_fallback_shares_total", pool="p", kind="empty") == 3
     assert ("tokenpools_admitter_state_seq", (("pool", "q"),)) not in values
     assert one(values, "tokenpools_admitter_state_caught_up") == 0
     assert one(values, "tokenpools_admitter_state_connected") == 0

@@ -44,7 +44,7 @@ def test_whole_limit_a_large_cut_stops_the_level_at_minus_one_depth_and_the_rest
     b = TokenBucket(rate=10, depth=100, now=0)
     b.take(100)
     b.reconfigure(rate=1, depth=10, now=0)
-    assert b.level == -10 and b.owed == 80  # waits about one new burst window, not 90 s
+    assert b.level == -10 and b.owed == 80 and b.deferred == 80  # waits about one new burst window, not 90 s
     b.reconfigure(rate=5, depth=50, now=0)  # a raise of 40 first pays 40 of what is owed
     assert b.level == -10 and b.owed == 40
     b.reconfigure(rate=20, depth=200, now=0)  # 150 more: 40 owed, 110 usable
