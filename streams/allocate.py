@@ -158,7 +158,7 @@ def allocate_pool(
     now: float,
     *,
     max_dt_s: float = 60.0,
-    admitter_horizon_s: float = 600.0,
+    admitter_horizon_s: float = 60.0,
 ) -> PoolOutput:
     """Run one tick for ``pool``: limits, shares, debt, and the state records to publish."""
     spec = pool.spec

@@ -55,8 +55,10 @@ class PipelineSettings(ServiceSettings):
     stale_after_s: float | None = Field(default=None, gt=0, le=DAY)  # default: the hopping window size
     max_dt_s: float | None = Field(default=None, gt=0, le=DAY)  # default: the hopping window size
     # An admitter seen in a pool within this long is listed in every state record of the pool (idle
-    # ones with the split's floor); one not listed gets nothing (capacity.split.share_for).
-    admitter_horizon_s: float = Field(default=600.0, gt=0, le=30 * DAY)
+    # ones with the split's floor); one not listed gets nothing (capacity.split.share_for). Longer
+    # spares an idle admitter's first request; shorter stops counting a removed admitter sooner in
+    # the pool's even capacity split (PoolLive.share_replicas).
+    admitter_horizon_s: float = Field(default=60.0, gt=0, le=30 * DAY)
     batch_max: int = Field(default=1000, ge=1, le=1_000_000)
     batch_within_s: float = Field(default=0.05, gt=0, le=DAY)
     commit_interval_s: float = Field(default=1.0, gt=0, le=DAY)

@@ -51,7 +51,7 @@ class Stage2:
         metrics: PipelineMetrics,
         stale_after_s: float = 60.0,
         max_dt_s: float = 60.0,
-        admitter_horizon_s: float = 600.0,
+        admitter_horizon_s: float = 60.0,
         change_threshold: float = 0.1,
         min_tick_gap_s: float = 0.25,
         clock: Callable[[], float] = time.time,

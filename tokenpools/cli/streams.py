@@ -23,7 +23,8 @@ FIELDS = {
     "tumbling": "windows.tumbling_s", "resolution": "windows.resolution_s", "hop_size": "windows.hop_size_s",
     "hop_step": "windows.hop_step_s", "grace": "windows.grace_s", "summary_interval": "summary_interval_s",
     "change_check": "change_check_s", "change_threshold": "change_threshold", "min_tick_gap": "min_tick_gap_s",
-    "dedup_horizon": "dedup_horizon_s", "commit_interval": "commit_interval_s", "session_timeout": "session_timeout_s",
+    "dedup_horizon": "dedup_horizon_s", "admitter_horizon": "admitter_horizon_s",
+    "commit_interval": "commit_interval_s", "session_timeout": "session_timeout_s",
     "processing_guarantee": "processing_guarantee", "log_level": "log_level", "data_dir": "data_dir",
 }
 
@@ -69,6 +70,10 @@ def worker(
     dedup_horizon: float = typer.Option(
         600.0, "--dedup-horizon", parser=finite(above=0),
         help="How long event ids are remembered, seconds."),
+    admitter_horizon: float = typer.Option(
+        60.0, "--admitter-horizon", parser=finite(above=0),
+        help="How long an admitter stays listed in a pool's state records after its last event, seconds "
+             "(an idle one keeps the split's floor; one not listed enforces nothing)."),
     commit_interval: float = typer.Option(
         1.0, "--commit-interval", parser=finite(above=0),
         help="Offset commit period, seconds."),
