@@ -14,9 +14,15 @@ of admitters listed, records that list nobody), when each admitter applies each 
 as long as every admitter applies record k before any applies k+2: the spread the hold covers),
 and the request sizes. The bound is computed here from those draws, not from the code under test.
 
-Either fix reverted makes it fail: the floor at minus the depth in ``TokenBucket.reconfigure`` (a
-cut forgave debt that the next raise handed back), or the fallback of ``limit / n`` for an
-admitter a record does not list (the listed ones already share the whole limit).
+Each rule reverted makes this module fail (tried on 2e70eb9, failures quoted in the issue's note):
+the old ``TokenBucket.reconfigure`` (a floor at minus the depth forgave debt that the next raise
+handed back) and the whole-limit semantics for shares both fail the property test and
+``test_a_share_moved_from_an_admitter_that_spent_its_bucket_is_not_admitted_twice``; an unlisted
+admitter taking ``limit / n`` fails the property test; publishing targets without
+``hold_raises`` fails ``test_a_share_swapped_every_tick_while_one_admitter_lags_stays_within_the_limit``
+(the random search does not reliably find that one: it needs the admitter that loses a share to
+apply every record late, and the one that gains it early). The property test is derandomized, so
+CI runs the same 200 examples every time.
 """
 
 from __future__ import annotations
@@ -34,8 +40,7 @@ from schemas.specs import Triple
 from tests.factories import ent, pool
 
 LIMIT = 1000.0  # weighted tokens/s, the entitlement's global limit
-WINDOW = 2.0  # burst window: one depth is 2,000
-DEPTH = LIMIT * WINDOW
+WINDOW = 10.0  # burst window (the default): one depth is 10,000
 KV = CONC = 1e9  # the other two dimensions never bind here
 TOTAL: Triple = (LIMIT, KV, CONC)
 INTERVAL = 1.0  # a record per second
@@ -55,33 +60,48 @@ def shares_of(listed: list[int], weights: list[int], spend: float, names: list[s
     """A record's targets: the listed admitters split ``spend`` of the limit by ``weights``."""
     if not listed:
         return {}
-    total = sum(weights[: len(listed)]) or 1
+    total = sum(weights) or 1
     out = {}
-    for i, w in zip(listed, weights, strict=False):
+    for i, w in zip(listed, weights, strict=True):
         f = spend * w / total
         out[names[i]] = (LIMIT * f, KV * f, CONC * f)
     return out
 
 
-records = st.lists(
+# A record's shape: which admitters it lists (a mask), their weights, how much of the limit the
+# pipeline hands out, and for how many records in a row it stays (shares move, then settle).
+segments = st.lists(
     st.tuples(
-        st.lists(st.integers(0, 3), max_size=4, unique=True),  # which admitters the record lists
-        st.lists(st.integers(0, 10), min_size=4, max_size=4),  # their weights
-        st.sampled_from([1.0, 1.0, 0.5]),  # how much of the limit the pipeline hands out
+        st.lists(st.booleans(), min_size=4, max_size=4),
+        st.lists(st.integers(0, 10), min_size=4, max_size=4),
+        st.sampled_from([1.0, 1.0, 0.5]),
+        st.integers(1, 5),
     ),
-    min_size=RECORDS, max_size=RECORDS,
+    min_size=1, max_size=RECORDS,
 )
 
 
+def records_of(drawn: list[tuple[list[bool], list[int], float, int]], n: int) -> list[dict[str, Triple]]:
+    """The targets of ``RECORDS`` records from the drawn segments (the last one repeated to fill)."""
+    names = [f"adm-{i}" for i in range(n)]
+    out: list[dict[str, Triple]] = []
+    for mask, weights, spend, repeat in drawn:
+        listed = [i for i in range(n) if mask[i]]
+        out.extend([shares_of(listed, [weights[i] for i in listed], spend, names)] * repeat)
+    while len(out) < RECORDS:
+        out.append(out[-1])
+    return out[:RECORDS]
+
+
 def simulate(n: int, published: list[dict[str, Triple]], lag: list[float], sizes: list[float],
-             active: list[bool] | None = None) -> None:
+             active: list[bool] | None = None, window: float = WINDOW) -> None:
     """Every admitter applies record k at ``k * INTERVAL + lag[k * 4 + i]`` and, in the seconds
     where ``active[second * 4 + i]`` (always, by default), tries a request every ``STEP``; asserts
     the bound over every window between two admissions. An idle admitter keeps its bucket's
     credit, which is what a share moved onto it must not double."""
     names = [f"adm-{i}" for i in range(n)]
     big = pool("p", replicas=8, per=(1e6, 1e9, 1e6))  # the pool never binds: only the entitlement's limit does
-    admitters = [Admitter(name, PoolLive(big, [ent("e", window=WINDOW, burst=TOTAL)], now=0.0)) for name in names]
+    admitters = [Admitter(name, PoolLive(big, [ent("e", window=window, burst=TOTAL)], now=0.0)) for name in names]
     # When each admitter applies record k: after it is published, before record k+1 is.
     applies = sorted((k * INTERVAL + lag[k * 4 + i], i, k) for k in range(len(published)) for i in range(n))
     admitted: list[tuple[float, float]] = []
@@ -97,7 +117,7 @@ def simulate(n: int, published: list[dict[str, Triple]], lag: list[float], sizes
             adm.live.apply_share("e", share, TOTAL, n, t)
             if share[0] > 0 and not adm.primed:
                 adm.primed = True
-                primings.append((t, share[0] * WINDOW))
+                primings.append((t, share[0] * window))
             adm.applied = k + 1
             a += 1
         second = min(int(t / INTERVAL), len(published) + 2)
@@ -124,10 +144,11 @@ def simulate(n: int, published: list[dict[str, Triple]], lag: list[float], sizes
             t0, t1 = times[lo], times[hi]
             got = prefix[hi + 1] - prefix[lo]
             primed = sum(depth for when, depth in primings if t0 < when <= t1)
-            bound = LIMIT * (t1 - t0) + DEPTH + n * biggest + primed
+            depth = LIMIT * window
+            bound = LIMIT * (t1 - t0) + depth + n * biggest + primed
             assert got <= bound + 1e-6, (
                 f"admitted {got:.0f} in [{t0:.2f}, {t1:.2f}] > bound {bound:.0f} "
-                f"(limit x T {LIMIT * (t1 - t0):.0f} + depth {DEPTH:.0f} + overshoot {n * biggest:.0f} "
+                f"(limit x T {LIMIT * (t1 - t0):.0f} + depth {depth:.0f} + overshoot {n * biggest:.0f} "
                 f"+ primed {primed:.0f})")
 
 
@@ -140,21 +161,22 @@ def published_of(targets: list[dict[str, Triple]]) -> list[dict[str, Triple]]:
     return out
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: CI runs the same examples every time (no database carries a failure between runs).
+@settings(max_examples=200, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(
     n=st.integers(2, 4),
-    drawn=records,
+    drawn=segments,
     lags=st.lists(st.floats(0.0, INTERVAL * 0.999), min_size=RECORDS * 4, max_size=RECORDS * 4),
     # Small next to the depth, so that the overshoot term (one request per admitter) stays small
     # and a bucket that hands out its depth twice shows; a small share's depth is smaller still.
     sizes=st.lists(st.sampled_from([10.0, 50.0, 100.0, 200.0]), min_size=1, max_size=8),
-    active=st.lists(st.booleans(), min_size=(RECORDS + 3) * 4, max_size=(RECORDS + 3) * 4),
+    active=st.lists(st.sampled_from([True, True, True, False]), min_size=(RECORDS + 3) * 4,
+                    max_size=(RECORDS + 3) * 4),  # mostly busy: an overshoot needs demand
 )
 def test_admitted_never_exceeds_the_limit_plus_one_depth(n: int, drawn: list, lags: list[float],
                                                          sizes: list[float], active: list[bool]) -> None:
-    names = [f"adm-{i}" for i in range(n)]
-    targets = [shares_of([i for i in listed if i < n], weights, spend, names) for listed, weights, spend in drawn]
-    simulate(n, published_of(targets), lags, sizes, active)
+    simulate(n, published_of(records_of(drawn, n)), lags, sizes, active)
 
 
 def test_a_share_swapped_every_tick_while_one_admitter_lags_stays_within_the_limit() -> None:
@@ -166,7 +188,7 @@ def test_a_share_swapped_every_tick_while_one_admitter_lags_stays_within_the_lim
     targets = [whole if k % 2 == 0 else other for k in range(RECORDS)]
     # record k (even: adm-0 gains) is applied late by the admitter it cuts
     lags = [0.9 if (i == 1) == (k % 2 == 0) else 0.0 for k in range(RECORDS) for i in range(4)]
-    simulate(2, published_of(targets), lags, [50.0])
+    simulate(2, published_of(targets), lags, [50.0], window=2.0)  # a short window: the excess shows sooner
 
 
 def test_a_share_moved_from_an_admitter_that_spent_its_bucket_is_not_admitted_twice() -> None:
@@ -179,7 +201,7 @@ def test_a_share_moved_from_an_admitter_that_spent_its_bucket_is_not_admitted_tw
     targets = [most] * 6 + [moved] * (RECORDS - 6)
     seconds = RECORDS + 3
     active = [(4 <= sec < 6) if i == 0 else (i == 1 and sec >= 7) for sec in range(seconds) for i in range(4)]
-    simulate(2, published_of(targets), [0.0] * (RECORDS * 4), [100.0], active)
+    simulate(2, published_of(targets), [0.0] * (RECORDS * 4), [100.0], active, window=2.0)
 
 
 def test_the_fallback_share_is_nothing_when_the_record_lists_others() -> None:
