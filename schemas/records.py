@@ -110,6 +110,11 @@ class RequestEvent(Record):
     retry_after_s: Seconds | None = None
     status_code: int | None = None
     preempted_by: str | None = None
+    # Finish events: the replica that served the request (its base URL; "" when none did) and what the
+    # entitlement was charged in the end (reserve-then-correct: weighted tokens used, KV and sequences
+    # held). Older admitters send neither; history then records the reservation's charge as unknown (0).
+    replica: str = Field(default="", max_length=2048)
+    charged: Amounts | None = None
 
     @field_validator("reserved")
     @classmethod

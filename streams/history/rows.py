@@ -1,0 +1,190 @@
+"""Records as table rows: pure functions from decoded records to column-oriented blocks (no I/O).
+
+A block is ``{column: [values]}`` in the table's column order. Times are integer milliseconds since
+the epoch (what ``DateTime64(3)`` takes from clickhouse-connect without a datetime per row); optional
+values are None (``Nullable``) or the empty string / 0 where the column is not nullable, as the DDL in
+``schemas/clickhouse`` says. Held resources are integrated as stage 1 of the pipeline integrates them
+(``streams.windows``), so reconciliation compares like with like.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas.records import EntitlementState, Phase, PoolState, ReplicasReport, RequestEvent
+from schemas.specs import Entitlement, Manifest, TokenPool
+
+Block = dict[str, list[Any]]
+
+REQUEST_COLUMNS = (
+    "event_id", "request_id", "ts", "region", "pool", "entitlement", "tenant", "tier", "admitter", "model",
+    "phase", "outcome", "refused_dimension", "status_code", "prompt_tokens", "max_tokens", "output_tokens",
+    "reserved_throughput", "reserved_kv", "reserved_concurrency", "charged_throughput", "kv_seconds",
+    "seq_seconds", "queue_wait_s", "ttft_s", "tpot_s", "latency_s", "retry_after_s", "replica", "preempted_by",
+    "kafka_topic", "kafka_partition", "kafka_offset",
+)
+
+
+def ms(ts: float) -> int:
+    return round(ts * 1000)
+
+
+def tpot(ev: RequestEvent) -> float | None:
+    """Time per output token after the first: (latency - TTFT) / (output tokens - 1), when both are known."""
+    if ev.latency_s is None or ev.ttft_s is None or ev.output_tokens < 2:
+        return None
+    return max(0.0, ev.latency_s - ev.ttft_s) / (ev.output_tokens - 1)
+
+
+def held(ev: RequestEvent) -> tuple[float, float]:
+    """KV slot-seconds and sequence-seconds a finished request held (0 for a decision)."""
+    if ev.phase is not Phase.FINISH:
+        return 0.0, 0.0
+    latency = ev.latency_s or 0.0
+    r = ev.reserved
+    kv = r.kv if r.kv > 0 else float(ev.prompt_tokens + ev.output_tokens)
+    seqs = r.concurrency if r.concurrency > 0 else 1.0
+    return kv * latency, seqs * latency
+
+
+@dataclass(slots=True)
+class Located:
+    """Where a record was: every row keeps its topic, partition and offset."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int = 0
+
+
+def request_block(events: Sequence[tuple[RequestEvent, Located]]) -> Block:
+    block: Block = {c: [] for c in REQUEST_COLUMNS}
+    for ev, where in events:
+        kv_s, seq_s = held(ev)
+        charged = ev.charged
+        values = (
+            ev.id, ev.request_id, ms(ev.ts), ev.region, ev.pool, ev.entitlement, ev.tenant, ev.tier.value,
+            ev.admitter_id, ev.model, ev.phase.value, ev.outcome.value,
+            ev.refused_dimension.value if ev.refused_dimension is not None else "", ev.status_code or 0,
+            ev.prompt_tokens, ev.max_tokens, ev.output_tokens,
+            ev.reserved.throughput, ev.reserved.kv, ev.reserved.concurrency,
+            charged.throughput if charged is not None else 0.0, kv_s, seq_s,
+            ev.queue_wait_s, ev.ttft_s, tpot(ev), ev.latency_s, ev.retry_after_s, ev.replica, ev.preempted_by or "",
+            where.topic, where.partition, where.offset,
+        )
+        for column, value in zip(REQUEST_COLUMNS, values, strict=True):
+            block[column].append(value)
+    return block
+
+
+def entitlement_state_block(states: Sequence[tuple[EntitlementState, Located]]) -> Block:
+    block: Block = {}
+    for s, where in states:
+        row = {
+            "entitlement": s.id, "pool": s.pool, "tier": s.tier.value, "seq": s.seq, "ts": ms(s.ts),
+            "limit_throughput": s.limits.throughput, "limit_kv": s.limits.kv,
+            "limit_concurrency": s.limits.concurrency,
+            "demand_throughput": s.demand.throughput, "demand_kv": s.demand.kv,
+            "demand_concurrency": s.demand.concurrency,
+            "usage_throughput": s.usage.throughput, "usage_kv": s.usage.kv, "usage_concurrency": s.usage.concurrency,
+            "debt": s.debt, "effective_weight": s.effective_weight, "fair_share": s.fair_share,
+            "dominant_share": s.dominant_share, "admitters": len(s.admitter_shares),
+            "kafka_partition": where.partition, "kafka_offset": where.offset,
+        }
+        _append(block, row)
+    return block
+
+
+@dataclass(slots=True)
+class PoolBlocks:
+    pools: Block = field(default_factory=dict)
+    tiers: Block = field(default_factory=dict)
+
+
+def pool_state_blocks(states: Sequence[tuple[PoolState, Located]]) -> PoolBlocks:
+    out = PoolBlocks()
+    for s, where in states:
+        _append(out.pools, {
+            "pool": s.id, "seq": s.seq, "ts": ms(s.ts), "ready_replicas": s.ready_replicas,
+            "desired_replicas": s.desired_replicas,
+            "capacity_throughput": s.capacity.throughput, "capacity_kv": s.capacity.kv,
+            "capacity_concurrency": s.capacity.concurrency,
+            "guarantees_throughput": s.guarantees.throughput, "guarantees_kv": s.guarantees.kv,
+            "guarantees_concurrency": s.guarantees.concurrency,
+            "kafka_partition": where.partition, "kafka_offset": where.offset,
+        })
+        for tier in sorted(set(s.demand) | set(s.usage), key=lambda t: t.value):
+            d, u = s.demand.get(tier), s.usage.get(tier)
+            _append(out.tiers, {
+                "pool": s.id, "seq": s.seq, "ts": ms(s.ts), "tier": tier.value,
+                "demand_throughput": d.throughput if d else 0.0, "demand_kv": d.kv if d else 0.0,
+                "demand_concurrency": d.concurrency if d else 0.0,
+                "usage_throughput": u.throughput if u else 0.0, "usage_kv": u.kv if u else 0.0,
+                "usage_concurrency": u.concurrency if u else 0.0,
+                "kafka_partition": where.partition, "kafka_offset": where.offset,
+            })
+    return out
+
+
+def replicas_block(reports: Sequence[tuple[ReplicasReport, Located]]) -> Block:
+    block: Block = {}
+    for r, where in reports:
+        ts = ms(r.ts) if r.ts > 0 else where.timestamp_ms  # older scalers sent no time: the record's own
+        _append(block, {"pool": r.pool, "ts": ts, "ready_replicas": r.ready_replicas,
+                        "endpoints": list(r.endpoints or []),
+                        "kafka_partition": where.partition, "kafka_offset": where.offset})
+    return block
+
+
+@dataclass(slots=True)
+class ConfigBlocks:
+    entitlements: Block = field(default_factory=dict)
+    pools: Block = field(default_factory=dict)
+
+
+def config_blocks(changes: Sequence[tuple[str, Manifest | None, Located]]) -> ConfigBlocks:
+    """Config topic records (key ``Kind/name``; None for a tombstone) as spec versions."""
+    out = ConfigBlocks()
+    for key, manifest, where in changes:
+        kind, _, name = key.partition("/")
+        ts = where.timestamp_ms
+        if isinstance(manifest, Entitlement) or (manifest is None and kind == "Entitlement"):
+            spec = manifest.spec if isinstance(manifest, Entitlement) else None
+            _append(out.entitlements, {
+                "entitlement": name, "ts": ts, "deleted": 1 if spec is None else 0,
+                "pool": spec.pool if spec else "", "tenant": spec.tenant if spec else "",
+                "tier": spec.tier.value if spec else "",
+                "guarantee_throughput": spec.guarantee.throughput if spec else 0.0,
+                "guarantee_kv": spec.guarantee.kv if spec else 0.0,
+                "guarantee_concurrency": spec.guarantee.concurrency if spec else 0.0,
+                "burst_throughput": spec.burst.throughput if spec else 0.0,
+                "burst_kv": spec.burst.kv if spec else 0.0,
+                "burst_concurrency": spec.burst.concurrency if spec else 0.0,
+                "weight": spec.weight if spec else 0.0,
+                "slo_ttft_s": spec.slo.ttft_seconds if spec and spec.slo else None,
+                "slo_tpot_s": spec.slo.tpot_seconds if spec and spec.slo else None,
+                "kafka_partition": where.partition, "kafka_offset": where.offset,
+            })
+        elif isinstance(manifest, TokenPool) or (manifest is None and kind == "TokenPool"):
+            p = manifest.spec if isinstance(manifest, TokenPool) else None
+            _append(out.pools, {
+                "pool": name, "ts": ts, "deleted": 1 if p is None else 0,
+                "model": p.model if p else "", "region": p.region if p else "",
+                "per_replica_throughput": p.per_replica.throughput if p else 0.0,
+                "per_replica_kv": p.per_replica.kv if p else 0.0,
+                "per_replica_concurrency": p.per_replica.concurrency if p else 0.0,
+                "token_weight_input": p.token_weights.input if p else 0.0,
+                "token_weight_output": p.token_weights.output if p else 0.0,
+                "min_replicas": p.replicas.min if p else 0, "max_replicas": p.replicas.max if p else 0,
+                "kafka_partition": where.partition, "kafka_offset": where.offset,
+            })
+    return out
+
+
+def _append(block: Block, row: dict[str, Any]) -> None:
+    if not block:
+        block.update({c: [] for c in row})
+    for column, value in row.items():
+        block[column].append(value)
