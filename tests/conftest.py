@@ -1,7 +1,9 @@
-"""A real ClickHouse engine (chDB, in-process) for the history tests.
+"""Fixtures every test folder may use.
 
-chDB opens one data directory per process, so every test in this pytest process shares one
-directory (session scope) and gets a database of its own, migrated from the repo's files.
+A real ClickHouse engine (chDB, in-process) for the history tests: chDB opens one data directory per
+process, so every test in this pytest process shares one directory (session scope) and gets a
+database of its own, migrated from the repo's files. A test that needs a directory of its own runs
+the code that opens it in a subprocess.
 """
 
 from __future__ import annotations
@@ -35,3 +37,4 @@ def store(store_settings: StoreSettings) -> Iterator[HistoryStore]:
     migrate(s, store_settings)
     yield s
     s.command(f"DROP DATABASE IF EXISTS {store_settings.database}")
+    s.close()
