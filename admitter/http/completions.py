@@ -35,6 +35,8 @@ from schemas.records import SCHEMA_VERSION, Amounts, Outcome, Phase, RequestEven
 from schemas.specs import TokenPool
 
 log = logging.getLogger("tokenpools.admitter")
+_NOTHING = Amounts.model_construct(throughput=0.0, kv=0.0, concurrency=0.0)
+_MAX_REPLICA = 2048  # RequestEvent.replica's bound (the event is built without validation)
 # Extension headers (x-*) go to the replica, except any that may carry a credential.
 _SECRETISH = re.compile(
     rb"(^|[-_])(key|api[-_]?key|auth|authorization|token|access[-_]token|secret|cookie|password|passwd|session|"
@@ -217,6 +219,7 @@ class CompletionEndpoint:
         released = False if state.settings.passthrough else gate.end(flight, prompt, output)
         if not (call.admitted or released):
             return  # refused (its decision event is out) or failed before admission
+        charged = self._charged(call, released, prompt, output)
         if flight.preempted_by is not None:
             outcome, status = Outcome.PREEMPTED, 503
         elif flight.cancelled:
@@ -245,15 +248,38 @@ class CompletionEndpoint:
         if ex.output_tokens is not None:
             metrics.child(metrics.tokens, *labels, "output").inc(ex.output_tokens)
         state.usage.finish(ent.name, outcome, prompt_used, output_used)
+        replica = ex.replica
         event = self._event(call, Phase.FINISH, outcome, status=status, prompt_tokens=prompt_used,
-                            output_tokens=output_used, finished=True)
+                            output_tokens=output_used, finished=True,
+                            replica=replica.url[:_MAX_REPLICA] if replica is not None else "", charged=charged)
         try:
             await state.sink.emit(event)
         except Exception:
             log.exception("event sink failed for request %s", call.ex.request_id)
 
+    def _charged(self, call: Call, released: bool, prompt: int | None, output: int | None) -> Amounts:
+        """What the entitlement was charged in the end: what ``PoolLive.release`` settled, recomputed.
+
+        ``gate.end`` says only whether it released, so this repeats ``release``'s rule on the same
+        inputs, right after it and with the same weights (nothing runs in between on the loop): usage
+        known in part or whole -> the pool's weights times the tokens (the reserved prompt estimate
+        for a prompt not reported, no output for an output not reported); unknown -> the reserved
+        charge stays. A request preempted was released by ``decide`` without usage, so its reserved
+        charge stays too. KV and concurrency are what it held. Pass-through holds and charges nothing.
+        """
+        if self.state.settings.passthrough:
+            return _NOTHING
+        cost = call.cost
+        if released and (prompt is not None or output is not None):
+            live = call.gate.live
+            p = cost.prompt_tokens if prompt is None else prompt
+            throughput = live.w_in * p + live.w_out * (output or 0)
+            return Amounts.model_construct(throughput=throughput, kv=cost.kv, concurrency=cost.concurrency)
+        return call.reserved()
+
     def _event(self, call: Call, phase: Phase, outcome: Outcome, *, status: int | None = None,
-               prompt_tokens: int | None = None, output_tokens: int = 0, finished: bool = False) -> RequestEvent:
+               prompt_tokens: int | None = None, output_tokens: int = 0, finished: bool = False,
+               replica: str = "", charged: Amounts | None = None) -> RequestEvent:
         ex, ent, refusal = call.ex, call.ent, call.refusal
         now = time.perf_counter()
         ttft = ex.t_client_first - call.arrival if finished and ex.t_client_first else None
@@ -285,6 +311,8 @@ class CompletionEndpoint:
             retry_after_s=_finite(refusal.retry_after) if refusal is not None else None,
             status_code=status,
             preempted_by=call.flight.preempted_by,
+            replica=replica,
+            charged=charged,
         )
 
 
