@@ -33,7 +33,7 @@ _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 TTL_TABLES: dict[str, str] = {
     "request_events": "toDateTime(ts)", "entitlement_state": "toDateTime(ts)", "pool_state": "toDateTime(ts)",
     "pool_tier_state": "toDateTime(ts)", "replicas": "toDateTime(ts)", "dead_letters": "toDateTime(received_at)",
-    "request_rollup_1m": "minute", "request_rollup_1h": "hour",
+    "request_rollup_1m": "minute", "request_rollup_1h": "hour", "pipeline_windows": "toDateTime(window_start)",
 }
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from schemas.records import EntitlementState, Phase, PoolState, ReplicasReport, RequestEvent
 from schemas.specs import Entitlement, Manifest, TokenPool
+from streams.records import UsageSummary
 
 Block = dict[str, list[Any]]
 
@@ -93,7 +94,7 @@ def entitlement_state_block(states: Sequence[tuple[EntitlementState, Located]]) 
             "dominant_share": s.dominant_share, "admitters": len(s.admitter_shares),
             "kafka_partition": where.partition, "kafka_offset": where.offset,
         }
-        _append(block, row)
+        append_row(block, row)
     return block
 
 
@@ -106,7 +107,7 @@ class PoolBlocks:
 def pool_state_blocks(states: Sequence[tuple[PoolState, Located]]) -> PoolBlocks:
     out = PoolBlocks()
     for s, where in states:
-        _append(out.pools, {
+        append_row(out.pools, {
             "pool": s.id, "seq": s.seq, "ts": ms(s.ts), "ready_replicas": s.ready_replicas,
             "desired_replicas": s.desired_replicas,
             "capacity_throughput": s.capacity.throughput, "capacity_kv": s.capacity.kv,
@@ -117,7 +118,7 @@ def pool_state_blocks(states: Sequence[tuple[PoolState, Located]]) -> PoolBlocks
         })
         for tier in sorted(set(s.demand) | set(s.usage), key=lambda t: t.value):
             d, u = s.demand.get(tier), s.usage.get(tier)
-            _append(out.tiers, {
+            append_row(out.tiers, {
                 "pool": s.id, "seq": s.seq, "ts": ms(s.ts), "tier": tier.value,
                 "demand_throughput": d.throughput if d else 0.0, "demand_kv": d.kv if d else 0.0,
                 "demand_concurrency": d.concurrency if d else 0.0,
@@ -132,7 +133,7 @@ def replicas_block(reports: Sequence[tuple[ReplicasReport, Located]]) -> Block:
     block: Block = {}
     for r, where in reports:
         ts = ms(r.ts) if r.ts > 0 else where.timestamp_ms  # older scalers sent no time: the record's own
-        _append(block, {"pool": r.pool, "ts": ts, "ready_replicas": r.ready_replicas,
+        append_row(block, {"pool": r.pool, "ts": ts, "ready_replicas": r.ready_replicas,
                         "endpoints": list(r.endpoints or []),
                         "kafka_partition": where.partition, "kafka_offset": where.offset})
     return block
@@ -152,7 +153,7 @@ def config_blocks(changes: Sequence[tuple[str, Manifest | None, Located]]) -> Co
         ts = where.timestamp_ms
         if isinstance(manifest, Entitlement) or (manifest is None and kind == "Entitlement"):
             spec = manifest.spec if isinstance(manifest, Entitlement) else None
-            _append(out.entitlements, {
+            append_row(out.entitlements, {
                 "entitlement": name, "ts": ts, "deleted": 1 if spec is None else 0,
                 "pool": spec.pool if spec else "", "tenant": spec.tenant if spec else "",
                 "tier": spec.tier.value if spec else "",
@@ -169,7 +170,7 @@ def config_blocks(changes: Sequence[tuple[str, Manifest | None, Located]]) -> Co
             })
         elif isinstance(manifest, TokenPool) or (manifest is None and kind == "TokenPool"):
             p = manifest.spec if isinstance(manifest, TokenPool) else None
-            _append(out.pools, {
+            append_row(out.pools, {
                 "pool": name, "ts": ts, "deleted": 1 if p is None else 0,
                 "model": p.model if p else "", "region": p.region if p else "",
                 "per_replica_throughput": p.per_replica.throughput if p else 0.0,
@@ -183,8 +184,30 @@ def config_blocks(changes: Sequence[tuple[str, Manifest | None, Located]]) -> Co
     return out
 
 
-def _append(block: Block, row: dict[str, Any]) -> None:
+def append_row(block: Block, row: dict[str, Any]) -> None:
     if not block:
         block.update({c: [] for c in row})
     for column, value in row.items():
         block[column].append(value)
+
+
+def pipeline_windows_block(summaries: Sequence[tuple[UsageSummary, Located]]) -> Block:
+    """Stage 1's closed tumbling windows (what ``reconcile`` compares the raw rows with).
+
+    Stage 1 re-sends the latest closed window every summary interval, so one window arrives many
+    times; readers take one row per (entitlement, partition, start) (``argMax`` by ``summary_ts``).
+    """
+    block: Block = {}
+    for s, where in summaries:
+        w, t = s.tumbling, s.totals
+        append_row(block, {
+            "entitlement": s.entitlement, "pool": s.pool, "tier": s.tier.value, "requests_partition": s.partition,
+            "window_start": ms(w.start), "window_end": ms(w.end), "summary_ts": ms(s.ts),
+            "decisions": round(w.decisions), "admitted": round(w.admitted), "queued": round(w.queued),
+            "refused": round(w.refused), "finished": round(w.finished),
+            "prompt_tokens": round(w.prompt_tokens), "output_tokens": round(w.output_tokens),
+            "kv_seconds": w.kv_seconds, "seq_seconds": w.seq_seconds,
+            "total_events": t.events, "total_duplicates": t.duplicates, "total_late": t.late,
+            "kafka_partition": where.partition, "kafka_offset": where.offset,
+        })
+    return block
