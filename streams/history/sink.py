@@ -105,19 +105,24 @@ class PartitionFeed:
         self.rebuild, self.pending = None, []
         return block
 
-    def cut(self, now: float, max_records: int, max_age: float) -> list[Block]:
-        """Blocks of new records that are due: full ones, then the rest once the oldest is old enough."""
-        if self.rebuild is not None:
-            return []
-        out = []
-        while len(self.pending) >= max_records:
-            out.append(self._take(max_records))
-        if self.pending and now - self.since >= max_age:
-            out.append(self._take(len(self.pending)))
-        return out
+    def cut(self, now: float, max_records: int, max_age: float) -> Block | None:
+        """The next block of new records if one is due: a full one, or the rest once the oldest is old enough.
+
+        One block per partition per flush, planned only once the previous block's rows are in: so the
+        last planned block is the only one of a partition that can be unfinished after a crash, and
+        rebuilding it is all a restart needs.
+        """
+        if self.rebuild is not None or not self.pending:
+            return None
+        if len(self.pending) >= max_records:
+            return self._take(max_records)
+        if now - self.since >= max_age:
+            return self._take(len(self.pending))
+        return None
 
     def _take(self, n: int) -> Block:
         records, self.pending = self.pending[:n], self.pending[n:]
+        self.since = time.monotonic()
         block = Block(BlockRange(self.tp.topic, self.tp.partition, records[0].offset, records[-1].offset), records)
         self.skip_below = block.range.last + 1
         return block
@@ -198,7 +203,7 @@ class HistorySink:
         while True:
             batches = await consumer.getmany(timeout_ms=int(min(s.flush_interval_s, 0.5) * 1000), max_records=20_000)
             now = time.monotonic()
-            due: list[Block] = []
+            due: dict[TopicPartition, Block] = {}  # at most one block per partition per flush (see ``cut``)
             for tp, records in batches.items():
                 feed = self.feeds.get(tp)
                 if feed is None:
@@ -207,14 +212,16 @@ class HistorySink:
                 for record in records:
                     done = feed.add(record, now)
                     if done is not None:
-                        due.append(done)
+                        due[tp] = done
             for tp, feed in list(self.feeds.items()):
-                if feed.rebuild is not None and await _position(consumer, tp) > feed.rebuild.last:
-                    due.append(feed.finish_rebuild())  # nothing after the range yet: the position says it is read
-                due.extend(feed.cut(now, s.block_records, s.flush_interval_s))
+                if tp not in due and feed.rebuild is not None and await _position(consumer, tp) > feed.rebuild.last:
+                    due[tp] = feed.finish_rebuild()  # nothing after the range yet: the position says it is read
+                if tp not in due and (block := feed.cut(now, s.block_records, s.flush_interval_s)) is not None:
+                    due[tp] = block
             if due:
-                await self._flush_until_done(due)
-                await self._commit(consumer, due)
+                blocks = list(due.values())
+                await self._flush_until_done(blocks)
+                await self._commit(consumer, blocks)
             self._lag(consumer)
             self.backoff.reset()
 
