@@ -113,7 +113,7 @@ def clickhouse_problem(exc: Exception) -> Problem:
     if isinstance(exc, OperationalError) and match is None:
         return Problem(503, f"the history store is unavailable: {message}", "store_unavailable")
     if match is not None and int(match.group(1)) == READONLY_CODE:
-        return Problem(403, f"this endpoint is read-only: {message}", "readonly")
+        return Problem(403, f"read-only: {message}", "readonly")
     return Problem(400, message, "query_failed")
 
 
@@ -121,7 +121,32 @@ def _run(store: HistoryStore, sql: str, parameters: Mapping[str, Any] | None = N
     try:
         return store.query(sql, parameters)
     except ClickHouseError as exc:
-        raise clickhouse_problem(exc) from None
+        problem = clickhouse_problem(exc)
+    drain(store)
+    raise problem
+
+
+DRAIN_TRIES = 5
+
+
+def drain(store: HistoryStore) -> bool:
+    """After a failed query, read the reader until a fresh marker comes back; False if it never did.
+
+    Measured (chDB 26.9 through clickhouse-connect 1.12): after a query fails mid-result (a result over
+    ``max_result_rows``), the next query on the same connection sometimes gets the failed query's rows
+    instead of its own (7 times in 60), or garbage ("unrecognized data found in stream"). Reading a
+    random marker until it comes back leaves those stale rows to the marker, not to the next caller.
+    """
+    for _ in range(DRAIN_TRIES):
+        marker = uuid.uuid4().hex
+        try:
+            rows = store.query("SELECT {marker:String} AS marker", {"marker": marker}).rows
+        except ClickHouseError:
+            continue
+        if rows == [(marker,)]:
+            return True
+    log.error("the history store's reader still returned stale results after %d reads", DRAIN_TRIES)
+    return False
 
 
 def _answer(store: HistoryStore, sql: str, parameters: Mapping[str, Any] | None = None) -> QueryResult:
@@ -147,9 +172,32 @@ def wrap(sql: str) -> str:
     return f"SELECT * FROM (\n{text}\n)"
 
 
+# Statements that write or change something: refused by name with 403 (inside the wrapper they would
+# only be a syntax error, which says less). Safety does not rest on this list: the wrapper, the parse
+# check and ``readonly`` refuse them anyway.
+WRITES = frozenset({
+    "ALTER", "ATTACH", "BACKUP", "CREATE", "DELETE", "DETACH", "DROP", "EXCHANGE", "GRANT", "INSERT", "KILL",
+    "MOVE", "OPTIMIZE", "RENAME", "REPLACE", "RESTORE", "REVOKE", "SET", "SYSTEM", "TRUNCATE", "UNDROP",
+    "UPDATE", "USE",
+})
+_LEADING = re.compile(r"\s+|--[^\n]*|#[^\n]*|/\*.*?\*/", re.DOTALL)
+
+
+def first_keyword(sql: str) -> str:
+    """The statement's first word after whitespace and comments, upper-cased ('' if none)."""
+    pos = 0
+    while (m := _LEADING.match(sql, pos)) is not None and m.end() > pos:
+        pos = m.end()
+    word = re.match(r"[A-Za-z_]+", sql[pos:])
+    return word.group(0).upper() if word else ""
+
+
 def adhoc(store: HistoryStore, sql: str) -> QueryResult:
     """Run one user query under ``readonly``: wrapped, parsed by ClickHouse as one statement, then run."""
     wrapped = wrap(sql)
+    keyword = first_keyword(sql)
+    if keyword in WRITES:
+        raise Problem(403, f"read-only: only a SELECT query runs here, not {keyword}", "readonly")
     rows = _run(store, "SELECT formatQuerySingleLine({q:String})", {"q": wrapped}).rows
     canonical = str(rows[0][0]).rstrip() if rows else ""
     if not canonical.endswith(")"):
@@ -166,7 +214,7 @@ def _bounded_names(names: Sequence[str]) -> str:
     return shown + (f" and {len(names) - MAX_NAMES} more" if len(names) > MAX_NAMES else "")
 
 
-def _time_value(name: str, value: Any) -> Any:
+def parse_time(name: str, value: Any) -> dt.datetime:
     """A ``DateTime``/``DateTime64`` parameter as an aware datetime (ISO 8601 or Unix seconds; naive is UTC)."""
     if isinstance(value, bool):
         raise Problem(400, f"parameter {name} must be a time (ISO 8601 or Unix seconds)", "bad_parameter")
@@ -178,7 +226,7 @@ def _time_value(name: str, value: Any) -> Any:
     if isinstance(value, str):
         text = value.strip()
         if re.fullmatch(r"-?\d+(\.\d+)?", text):
-            return _time_value(name, float(text))
+            return parse_time(name, float(text))
         try:
             parsed = dt.datetime.fromisoformat(text)
         except ValueError:
@@ -224,7 +272,7 @@ def bind_values(question: Question, given: Mapping[str, Any]) -> dict[str, Any]:
             raise Problem(400, f"parameter {name} must be a string, a number, a boolean or a list of them "
                                f"({param.type})", "bad_parameter")
         if value is not None and re.match(r"(Nullable\()?DateTime", param.type):
-            value = _time_value(name, value)
+            value = parse_time(name, value)
         out[name] = value
     return out
 
@@ -304,7 +352,7 @@ def as_json(result: QueryResult) -> dict[str, Any]:
             "rows": [[jsonable(v) for v in row] for row in result.rows]}
 
 
-def _cell(value: Any) -> str:
+def cell_text(value: Any) -> str:
     """A JSON-able value as a CSV cell: null empty, containers as JSON, booleans as true/false."""
     if value is None:
         return ""
@@ -321,7 +369,7 @@ def csv_text(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:
-        writer.writerow([_cell(v) for v in row])
+        writer.writerow([cell_text(v) for v in row])
     return out.getvalue()
 
 

@@ -354,7 +354,7 @@ def test_writes_and_ddl_are_refused_403(client: TestClient, store: HistoryStore,
         server_mod._run(store, sql)
     assert refused.value.status == 403, refused.value.message
     r = client.post("/query", json={"sql": sql}, headers=AUTH)
-    assert r.status_code in (400, 403), r.text
+    assert r.status_code == 403, r.text
     assert _count(store) == len(SEEDED)
     assert store.scalar("SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = 'evil'") == 0
 
@@ -363,11 +363,33 @@ def test_writes_and_ddl_are_refused_403(client: TestClient, store: HistoryStore,
     "INSERT INTO request_events (event_id) VALUES ('x')",
     "INSERT INTO request_events SELECT * FROM request_events",
     "SELECT * FROM file('/etc/hostname', 'LineAsString')",
+    "DROP TABLE request_events",
+    "CREATE TABLE evil (a UInt8) ENGINE = Memory",
 ])
 def test_writes_through_the_endpoint_are_403(client: TestClient, store: HistoryStore, sql: str) -> None:
     r = client.post("/query", json={"sql": sql}, headers=AUTH)
-    if r.status_code != 403:  # INSERT inside the wrapper is a syntax error: refused either way
-        assert r.status_code == 400 and "Syntax error" in r.json()["error"], r.text
+    assert r.status_code == 403, r.text
+    assert r.json()["code"] == "readonly"
+    assert _count(store) == len(SEEDED)
+
+
+@pytest.mark.parametrize("sql", ["-- why\nINSERT INTO request_events (event_id) VALUES ('x')",
+                                 "/* a */ drop table request_events",
+                                 "  # x\n CREATE TABLE evil (a UInt8) ENGINE = Memory",
+                                 "ALTER TABLE request_events DELETE WHERE 1", "TRUNCATE TABLE request_events",
+                                 "SYSTEM DROP MARK CACHE", "SET readonly = 0", "KILL QUERY WHERE 1"])
+def test_writes_are_named_in_the_403(client: TestClient, store: HistoryStore, sql: str) -> None:
+    r = client.post("/query", json={"sql": sql}, headers=AUTH)
+    assert r.status_code == 403, r.text
+    assert "only a SELECT query runs here, not" in r.json()["error"]
+    assert _count(store) == len(SEEDED)
+
+
+def test_the_keyword_list_is_not_the_defence(store: HistoryStore) -> None:
+    """Without the 403 by name, a write inside the wrapper is still refused (a syntax error)."""
+    with pytest.raises(server_mod.Problem) as refused:
+        server_mod._run(store, wrap("INSERT INTO request_events (event_id) VALUES ('x')"))
+    assert refused.value.status == 400
     assert _count(store) == len(SEEDED)
 
 
@@ -451,11 +473,17 @@ def test_clickhouse_errors_are_400_with_the_first_line_bounded(client: TestClien
     assert len(r.json()["error"]) <= 300
 
 
-def test_too_many_rows_is_400(store: HistoryStore) -> None:
-    with _client(store) as c:
-        r = c.post("/query", json={"sql": "SELECT number FROM numbers(10000000)"}, headers=AUTH)
-    assert r.status_code == 400
-    assert "Limit for result exceeded" in r.json()["error"]
+def test_too_many_rows_is_400_and_leaks_nothing_into_the_next_answer(client: TestClient) -> None:
+    """After a result over the limit, chDB sometimes hands the next query the failed one's rows (about
+    one time in seven, measured): ``drain`` reads them off first. 20 rounds: without it, a stale answer
+    shows up with a probability near 95 %."""
+    for _ in range(20):
+        r = client.post("/query", json={"sql": "SELECT number + 1000 AS n FROM numbers(10000000)"}, headers=AUTH)
+        assert r.status_code == 400
+        assert "Limit for result exceeded" in r.json()["error"]
+        r = client.post("/query", json={"sql": "SELECT number AS n FROM numbers(3)"}, headers=AUTH)
+        assert r.status_code == 200, r.text
+        assert r.json()["rows"] == [[0], [1], [2]]
 
 
 @pytest.mark.parametrize("body, why", [
@@ -485,7 +513,8 @@ def test_body_limit_is_413(store: HistoryStore) -> None:
         assert r.status_code == 413
         r = c.post("/questions/event_count", json={"params": {"x": "y" * 2000}}, headers=AUTH)
         assert r.status_code == 413
-        assert c.post("/query", json={"sql": "SELECT 1"}, headers=AUTH).status_code == 200
+        ok = c.post("/query", json={"sql": "SELECT 1"}, headers=AUTH)
+        assert ok.status_code == 200, ok.text
 
 
 def test_unknown_route_and_method(client: TestClient) -> None:
