@@ -5,7 +5,10 @@ listen, how long to wait for a replica), the config is what is sold. Every field
 ``TOKENPOOLS_<FIELD>`` (``TOKENPOOLS_PORT``, ``TOKENPOOLS_ADMIN_KEY_SHA256``; lists and maps as JSON,
 e.g. ``TOKENPOOLS_BACKENDS='{"pool": ["http://10.0.0.1:8000"]}'``), the Kafka block from
 ``TOKENPOOLS_KAFKA_*`` or ``KAFKA_BOOTSTRAP_SERVERS`` (``tokenpools.kafka.settings``); values given
-in code or on the command line win over the environment.
+in code or on the command line win over the environment. The link to the history process is the
+exception: ``history_url``, ``history_token`` and ``history_timeout_seconds`` are read from
+``TOKENPOOLS_ADMITTER_HISTORY_URL`` / ``_TOKEN`` / ``_TIMEOUT_SECONDS`` only (``TOKENPOOLS_HISTORY_*`` is
+the history process's own namespace, whose token setting is another variable).
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from schemas.echo import echo
 from tokenpools.infra import slow_clients
@@ -26,6 +30,34 @@ from tokenpools.kafka.settings import DAY, KafkaSettings, Lowercase, ServiceSett
 
 ENV_PREFIX = "TOKENPOOLS_"
 MIB = 1024 * 1024
+# Field -> the one variable it is read from (not TOKENPOOLS_<FIELD>; see the module doc).
+HISTORY_ENV: dict[str, str] = {
+    "history_url": "TOKENPOOLS_ADMITTER_HISTORY_URL",
+    "history_token": "TOKENPOOLS_ADMITTER_HISTORY_TOKEN",
+    "history_timeout_seconds": "TOKENPOOLS_ADMITTER_HISTORY_TIMEOUT_SECONDS",
+}
+
+
+class _AdmitterEnv(PydanticBaseSettingsSource):
+    """``TOKENPOOLS_<FIELD>`` for every field but the history link's, which come from ``HISTORY_ENV``.
+
+    An empty variable counts as unset (``TOKENPOOLS_ADMITTER_HISTORY_URL=`` turns history off).
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], env: PydanticBaseSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self.env = env
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover - unused
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values = {k: v for k, v in self.env().items() if k not in HISTORY_ENV}
+        for name, variable in HISTORY_ENV.items():
+            raw = os.environ.get(variable)
+            if raw:
+                values[name] = raw
+        return values
 
 
 def default_admitter_id() -> str:
@@ -108,6 +140,28 @@ class AdmitterSettings(ServiceSettings):
     discover: bool = Field(
         default=False, description="With Kafka: route each pool to the replicas its latest report on "
         "tokenpools.replicas names (the configured backends until one arrives)")
+    # The history process's read-only endpoint (streams.history.server), for /v1/usage?granularity=...
+    history_url: str | None = Field(
+        default=None, min_length=1, max_length=2048,
+        description="Base URL of the history process's HTTP endpoint (http or https); without it "
+        "/v1/usage answers 503 to a history request ($TOKENPOOLS_ADMITTER_HISTORY_URL)")
+    history_token: SecretStr | None = Field(
+        default=None, min_length=1, max_length=4096,
+        description="Bearer token of the history endpoint ($TOKENPOOLS_ADMITTER_HISTORY_TOKEN)")
+    history_timeout_seconds: float = Field(
+        default=5.0, gt=0, le=300,
+        description="Longest wait for the history endpoint's answer, connecting included; then 503 "
+        "($TOKENPOOLS_ADMITTER_HISTORY_TIMEOUT_SECONDS)")
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        init, env, *rest = super().settings_customise_sources(
+            settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings)
+        return (init, _AdmitterEnv(settings_cls, env), *rest)
 
     @property
     def kafka_bootstrap(self) -> str | None:
@@ -126,6 +180,24 @@ class AdmitterSettings(ServiceSettings):
                 if not url.startswith(("http://", "https://")):
                     raise ValueError(f"backend for pool {echo(pool)} must be an http(s) URL, got {echo(url)}")
         return value
+
+    @field_validator("history_url")
+    @classmethod
+    def _history_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises on a port that is not a number in range
+        except ValueError:
+            raise ValueError("history_url is not a valid URL") from None
+        if parts.username or parts.password:  # checked first: the messages below show the URL
+            raise ValueError("history_url must not carry credentials (the token goes in history_token)")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"history_url must be an http(s) URL with a host, got {echo(value)}")
+        if parts.query or parts.fragment:
+            raise ValueError(f"history_url must be a base URL without query or fragment, got {echo(value)}")
+        return value.rstrip("/")
 
     @model_validator(mode="after")
     def _discover_needs_kafka(self) -> AdmitterSettings:

@@ -3,7 +3,8 @@
 Admin sees every pool and entitlement with live state and may create, update or delete entitlements
 (with Kafka the write goes to ``tokenpools.config`` first and is answered once acknowledged, else 503);
 a tenant key gets 401 there. A tenant sees only its own entitlements' usage through its own key:
-the tenant is derived from the key, never taken from the request.
+the tenant is derived from the key, never taken from the request; that holds for its usage history
+too (``/v1/usage?granularity=hour|day``, asked of the history process: ``admitter.http.history``).
 
 Refusals found below the edge (an invalid manifest, an entitlement that conflicts, the config topic
 unavailable) are domain errors, answered by the app's handler through
@@ -12,6 +13,7 @@ unavailable) are domain errors, answered by the app's handler through
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import orjson
@@ -20,6 +22,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.convertors import PathConvertor, register_url_convertor
 
+from admitter.http import history
 from admitter.http.auth import KeyOwner, request_token
 from admitter.http.body import ClientGone, read_body
 from admitter.http.views import entitlement_view, pool_view, usage_view
@@ -161,10 +164,20 @@ def build_router() -> APIRouter:
 
     @router.get("/v1/usage")
     async def tenant_usage(request: Request) -> Response:
+        """Live usage; with ``granularity`` (and ``start``/``end``) also the tenant's history (``history.py``).
+
+        The tenant is the key's: a ``tenant`` query parameter is ignored, like every other one.
+        """
         state, owner = require_tenant(request)
+        query = request.query_params.multi_items()
+        span = history.parse_range(query, dt.datetime.now(dt.UTC)) if history.wants_history(query) else None
         ents = state.tenant_entitlements(owner.tenant)
-        return json_response({"tenant": owner.tenant,
-                              "entitlements": [usage_view(state, e, admin=False) for e in ents]})
+        body: dict[str, Any] = {"tenant": owner.tenant,
+                                "entitlements": [usage_view(state, e, admin=False) for e in ents]}
+        if span is not None:
+            body["history"] = await history.tenant_history(state.settings, owner.tenant, span)
+            body["history_range"] = span.view()
+        return json_response(body)
 
     @router.get("/v1/models")
     async def models(request: Request) -> Response:

@@ -91,7 +91,8 @@ _ERROR_TEXT = {
     429: "The entitlement's limit is reached on one dimension (see x-tokenpools-exhausted-dimension)",
     500: "Internal error (logged server-side; never a stack trace)",
     502: "The replica failed or answered badly",
-    503: "Overloaded, preempted (spot), no replica, or the config topic unavailable; see Retry-After",
+    503: "Overloaded, preempted (spot), no replica, the config topic or the usage history unavailable; "
+         "see Retry-After",
     504: "The replica did not answer in time",
 }
 
@@ -244,8 +245,57 @@ _USAGE_ITEM: Schema = {
 _USAGE: Schema = {
     "type": "object",
     "required": ["tenant", "entitlements"],
-    "properties": {"tenant": {"type": "string"}, "entitlements": {"type": "array", "items": _ref("UsageItem")}},
+    "properties": {
+        "tenant": {"type": "string"},
+        "entitlements": {"type": "array", "items": _ref("UsageItem")},
+        "history": {"type": "array", "items": _ref("UsageHistoryRow"),
+                    "description": "With ?granularity= only: the tenant's rows from the history process, "
+                                   "ordered by bucket, entitlement, pool, tier"},
+        "history_range": _ref("UsageHistoryRange"),
+    },
 }
+
+_USAGE_HISTORY_ROW: Schema = {
+    "type": "object",
+    "description": "One bucket of one entitlement of the caller's tenant (the history's tenant_usage question). "
+                   "Decisions count in the bucket they were made in, tokens in the bucket the request finished in.",
+    "required": ["bucket", "tenant", "entitlement", "pool", "tier"],
+    "properties": {
+        "bucket": {"type": "string", "format": "date-time", "description": "Start of the hour or day (UTC)"},
+        "tenant": {"type": "string", "description": "Always the caller's tenant"},
+        "entitlement": {"type": "string"}, "pool": {"type": "string"}, "tier": {"type": "string"},
+        "requests": {"type": "integer", "description": "Admission decisions (admitted, queued then admitted, "
+                                                       "refused)"},
+        "refused": {"type": "integer"},
+        "prompt_tokens": {"type": "integer"}, "output_tokens": {"type": "integer"},
+        "charged_throughput": {"type": "number", "description": "Weighted tokens charged to the entitlement "
+                                                                "(the pool's token weights times the tokens used)"},
+    },
+}
+
+_USAGE_HISTORY_RANGE: Schema = {
+    "type": "object",
+    "description": "The range the history counts: the one asked for, widened to whole buckets (UTC)",
+    "required": ["granularity", "bucket_seconds", "start", "end"],
+    "properties": {"granularity": {"enum": ["hour", "day"]}, "bucket_seconds": {"enum": [3600, 86400]},
+                   "start": {"type": "string", "format": "date-time"},
+                   "end": {"type": "string", "format": "date-time"}},
+}
+
+_HISTORY_PARAMS: list[Schema] = [
+    {"name": "granularity", "in": "query", "required": False,
+     "description": "Add the tenant's usage history per hour or per day (needs the admitter's "
+                    "TOKENPOOLS_ADMITTER_HISTORY_URL; 503 without it or while the history process is unavailable)",
+     "schema": {"enum": ["hour", "day"]}},
+    {"name": "start", "in": "query", "required": False,
+     "description": "ISO 8601, UTC without an offset; rounded down to a whole bucket (default: end minus 24 hours "
+                    "for hour, 30 days for day). At most 400 days before end",
+     "schema": {"type": "string", "format": "date-time"}},
+    {"name": "end", "in": "query", "required": False,
+     "description": "ISO 8601, first instant not counted; rounded up to a whole bucket (default: the end of the "
+                    "bucket now in progress). Must be after start",
+     "schema": {"type": "string", "format": "date-time"}},
+]
 
 _MODELS: Schema = {
     "type": "object",
@@ -301,9 +351,11 @@ def _paths() -> dict[str, Schema]:
             "responses": _responses({200: _json_ok("OK", _ref("ModelList"))}, (400, 401)),
         }},
         "/v1/usage": {"get": {
-            "summary": "Usage of the key's tenant (derived from the key, never from the request)", "tags": ["tenant"],
+            "summary": "Usage of the key's tenant (derived from the key, never from the request: a tenant "
+                       "parameter is ignored); with granularity, also its usage history", "tags": ["tenant"],
             "security": [{"tenantKey": []}],
-            "responses": _responses({200: _json_ok("OK", _ref("Usage"))}, (400, 401)),
+            "parameters": _HISTORY_PARAMS,
+            "responses": _responses({200: _json_ok("OK", _ref("Usage"))}, (400, 401, 503)),
         }},
         "/admin/pools": {"get": _admin_get("Every pool with its live state", {
             "type": "object", "required": ["pools"],
@@ -395,6 +447,8 @@ def build_openapi(version: str = "0.1.0") -> dict[str, Any]:
                 "ModelList": _MODELS,
                 "Usage": _USAGE,
                 "UsageItem": _USAGE_ITEM,
+                "UsageHistoryRow": _USAGE_HISTORY_ROW,
+                "UsageHistoryRange": _USAGE_HISTORY_RANGE,
                 "Amounts": _AMOUNTS,
                 "EntitlementView": _ENTITLEMENT_VIEW,
                 "PoolView": _POOL_VIEW,

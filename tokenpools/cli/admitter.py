@@ -28,7 +28,8 @@ FIELDS = {
     "read_timeout": "read_timeout", "public_metrics": "public_metrics", "upstream_client": "upstream_client",
     "kafka": "kafka.bootstrap", "topic_prefix": "kafka.prefix", "spool_dir": "spool_dir",
     "expected_admitters": "expected_admitters", "config_wait": "config_wait_seconds", "discover": "discover",
-    "log_level": "log_level", "access_log": "access_log",
+    "log_level": "log_level", "access_log": "access_log", "history_url": "history_url",
+    "history_timeout": "history_timeout_seconds",
 }
 
 
@@ -92,6 +93,14 @@ def admitter(
         False, "--discover/--no-discover",
         help="Route to the replicas the scaler reports on tokenpools.replicas (with --kafka; needs a scaler whose "
              "actuator publishes endpoints, e.g. `tokenpools scaler`); --backend is used until a report arrives."),
+    history_url: str | None = typer.Option(
+        None, "--history-url",
+        help="Base URL of the history process's HTTP endpoint, for tenants' usage history on "
+             "/v1/usage?granularity=hour|day (default $TOKENPOOLS_ADMITTER_HISTORY_URL; its bearer token only from "
+             "$TOKENPOOLS_ADMITTER_HISTORY_TOKEN, never on the command line)."),
+    history_timeout: float | None = typer.Option(
+        None, "--history-timeout", parser=finite(min=0.001),
+        help="Longest wait for the history endpoint, seconds; then /v1/usage answers 503 (5)."),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn's log level."),
     access_log: bool = typer.Option(False, "--access-log/--no-access-log", help="Log every HTTP request."),
 ) -> None:
