@@ -22,7 +22,7 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from schemas.records import Amounts, EntitlementState, Outcome, Phase, PoolState, RequestEvent
 from schemas.specs import (
@@ -72,15 +72,14 @@ ENTITLEMENT_STATE_TOPIC = "tokenpools.entitlement-state"
 POOL_STATE_TOPIC = "tokenpools.pool-state"
 CONFIG_TOPIC = "tokenpools.config"
 
-# The "why was this refused" requests: one with state before it, one before any state was published.
+# The "why was this refused" requests: one with state before it, one decided in the very millisecond a
+# state was published (at or before includes it), one before any state was published.
 WHY_REFUSED = "why-refused-kv"
+WHY_REFUSED_AT_TICK = "why-refused-at-tick"
 WHY_REFUSED_EARLY = "why-refused-early"
 
 POOL_WEIGHTS = {"pool-a": (0.5, 1.0), "pool-b": (0.25, 1.0)}  # (input, output) throughput units per token
 POOL_GUARANTEES = {"pool-a": 400.0, "pool-b": 300.0}
-
-T = TypeVar("T")
-
 
 def millis(ts: float) -> int:
     """Seconds to whole milliseconds, as a DateTime64(3) column stores them."""
@@ -255,10 +254,21 @@ def request_events(rng: random.Random) -> list[RequestEvent]:
                                            "outcome": Outcome.COMPLETED, "charged": Amounts(
                                                throughput=0.5 * ev.prompt_tokens + max(ev.output_tokens, 200))})
             events.append(ev)
+    # A request of the trial entitlement that is still running when its spec is deleted: its finish comes
+    # under no spec at all (no SLO counts it).
+    trial, running = acts[5], list[RequestEvent]()
+    while len(running) < 2:  # drawn until admitted
+        n += 1
+        running = _request(rng, n, trial, T0_MS + 30 * HOUR_MS - 10)  # every request takes over 10 ms
+    events += [ev if ev.phase is Phase.DECISION else ev.model_copy(update={"outcome": Outcome.COMPLETED})
+               for ev in running]
     initech, early = acts[4], acts[1]
     events += _request(rng, n + 1, initech, T0_MS + 20 * HOUR_MS + 7 * MINUTE_MS + 13_250, refused_on=Dimension.KV,
                        force_refusal=True, request_id=WHY_REFUSED)
-    events += _request(rng, n + 2, early, T0_MS + 2 * MINUTE_MS, refused_on=Dimension.CONCURRENCY,
+    _, tick_ms = list(_state_times(initech.pool))[60]
+    events += _request(rng, n + 2, initech, tick_ms, refused_on=Dimension.THROUGHPUT, force_refusal=True,
+                       request_id=WHY_REFUSED_AT_TICK)
+    events += _request(rng, n + 3, early, T0_MS + 2 * MINUTE_MS, refused_on=Dimension.CONCURRENCY,
                        force_refusal=True, request_id=WHY_REFUSED_EARLY)
     events.sort(key=lambda ev: (ev.ts, ev.id))
     return events
@@ -307,6 +317,8 @@ def pool_states(rng: random.Random) -> list[PoolState]:
                     continue  # a version without any spot demand: the tier is missing from it
                 if tier is Tier.GUARANTEED:  # guaranteed tenants near their guarantees, sometimes bursting past
                     used = round(rng.uniform(0.3, 1.15) * POOL_GUARANTEES[pool], 3)
+                elif tier is Tier.ELASTIC and k % 17 == 8:  # elastic over capacity: nothing left idle
+                    used = round(0.95 * capacity, 3)
                 else:
                     used = round(rng.uniform(0.0, 0.4) * capacity, 3)
                 demand[tier] = Amounts(throughput=round(used * rng.uniform(1.0, 1.8), 3), kv=used * 100)
@@ -338,28 +350,30 @@ def build(seed: int = 13) -> Seed:
                 spec_versions=spec_versions(), pool_specs=pool_specs())
 
 
-def _chunks(items: Sequence[T], size: int) -> Iterator[tuple[int, Sequence[T]]]:
-    for first in range(0, len(items), size):
-        yield first, items[first:first + size]
+class _Timed(Protocol):
+    @property
+    def ts(self) -> float: ...
 
 
-def _token(topic: str, first: int, count: int) -> str:
-    return f"{topic}/0/{first}-{first + count - 1}"
+R = TypeVar("R", bound=_Timed)
+
+
+def _blocks(records: Sequence[R], topic: str, size: int) -> Iterator[tuple[str, list[tuple[R, Located]]]]:
+    """Consecutive offset ranges of one partition, located, each with its token (topic/partition/first-last)."""
+    for first in range(0, len(records), size):
+        chunk = records[first:first + size]
+        located = [(r, Located(topic, 0, first + i, millis(r.ts))) for i, r in enumerate(chunk)]
+        yield f"{topic}/0/{first}-{first + len(chunk) - 1}", located
 
 
 def insert(store: HistoryStore, seed: Seed, block: int = 2000) -> None:
     """Write the seed as the sink would: blocks cut by offset range, one deduplication token each."""
-    for first, chunk in _chunks(seed.events, block):
-        rows = request_block([(ev, Located(REQUESTS_TOPIC, 0, first + i, millis(ev.ts))) for i, ev in enumerate(chunk)])
-        store.insert("request_events", rows, _token(REQUESTS_TOPIC, first, len(chunk)))
-    for first, chunk in _chunks(seed.entitlement_states, block):
-        rows = entitlement_state_block([(s, Located(ENTITLEMENT_STATE_TOPIC, 0, first + i, millis(s.ts)))
-                                        for i, s in enumerate(chunk)])
-        store.insert("entitlement_state", rows, _token(ENTITLEMENT_STATE_TOPIC, first, len(chunk)))
-    for first, chunk in _chunks(seed.pool_states, block):
-        blocks = pool_state_blocks([(s, Located(POOL_STATE_TOPIC, 0, first + i, millis(s.ts)))
-                                    for i, s in enumerate(chunk)])
-        token = _token(POOL_STATE_TOPIC, first, len(chunk))
+    for token, events in _blocks(seed.events, REQUESTS_TOPIC, block):
+        store.insert("request_events", request_block(events), token)
+    for token, states in _blocks(seed.entitlement_states, ENTITLEMENT_STATE_TOPIC, block):
+        store.insert("entitlement_state", entitlement_state_block(states), token)
+    for token, pools in _blocks(seed.pool_states, POOL_STATE_TOPIC, block):
+        blocks = pool_state_blocks(pools)
         store.insert("pool_state", blocks.pools, token)
         store.insert("pool_tier_state", blocks.tiers, token)
     changes: list[tuple[str, Manifest | None, Located]] = []
@@ -369,6 +383,6 @@ def insert(store: HistoryStore, seed: Seed, block: int = 2000) -> None:
         manifest = Entitlement(metadata=Metadata(name=v.entitlement), spec=v.spec) if v.spec is not None else None
         changes.append((f"Entitlement/{v.entitlement}", manifest, Located(CONFIG_TOPIC, 0, i, v.ts_ms)))
     config = config_blocks(changes)
-    token = _token(CONFIG_TOPIC, 0, len(changes))
+    token = f"{CONFIG_TOPIC}/0/0-{len(changes) - 1}"
     store.insert("pool_specs", config.pools, token)
     store.insert("entitlement_specs", config.entitlements, token)
