@@ -12,6 +12,7 @@ from tokenpools.cli import config as config_cli
 from tokenpools.cli import emulate as emulate_cli
 from tokenpools.cli import experiment as experiment_cli
 from tokenpools.cli import experiment_http as experiment_http_cli
+from tokenpools.cli import history as history_cli
 from tokenpools.cli import load as load_cli
 from tokenpools.cli import scaler as scaler_cli
 from tokenpools.cli import streams as streams_cli
@@ -29,6 +30,7 @@ app.command("admitter")(admitter_cli.admitter)
 app.command("emulate")(emulate_cli.emulate)
 app.command("load")(load_cli.load)
 app.add_typer(streams_cli.app, name="streams")
+app.add_typer(history_cli.app, name="history")
 app.command("scaler")(scaler_cli.scaler)
 app.command("up")(up_cli.up)
 app.add_typer(experiment_cli.app, name="experiment")
