@@ -53,7 +53,6 @@ from streams.gaps import KafkaGapSource
 from streams.metrics import PipelineMetrics
 from streams.records import UsageSummary
 from streams.settings import PipelineSettings
-from streams.sink import HistorySink, no_history
 from streams.stage1 import Stage1
 from streams.stage2 import Stage2
 from streams.store import FaustTableStore
@@ -153,7 +152,6 @@ def create_pipeline_app(
     *,
     requests_partitions: int,
     usage_partitions: int,
-    sink: HistorySink = no_history,
 ) -> Pipeline:
     """Build the worker's Faust app. Topics must exist (``streams.worker.prepare`` creates them)."""
     s = settings
@@ -191,7 +189,7 @@ def create_pipeline_app(
         windows=FaustTableStore(windows_table, lambda _k, v: EntitlementWindows.from_json(v)),
         seen=FaustTableStore(seen_table, SeenBatch.from_json),
         config=config, spec=s.windows, topic=s.topics.requests, bad=bad, metrics=metrics,
-        dedup_horizon_s=s.dedup_horizon_s, dedup_max_ids=s.dedup_max_ids, sink=sink,
+        dedup_horizon_s=s.dedup_horizon_s, dedup_max_ids=s.dedup_max_ids,
         gaps=KafkaGapSource(s.kafka, s.topics.requests, s.full_app_id),
     )
 

@@ -26,7 +26,6 @@ from streams.dedup import DedupVerdict, SeenBatch, SeenIds, batch_key, partition
 from streams.gaps import GapSource, NoGaps
 from streams.metrics import PipelineMetrics
 from streams.records import UsageSummary
-from streams.sink import HistorySink, no_history
 from streams.store import KeyValueStore
 from streams.windows import DECISION_OUTCOMES, FINISH_OUTCOMES, EntitlementWindows, Triple, WindowSpec, moved
 
@@ -54,7 +53,6 @@ class Stage1:
         metrics: PipelineMetrics,
         dedup_horizon_s: float = 600.0,
         dedup_max_ids: int = 1_000_000,
-        sink: HistorySink = no_history,
         gaps: GapSource | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -67,7 +65,6 @@ class Stage1:
         self.metrics = metrics
         self.dedup_horizon_s = dedup_horizon_s
         self.dedup_max_ids = dedup_max_ids
-        self.sink = sink
         self.gaps = gaps or NoGaps()
         self.clock = clock
         self._seen: dict[int, SeenIds] = {}
@@ -171,10 +168,6 @@ class Stage1:
                     counts[0] += 1
                     if not rec.apply(ev, m.offset, self.spec, now):
                         counts[3] += 1
-                    try:
-                        self.sink(ev)
-                    except Exception:  # history is best effort; counting must go on
-                        log.exception("history sink failed for event %s", ev.id)
                 touched[key] = rec
         for metric, n in zip((self.metrics.new, self.metrics.duplicates, self.metrics.replays, self.metrics.late),
                              counts, strict=True):

@@ -32,16 +32,14 @@ class Clock:
 
 
 def make_stage1(windows: MemoryStore[Any] | None = None, seen: MemoryStore[Any] | None = None,
-                bad: BadRecords | None = None, sink: list[Any] | None = None) -> Stage1:
+                bad: BadRecords | None = None) -> Stage1:
     bad = bad or BadRecords()
     config = ConfigView(bad, "cfg", "rep")
     p = make_pool("p")
     config.apply_config(config_key(p).encode(), config_value(p))
-    history: list[Any] = sink if sink is not None else []
     return Stage1(
         windows=windows if windows is not None else MemoryStore(), seen=seen if seen is not None else MemoryStore(),
         config=config, spec=SPEC, topic="requests", bad=bad, metrics=PipelineMetrics(bad), clock=Clock(),
-        sink=history.append,
     )
 
 
@@ -120,17 +118,6 @@ async def test_bad_records_are_counted_by_reason_and_skipped() -> None:
         ("requests", "invalid"): 1, ("requests", "tombstone"): 1, ("requests", "invalid_outcome"): 1,
     }
     assert totals(stage).events == 1
-
-
-async def test_history_sink_sees_each_new_event_once() -> None:
-    history: list[Any] = []
-    stage = make_stage1(sink=history)
-    log = Log()
-    ev = decision("e1", ts=115)
-    batch = log.add(ev, ev)
-    await stage.process(batch)
-    await stage.process(batch)
-    assert [e.id for e in history] == [ev.id]
 
 
 async def test_summaries_only_for_owned_partitions_and_idle_records_once() -> None:
