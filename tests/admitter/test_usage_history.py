@@ -303,7 +303,8 @@ async def test_a_tenant_parameter_is_ignored(world: World) -> None:
     own = await usage(world.adm, "acme", params)
     other = await usage(world.adm, "acme", [*params.items(), ("tenant", "globex")])
     assert other.status_code == 200, other.text
-    assert other.json() == own.json()
+    for key in ("history", "history_range"):  # (the live part may change between the calls: allocator ticks)
+        assert other.json()[key] == own.json()[key]
     assert other.json()["tenant"] == "acme"
     assert not any(r["entitlement"] == "globex" for r in other.json()["history"])
     globex = await usage(world.adm, "globex", params)
