@@ -118,35 +118,11 @@ def clickhouse_problem(exc: Exception) -> Problem:
 
 
 def _run(store: HistoryStore, sql: str, parameters: Mapping[str, Any] | None = None) -> QueryResult:
+    """The query's answer, or the ``Problem`` that answers it (the store drains its reader after a failure)."""
     try:
         return store.query(sql, parameters)
     except ClickHouseError as exc:
-        problem = clickhouse_problem(exc)
-    drain(store)
-    raise problem
-
-
-DRAIN_TRIES = 5
-
-
-def drain(store: HistoryStore) -> bool:
-    """After a failed query, read the reader until a fresh marker comes back; False if it never did.
-
-    Measured (chDB 26.9 through clickhouse-connect 1.12): after a query fails mid-result (a result over
-    ``max_result_rows``), the next query on the same connection sometimes gets the failed query's rows
-    instead of its own (7 times in 60), or garbage ("unrecognized data found in stream"). Reading a
-    random marker until it comes back leaves those stale rows to the marker, not to the next caller.
-    """
-    for _ in range(DRAIN_TRIES):
-        marker = uuid.uuid4().hex
-        try:
-            rows = store.query("SELECT {marker:String} AS marker", {"marker": marker}).rows
-        except ClickHouseError:
-            continue
-        if rows == [(marker,)]:
-            return True
-    log.error("the history store's reader still returned stale results after %d reads", DRAIN_TRIES)
-    return False
+        raise clickhouse_problem(exc) from None
 
 
 def _answer(store: HistoryStore, sql: str, parameters: Mapping[str, Any] | None = None) -> QueryResult:

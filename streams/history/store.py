@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 from streams.history.settings import StoreSettings
 
 log = logging.getLogger("tokenpools.history.store")
+DRAIN_TRIES = 5
 
 
 class StoreError(Exception):
@@ -90,10 +92,36 @@ class HistoryStore:
         return QueryResult(list(result.column_names), [t.name for t in result.column_types], result.result_rows)
 
     def query(self, sql: str, parameters: Mapping[str, Any] | None = None) -> QueryResult:
-        """A query under ``readonly = 1`` with the store's limits: what users' SQL goes through."""
+        """A query under ``readonly = 1`` with the store's limits: what users' SQL goes through.
+
+        After a failed query the reader is drained before the lock is released (``_drain``), so the next
+        caller, perhaps another tenant, never receives the failed query's rows.
+        """
         with self._read_lock:
-            result = self.reader.query(sql, parameters=dict(parameters or {}))
+            try:
+                result = self.reader.query(sql, parameters=dict(parameters or {}))
+            except Exception:
+                self._drain()
+                raise
         return QueryResult(list(result.column_names), [t.name for t in result.column_types], result.result_rows)
+
+    def _drain(self) -> bool:
+        """Read a random marker until it comes back; False if it never did (the caller holds the read lock).
+
+        Measured (chDB 26.9 through clickhouse-connect 1.12): after a query fails mid-result (a result over
+        ``max_result_rows``), the next query on the same connection sometimes gets the failed query's rows
+        instead of its own (7 times in 60), or garbage ("unrecognized data found in stream").
+        """
+        for _ in range(DRAIN_TRIES):
+            marker = uuid.uuid4().hex
+            try:
+                rows = self.reader.query("SELECT {marker:String} AS marker", parameters={"marker": marker}).result_rows
+            except Exception:
+                continue
+            if rows == [(marker,)]:
+                return True
+        log.error("the history store's reader still returned stale results after %d reads", DRAIN_TRIES)
+        return False
 
     def close(self) -> None:
         for client in (self.reader, self.writer):
@@ -137,8 +165,8 @@ def open_store(settings: StoreSettings) -> HistoryStore:
         if settings.embedded and ("Cannot lock file" in text or "Unable to open the chdb engine" in text):
             raise StoreError(
                 f"cannot open the history store {settings.chdb_path()}: is it open in another process? "
-                "(chDB allows one per directory) Stop that process, "
-                "stop it, or query it through that process's HTTP endpoint (`tokenpools history query --url`)"
+                "(chDB allows one per directory) "
+                "Stop it, or query it through that process's HTTP endpoint (`tokenpools history query --endpoint`)"
             ) from None
         raise StoreError(f"cannot open the history store: {text.splitlines()[0][:300]}") from None
     except OSError as exc:

@@ -475,7 +475,7 @@ def test_clickhouse_errors_are_400_with_the_first_line_bounded(client: TestClien
 
 def test_too_many_rows_is_400_and_leaks_nothing_into_the_next_answer(client: TestClient) -> None:
     """After a result over the limit, chDB sometimes hands the next query the failed one's rows (about
-    one time in seven, measured): ``drain`` reads them off first. 20 rounds: without it, a stale answer
+    one time in seven, measured): the store drains its reader first. 20 rounds: without it, a stale answer
     shows up with a probability near 95 %."""
     for _ in range(20):
         r = client.post("/query", json={"sql": "SELECT number + 1000 AS n FROM numbers(10000000)"}, headers=AUTH)
