@@ -68,16 +68,9 @@ async def _progress(sink: HistorySink) -> None:
         if sink.inserted_events == last:
             continue
         last = sink.inserted_events
-        lag = max((int(s.value) for s in _samples(m.lag)), default=0)
+        lag = max((int(sample.value) for family in m.lag.collect() for sample in family.samples), default=0)
         log.info("history: %d events written, %.0f rows/s, largest lag %d records, %d partitions",
                  sink.inserted_events, m.rate.rate(time.monotonic()), lag, len(sink.feeds))
-
-
-def _samples(gauge: object) -> list[object]:
-    collect = getattr(gauge, "collect", None)
-    if collect is None:
-        return []
-    return [s for family in collect() for s in family.samples]
 
 
 def run_history(settings: HistorySettings, *, from_earliest: bool = False) -> None:

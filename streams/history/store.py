@@ -21,7 +21,7 @@ import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
@@ -89,7 +89,7 @@ class HistoryStore:
         """A query on the writer (the sink's own bookkeeping reads; never user SQL)."""
         with self._write_lock:
             result = self.writer.query(sql, parameters=dict(parameters or {}))
-        return QueryResult(list(result.column_names), [t.name for t in result.column_types], result.result_rows)
+        return _result(result)
 
     def query(self, sql: str, parameters: Mapping[str, Any] | None = None) -> QueryResult:
         """A query under ``readonly = 1`` with the store's limits: what users' SQL goes through.
@@ -103,7 +103,7 @@ class HistoryStore:
             except Exception:
                 self._drain()
                 raise
-        return QueryResult(list(result.column_names), [t.name for t in result.column_types], result.result_rows)
+        return _result(result)
 
     def _drain(self) -> bool:
         """Read a random marker until it comes back; False if it never did (the caller holds the read lock).
@@ -129,6 +129,12 @@ class HistoryStore:
                 client.close()
             except Exception:  # closing is best effort; the process is usually ending
                 log.debug("closing a ClickHouse client failed", exc_info=True)
+
+
+def _result(result: Any) -> QueryResult:
+    # clickhouse-connect types result_rows as Sequence[Sequence]; it is a list of tuples.
+    rows = cast("list[tuple[Any, ...]]", result.result_rows)
+    return QueryResult(list(result.column_names), [t.name for t in result.column_types], rows)
 
 
 def reader_settings(settings: StoreSettings) -> dict[str, Any]:
