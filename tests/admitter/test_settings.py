@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
-from admitter.settings import AdmitterCommandSettings, AdmitterSettings
+from admitter.settings import HISTORY_ENV, AdmitterCommandSettings, AdmitterSettings
 from tests.kafka.test_settings import clear_settings_env
 
 
@@ -21,6 +21,9 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 # A non-default value for every field, as an environment variable would spell it.
 FROM_ENV: dict[str, tuple[str, Any]] = {
     "config_paths": ('["a.yaml", "b"]', [Path("a.yaml"), Path("b")]),
+    "history_url": ("http://history:8090/", "http://history:8090"),
+    "history_token": ("t0ken", SecretStr("t0ken")),
+    "history_timeout_seconds": ("2", 2.0),
     "host": ("0.0.0.0", "0.0.0.0"),
     "port": ("9000", 9000),
     "admitter_id": ("edge-9", "edge-9"),
@@ -54,7 +57,7 @@ FROM_ENV: dict[str, tuple[str, Any]] = {
 def test_every_field_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert set(FROM_ENV) | {"kafka"} == set(AdmitterSettings.model_fields)  # a new field needs a line above
     for name, (raw, _) in FROM_ENV.items():
-        monkeypatch.setenv(f"TOKENPOOLS_{name.upper()}", raw)
+        monkeypatch.setenv(HISTORY_ENV.get(name, f"TOKENPOOLS_{name.upper()}"), raw)
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "k:9092")  # discover needs Kafka
     s = AdmitterSettings()
     for name, (_, expected) in FROM_ENV.items():
