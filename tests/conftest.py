@@ -9,6 +9,7 @@ the code that opens it in a subprocess.
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 from streams.history.migrate import migrate
 from streams.history.settings import StoreSettings
 from streams.history.store import HistoryStore, open_store
+from tests.history_store import store_settings_for
 
 _numbers = itertools.count()
 
@@ -28,7 +30,8 @@ def chdb_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def store_settings(chdb_dir: Path) -> StoreSettings:
-    return StoreSettings(data_dir=chdb_dir, database=f"t{next(_numbers)}")
+    """chDB, or the server ``TOKENPOOLS_TEST_CLICKHOUSE_URL`` names (``tests/history_store.py``)."""
+    return store_settings_for(chdb_dir, f"tokenpools_test_{os.getpid()}_{next(_numbers)}")
 
 
 @pytest.fixture

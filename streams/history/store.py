@@ -164,6 +164,11 @@ def open_store(settings: StoreSettings) -> HistoryStore:
         else:
             kwargs = settings.server_kwargs()
             where = f"{kwargs['host']}:{kwargs['port']}/{kwargs.get('database', 'default')}"
+            if settings.database:  # a database of our own (tests, several installations on one server)
+                bare = {k: v for k, v in kwargs.items() if k != "database"}
+                admin = clickhouse_connect.get_client(**bare)
+                admin.command(f"CREATE DATABASE IF NOT EXISTS {settings.database}")
+                admin.close()
             writer = clickhouse_connect.get_client(**kwargs)
             reader = clickhouse_connect.get_client(**kwargs, settings=reader_settings(settings))
     except ClickHouseError as exc:

@@ -27,8 +27,9 @@ from streams.history.catalog import Question, parse
 from streams.history.migrate import migrate
 from streams.history.rows import Located, request_block
 from streams.history.server import bound_port, create_app, make_server, serve, wrap
-from streams.history.settings import ServerSettings, StoreSettings
+from streams.history.settings import ServerSettings
 from streams.history.store import HistoryStore, open_store
+from tests.history_store import store_settings_for
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -81,7 +82,7 @@ def store(chdb_dir: Path) -> Iterator[HistoryStore]:
     Overrides the per-test ``store``: every test here only reads (what they try to write is refused,
     and the tests check the rows are still the seeded ones), and migrating per test took 3 s each.
     """
-    settings = StoreSettings(data_dir=chdb_dir, database="history_server_tests")
+    settings = store_settings_for(chdb_dir, "history_server_tests")
     s = open_store(settings)
     migrate(s, settings)
     seed(s)
