@@ -318,8 +318,9 @@ def sink_cmd(
                                     help="Port of the query endpoint and /metrics on 127.0.0.1 (8090)."),
     group_id: str | None = typer.Option(None, "--group-id", help="The sink's consumer group (tokenpools-history)."),
     from_earliest: bool = typer.Option(
-        False, "--from-earliest", help="Start partitions without a committed offset at the earliest record "
-                                       "(a replay adds nothing twice: inserts are deduplicated)."),
+        False, "--from-earliest", help="Re-read every partition from the earliest record Kafka keeps (a check: "
+                                       "records before each partition's last planned block are skipped, so "
+                                       "nothing is written twice)."),
     retention_days: int | None = typer.Option(
         None, "--retention-days", min=1, max=36_500, help="Days of raw events and per-minute rollups kept (90)."),
     log_level: str | None = typer.Option(None, "--log-level", help="critical, error, warning, info or debug."),
