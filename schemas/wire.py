@@ -15,7 +15,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from schemas.echo import echo
-from schemas.records import EVENT_BATCH, SCHEMA_VERSION, RequestEvent
+from schemas.records import EVENT_BATCH, SCHEMA_VERSION, RequestEvent, RequestEventBatch
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -80,6 +80,24 @@ def decode(model: type[M], value: bytes | None, topic: str, bad: BadRecords) -> 
     return None if data is None else _validate(model, data, topic, bad)
 
 
+_BATCH_MARK = b'"type":"request_event_batch"'
+
+
+def _all_valid(value: bytes) -> tuple[list[RequestEvent], bool] | None:
+    """The record in one pass of pydantic's own JSON parser when all of it is valid, else None.
+
+    Why: validating the parsed JSON event by event costs about 1.5 times the one pass (measured on
+    100-event batches); the careful path below runs only for a record with something wrong in it, and
+    gives the same events and the reasons of what it skips.
+    """
+    try:
+        if _BATCH_MARK in value[:80]:
+            return RequestEventBatch.model_validate_json(value).events, True
+        return [RequestEvent.model_validate_json(value)], False
+    except ValueError:  # ValidationError, or JSON pydantic will not parse
+        return None
+
+
 def decode_request_events(value: bytes | None, topic: str, bad: BadRecords) -> tuple[list[RequestEvent], bool]:
     """The events of one ``tokenpools.requests`` record, and whether it was a ``RequestEventBatch``.
 
@@ -90,6 +108,9 @@ def decode_request_events(value: bytes | None, topic: str, bad: BadRecords) -> t
     """
     if value is None:
         return [], False
+    fast = _all_valid(value)
+    if fast is not None:
+        return fast
     data = _load(value, topic, bad)
     if data is None:
         return [], False

@@ -61,23 +61,30 @@ class Located:
 
 
 def request_block(events: Sequence[tuple[RequestEvent, Located]]) -> Block:
-    block: Block = {c: [] for c in REQUEST_COLUMNS}
-    for ev, where in events:
-        kv_s, seq_s = held(ev)
-        charged = ev.charged
-        values = (
-            ev.id, ev.request_id, ms(ev.ts), ev.region, ev.pool, ev.entitlement, ev.tenant, ev.tier.value,
-            ev.admitter_id, ev.model, ev.phase.value, ev.outcome.value,
-            ev.refused_dimension.value if ev.refused_dimension is not None else "", ev.status_code or 0,
-            ev.prompt_tokens, ev.max_tokens, ev.output_tokens,
-            ev.reserved.throughput, ev.reserved.kv, ev.reserved.concurrency,
-            charged.throughput if charged is not None else 0.0, kv_s, seq_s,
-            ev.queue_wait_s, ev.ttft_s, tpot(ev), ev.latency_s, ev.retry_after_s, ev.replica, ev.preempted_by or "",
-            where.topic, where.partition, where.offset,
-        )
-        for column, value in zip(REQUEST_COLUMNS, values, strict=True):
-            block[column].append(value)
-    return block
+    """Column by column (one comprehension per column: about twice as fast as row by row, measured)."""
+    evs = [ev for ev, _ in events]
+    where = [w for _, w in events]
+    held_ = [held(ev) for ev in evs]
+    return {
+        "event_id": [e.id for e in evs], "request_id": [e.request_id for e in evs],
+        "ts": [round(e.ts * 1000) for e in evs], "region": [e.region for e in evs], "pool": [e.pool for e in evs],
+        "entitlement": [e.entitlement for e in evs], "tenant": [e.tenant for e in evs],
+        "tier": [e.tier.value for e in evs], "admitter": [e.admitter_id for e in evs], "model": [e.model for e in evs],
+        "phase": [e.phase.value for e in evs], "outcome": [e.outcome.value for e in evs],
+        "refused_dimension": [e.refused_dimension.value if e.refused_dimension is not None else "" for e in evs],
+        "status_code": [e.status_code or 0 for e in evs], "prompt_tokens": [e.prompt_tokens for e in evs],
+        "max_tokens": [e.max_tokens for e in evs], "output_tokens": [e.output_tokens for e in evs],
+        "reserved_throughput": [e.reserved.throughput for e in evs], "reserved_kv": [e.reserved.kv for e in evs],
+        "reserved_concurrency": [e.reserved.concurrency for e in evs],
+        "charged_throughput": [e.charged.throughput if e.charged is not None else 0.0 for e in evs],
+        "kv_seconds": [h[0] for h in held_], "seq_seconds": [h[1] for h in held_],
+        "queue_wait_s": [e.queue_wait_s for e in evs], "ttft_s": [e.ttft_s for e in evs],
+        "tpot_s": [tpot(e) for e in evs], "latency_s": [e.latency_s for e in evs],
+        "retry_after_s": [e.retry_after_s for e in evs], "replica": [e.replica for e in evs],
+        "preempted_by": [e.preempted_by or "" for e in evs],
+        "kafka_topic": [w.topic for w in where], "kafka_partition": [w.partition for w in where],
+        "kafka_offset": [w.offset for w in where],
+    }
 
 
 def entitlement_state_block(states: Sequence[tuple[EntitlementState, Located]]) -> Block:
