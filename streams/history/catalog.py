@@ -3,9 +3,13 @@
 Each file in ``streams/history/questions`` is ``NN_name.sql``, starting with a comment header::
 
     -- title: Usage per tenant per day
-    -- param: start DateTime64(3)   first instant included
-    -- param: tenant String         (optional lines like these, one per parameter)
-    SELECT ... WHERE ts >= {start:DateTime64(3)} ...
+    -- param: start DateTime64(3, 'UTC')   first instant included
+    -- param: tenant String                (optional lines like these, one per parameter)
+    SELECT ... WHERE ts >= {start:DateTime64(3, 'UTC')} ...
+
+A parameter's type is a ClickHouse type name with its arguments, which may hold spaces, quotes and
+nested parentheses (``DateTime64(3, 'UTC')``, ``Array(Tuple(String, UInt32))``); the help follows it.
+Time parameters name UTC so that a time given as text is read as UTC whatever the server's time zone.
 
 Parameters use ClickHouse's server-side syntax ``{name:Type}``, so values never become SQL text (both
 chDB and a server bind them). ``docs/analytics.md`` shows the same files; a test keeps them equal.
@@ -19,7 +23,7 @@ from functools import cache
 from importlib import resources
 
 _FILE = re.compile(r"^(\d{2})_([a-z0-9_]+)\.sql$")
-_PARAM = re.compile(r"^--\s*param:\s*([a-z_][a-z0-9_]*)\s+(\S+(?:\([^)]*\))?)\s*(.*)$")
+_PARAM = re.compile(r"^--\s*param:\s*([a-z_][a-z0-9_]*)\s+([A-Za-z_][A-Za-z0-9_]*)(.*)$")
 _USED = re.compile(r"\{([a-z_][a-z0-9_]*):([^}]+)\}")
 
 
@@ -53,7 +57,10 @@ def parse(number: int, name: str, text: str) -> Question:
         if stripped.startswith("-- title:"):
             title = stripped.removeprefix("-- title:").strip()
         elif (m := _PARAM.match(stripped)) is not None:
-            params.append(Param(m.group(1), m.group(2), m.group(3).strip()))
+            args, help_text = _arguments(name, m.group(3))
+            if help_text[:1] not in ("", " ", "\t"):
+                raise ValueError(f"question {name}: '{stripped}': the type must end before the help")
+            params.append(Param(m.group(1), m.group(2) + args, help_text.strip()))
     if not title:
         raise ValueError(f"question {name}: the header needs a '-- title:' line")
     declared = {p.name: p.type for p in params}
@@ -61,6 +68,34 @@ def parse(number: int, name: str, text: str) -> Question:
         if declared.get(used) != typ.strip():
             raise ValueError(f"question {name}: {{{used}:{typ}}} is used but declared as {declared.get(used)!r}")
     return Question(number, name, title, tuple(params), text)
+
+
+def _arguments(name: str, rest: str) -> tuple[str, str]:
+    """A type's parenthesised arguments at the start of ``rest`` (nested, quotes respected) and what follows.
+
+    ``"(3, 'UTC')  first instant"`` gives ``("(3, 'UTC')", "  first instant")``; without a ``(`` right
+    after the type name, no arguments.
+    """
+    if not rest.startswith("("):
+        return "", rest
+    depth, quote, escaped = 0, "", False
+    for i, ch in enumerate(rest):
+        if quote:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == quote:
+                quote = ""
+        elif ch in "'`\"":
+            quote = ch
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth == 0:
+                return rest[: i + 1], rest[i + 1 :]
+    raise ValueError(f"question {name}: a '-- param:' type's parentheses do not close: {rest!r}")
 
 
 @cache

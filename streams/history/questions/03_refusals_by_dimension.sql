@@ -1,6 +1,6 @@
 -- title: Refusals by pool, tier and the dimension that refused them
--- param: start DateTime64(3)  first hour counted (UTC)
--- param: end DateTime64(3)    first instant not counted
+-- param: start DateTime64(3, 'UTC')  first hour counted (UTC)
+-- param: end DateTime64(3, 'UTC')    first instant not counted
 --
 -- refusals: admission decisions refused, by the dimension the admitter named (throughput, kv,
 -- concurrency; '' when it named none); decisions: all of the pool and tier's admission decisions
@@ -21,7 +21,7 @@ FROM
         sumIf(r.events, r.outcome = 'refused') AS refusals,
         sum(sum(r.events)) OVER (PARTITION BY r.pool, r.tier) AS decisions
     FROM request_rollup_1h AS r
-    WHERE r.hour >= {start:DateTime64(3)} AND r.hour < {end:DateTime64(3)}
+    WHERE r.hour >= {start:DateTime64(3, 'UTC')} AND r.hour < {end:DateTime64(3, 'UTC')}
       AND r.outcome IN ('admitted', 'queued_admitted', 'refused')
     GROUP BY pool, tier, refused_dimension
 )

@@ -1,7 +1,7 @@
 -- title: Debt and effective weight per entitlement over time
--- param: start DateTime64(3)  first instant counted (UTC)
--- param: end DateTime64(3)    first instant not counted
--- param: bucket_s UInt32      bucket width in seconds (60, 300, 3600, ...)
+-- param: start DateTime64(3, 'UTC')  first instant counted (UTC)
+-- param: end DateTime64(3, 'UTC')    first instant not counted
+-- param: bucket_s UInt32             bucket width in seconds (60, 300, 3600, ...)
 --
 -- From every state version the pipeline published (entitlement_state): per entitlement and bucket,
 -- the last version's debt, effective weight, fair share and throughput limit (last by time, then by
@@ -18,6 +18,6 @@ SELECT
     argMax(s.limit_throughput, (s.ts, s.seq)) AS limit_throughput,
     count() AS versions
 FROM entitlement_state AS s
-WHERE s.ts >= {start:DateTime64(3)} AND s.ts < {end:DateTime64(3)}
+WHERE s.ts >= {start:DateTime64(3, 'UTC')} AND s.ts < {end:DateTime64(3, 'UTC')}
 GROUP BY bucket, pool, entitlement
 ORDER BY pool, entitlement, bucket

@@ -1,7 +1,7 @@
 -- title: Capacity vs demand and usage by tier vs ready replicas, per pool over time (throughput)
--- param: start DateTime64(3)  first instant counted (UTC)
--- param: end DateTime64(3)    first instant not counted
--- param: bucket_s UInt32      bucket width in seconds
+-- param: start DateTime64(3, 'UTC')  first instant counted (UTC)
+-- param: end DateTime64(3, 'UTC')    first instant not counted
+-- param: bucket_s UInt32             bucket width in seconds
 --
 -- Averages over the pool's state versions in the bucket (one per allocator tick that published, so a
 -- time average): capacity and ready replicas from pool_state, each tier's demand and usage from
@@ -26,7 +26,7 @@ FROM
         sum(demand_throughput) AS demand_sum,
         sum(usage_throughput) AS usage_sum
     FROM pool_tier_state
-    WHERE ts >= {start:DateTime64(3)} AND ts < {end:DateTime64(3)}
+    WHERE ts >= {start:DateTime64(3, 'UTC')} AND ts < {end:DateTime64(3, 'UTC')}
     GROUP BY bucket, pool, tier
 ) AS t
 INNER JOIN
@@ -39,7 +39,7 @@ INNER JOIN
         avg(ready_replicas) AS avg_ready_replicas,
         max(ready_replicas) AS max_ready_replicas
     FROM pool_state
-    WHERE ts >= {start:DateTime64(3)} AND ts < {end:DateTime64(3)}
+    WHERE ts >= {start:DateTime64(3, 'UTC')} AND ts < {end:DateTime64(3, 'UTC')}
     GROUP BY bucket, pool
 ) AS p ON t.pool = p.pool AND t.bucket = p.bucket
 ORDER BY pool, bucket, tier

@@ -1,6 +1,6 @@
 -- title: SLO attainment per entitlement: share of completed requests that met the SLO in force
--- param: start DateTime64(3)  first instant counted (UTC)
--- param: end DateTime64(3)    first instant not counted
+-- param: start DateTime64(3, 'UTC')  first instant counted (UTC)
+-- param: end DateTime64(3, 'UTC')    first instant not counted
 --
 -- Completed requests (finish events, outcome completed) measured against the entitlement's spec version
 -- in force when the request finished (the latest entitlement_specs row at or before it, ASOF JOIN);
@@ -36,7 +36,7 @@ FROM
         SELECT entitlement, ts, deleted, slo_ttft_s, slo_tpot_s
         FROM entitlement_specs
     ) AS s ON e.entitlement = s.entitlement AND e.ts >= s.ts
-    WHERE e.ts >= {start:DateTime64(3)} AND e.ts < {end:DateTime64(3)}
+    WHERE e.ts >= {start:DateTime64(3, 'UTC')} AND e.ts < {end:DateTime64(3, 'UTC')}
       AND e.phase = 'finish' AND e.outcome = 'completed'
 )
 GROUP BY entitlement, tenant, tier

@@ -1,7 +1,7 @@
 -- title: Top burst tenants: peak per-minute usage against their average and their guarantee
--- param: start DateTime64(3)  first minute counted (UTC)
--- param: end DateTime64(3)    first instant not counted
--- param: top UInt32           how many tenants to list
+-- param: start DateTime64(3, 'UTC')  first minute counted (UTC)
+-- param: end DateTime64(3, 'UTC')    first instant not counted
+-- param: top UInt32                  how many tenants to list
 --
 -- A tenant's usage in a minute is the throughput its finished requests were charged (weighted
 -- tokens) in that minute, divided by 60: weighted tokens/s, the unit guarantees are sold in.
@@ -15,7 +15,7 @@ per_minute AS
 (
     SELECT r.tenant AS tenant, r.minute AS minute, sum(r.charged_throughput) / 60 AS rate
     FROM request_rollup_1m AS r
-    WHERE r.minute >= {start:DateTime64(3)} AND r.minute < {end:DateTime64(3)}
+    WHERE r.minute >= {start:DateTime64(3, 'UTC')} AND r.minute < {end:DateTime64(3, 'UTC')}
       AND r.outcome IN ('completed', 'preempted', 'cancelled', 'failed')
     GROUP BY tenant, minute
 ),
@@ -27,7 +27,7 @@ specs_at_end AS
         argMax(guarantee_throughput, (ts, kafka_offset)) AS guarantee_throughput,
         argMax(deleted, (ts, kafka_offset)) AS deleted
     FROM entitlement_specs
-    WHERE ts < {end:DateTime64(3)}
+    WHERE ts < {end:DateTime64(3, 'UTC')}
     GROUP BY entitlement
 ),
 guarantees AS
@@ -51,7 +51,7 @@ FROM
         tenant,
         argMax(minute, rate) AS peak_minute,
         max(rate) AS peak_rate,
-        sum(rate) * 60 / dateDiff('second', {start:DateTime64(3)}, {end:DateTime64(3)}) AS avg_rate
+        sum(rate) * 60 / dateDiff('second', {start:DateTime64(3, 'UTC')}, {end:DateTime64(3, 'UTC')}) AS avg_rate
     FROM per_minute
     GROUP BY tenant
     HAVING peak_rate > 0

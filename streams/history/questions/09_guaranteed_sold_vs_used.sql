@@ -1,7 +1,7 @@
 -- title: Guaranteed capacity sold vs used, per pool over time (throughput)
--- param: start DateTime64(3)  first instant counted (UTC)
--- param: end DateTime64(3)    first instant not counted
--- param: bucket_s UInt32      bucket width in seconds
+-- param: start DateTime64(3, 'UTC')  first instant counted (UTC)
+-- param: end DateTime64(3, 'UTC')    first instant not counted
+-- param: bucket_s UInt32             bucket width in seconds
 --
 -- Averages over the pool's state versions in the bucket: capacity, and the guarantees sold on it
 -- (pool_state.guarantees_throughput: the sum of its guaranteed entitlements' guarantees), against what
@@ -25,7 +25,7 @@ FROM
         avg(capacity_throughput) AS avg_capacity_throughput,
         avg(guarantees_throughput) AS avg_guarantees_throughput
     FROM pool_state
-    WHERE ts >= {start:DateTime64(3)} AND ts < {end:DateTime64(3)}
+    WHERE ts >= {start:DateTime64(3, 'UTC')} AND ts < {end:DateTime64(3, 'UTC')}
     GROUP BY bucket, pool
 ) AS p
 LEFT JOIN
@@ -35,7 +35,7 @@ LEFT JOIN
         pool,
         sum(usage_throughput) AS usage_sum
     FROM pool_tier_state
-    WHERE ts >= {start:DateTime64(3)} AND ts < {end:DateTime64(3)} AND tier = 'guaranteed'
+    WHERE ts >= {start:DateTime64(3, 'UTC')} AND ts < {end:DateTime64(3, 'UTC')} AND tier = 'guaranteed'
     GROUP BY bucket, pool
 ) AS g ON p.pool = g.pool AND p.bucket = g.bucket
 ORDER BY pool, bucket

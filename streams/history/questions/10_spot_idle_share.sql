@@ -1,7 +1,7 @@
 -- title: The share of idle capacity that spot took, per pool over time (throughput)
--- param: start DateTime64(3)  first instant counted (UTC)
--- param: end DateTime64(3)    first instant not counted
--- param: bucket_s UInt32      bucket width in seconds
+-- param: start DateTime64(3, 'UTC')  first instant counted (UTC)
+-- param: end DateTime64(3, 'UTC')    first instant not counted
+-- param: bucket_s UInt32             bucket width in seconds
 --
 -- Per state version: idle = max(0, capacity - guaranteed usage - elastic usage), what the two tiers
 -- above spot left unused; spot = spot usage (a tier missing from the version counts 0). Per bucket:
@@ -34,10 +34,10 @@ FROM
             sumIf(usage_throughput, tier = 'elastic') AS elastic,
             sumIf(usage_throughput, tier = 'spot') AS spot
         FROM pool_tier_state
-        WHERE ts >= {start:DateTime64(3)} AND ts < {end:DateTime64(3)}
+        WHERE ts >= {start:DateTime64(3, 'UTC')} AND ts < {end:DateTime64(3, 'UTC')}
         GROUP BY pool, seq, ts
     ) AS t ON p.pool = t.pool AND p.seq = t.seq AND p.ts = t.ts
-    WHERE p.ts >= {start:DateTime64(3)} AND p.ts < {end:DateTime64(3)}
+    WHERE p.ts >= {start:DateTime64(3, 'UTC')} AND p.ts < {end:DateTime64(3, 'UTC')}
 )
 GROUP BY bucket, pool
 ORDER BY pool, bucket

@@ -1,8 +1,8 @@
 -- title: One tenant's usage per hour or per day, per entitlement (what /v1/usage serves)
--- param: tenant String        the tenant; only its own rows are read
--- param: start DateTime64(3)  first hour counted (UTC)
--- param: end DateTime64(3)    first instant not counted
--- param: bucket_s UInt32      3600 (per hour) or 86400 (per day); a multiple of 3600
+-- param: tenant String               the tenant; only its own rows are read
+-- param: start DateTime64(3, 'UTC')  first hour counted (UTC)
+-- param: end DateTime64(3, 'UTC')    first instant not counted
+-- param: bucket_s UInt32             3600 (per hour) or 86400 (per day); a multiple of 3600
 --
 -- requests: admission decisions (admitted, queued_admitted, refused); refused: those refused;
 -- prompt_tokens, output_tokens, charged_throughput (weighted tokens): what finished requests used,
@@ -21,6 +21,6 @@ SELECT
     sumIf(r.output_tokens, r.outcome IN ('completed', 'preempted', 'cancelled', 'failed')) AS output_tokens,
     sumIf(r.charged_throughput, r.outcome IN ('completed', 'preempted', 'cancelled', 'failed')) AS charged_throughput
 FROM request_rollup_1h AS r
-WHERE r.tenant = {tenant:String} AND r.hour >= {start:DateTime64(3)} AND r.hour < {end:DateTime64(3)}
+WHERE r.tenant = {tenant:String} AND r.hour >= {start:DateTime64(3, 'UTC')} AND r.hour < {end:DateTime64(3, 'UTC')}
 GROUP BY bucket, tenant, entitlement, pool, tier
 ORDER BY bucket, entitlement, pool, tier

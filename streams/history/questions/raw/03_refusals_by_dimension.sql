@@ -1,6 +1,6 @@
 -- title: Refusals by pool, tier and the dimension that refused them
--- param: start DateTime64(3)  first hour counted (UTC)
--- param: end DateTime64(3)    first instant not counted
+-- param: start DateTime64(3, 'UTC')  first hour counted (UTC)
+-- param: end DateTime64(3, 'UTC')    first instant not counted
 --
 -- The same answer from the raw events.
 SELECT
@@ -19,7 +19,7 @@ FROM
         countIf(e.outcome = 'refused') AS refusals,
         sum(count()) OVER (PARTITION BY e.pool, e.tier) AS decisions
     FROM request_events AS e
-    WHERE e.ts >= {start:DateTime64(3)} AND e.ts < {end:DateTime64(3)}
+    WHERE e.ts >= {start:DateTime64(3, 'UTC')} AND e.ts < {end:DateTime64(3, 'UTC')}
       AND e.phase = 'decision'
     GROUP BY pool, tier, refused_dimension
 )

@@ -1,7 +1,7 @@
 -- title: Top burst tenants: peak per-minute usage against their average and their guarantee
--- param: start DateTime64(3)  first minute counted (UTC)
--- param: end DateTime64(3)    first instant not counted
--- param: top UInt32           how many tenants to list
+-- param: start DateTime64(3, 'UTC')  first minute counted (UTC)
+-- param: end DateTime64(3, 'UTC')    first instant not counted
+-- param: top UInt32                  how many tenants to list
 --
 -- The same answer from the raw events (per-minute usage from request_events).
 WITH
@@ -9,7 +9,7 @@ per_minute AS
 (
     SELECT e.tenant AS tenant, toStartOfMinute(e.ts) AS minute, sum(e.charged_throughput) / 60 AS rate
     FROM request_events AS e
-    WHERE e.ts >= {start:DateTime64(3)} AND e.ts < {end:DateTime64(3)}
+    WHERE e.ts >= {start:DateTime64(3, 'UTC')} AND e.ts < {end:DateTime64(3, 'UTC')}
       AND e.phase = 'finish'
     GROUP BY tenant, minute
 ),
@@ -21,7 +21,7 @@ specs_at_end AS
         argMax(guarantee_throughput, (ts, kafka_offset)) AS guarantee_throughput,
         argMax(deleted, (ts, kafka_offset)) AS deleted
     FROM entitlement_specs
-    WHERE ts < {end:DateTime64(3)}
+    WHERE ts < {end:DateTime64(3, 'UTC')}
     GROUP BY entitlement
 ),
 guarantees AS
@@ -45,7 +45,7 @@ FROM
         tenant,
         argMax(minute, rate) AS peak_minute,
         max(rate) AS peak_rate,
-        sum(rate) * 60 / dateDiff('second', {start:DateTime64(3)}, {end:DateTime64(3)}) AS avg_rate
+        sum(rate) * 60 / dateDiff('second', {start:DateTime64(3, 'UTC')}, {end:DateTime64(3, 'UTC')}) AS avg_rate
     FROM per_minute
     GROUP BY tenant
     HAVING peak_rate > 0
