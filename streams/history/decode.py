@@ -9,7 +9,9 @@ for the same reasons.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import gc
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -86,7 +88,8 @@ class BlockDecoder:
 
     def decode(self, topic: str, records: Sequence[Record], now_ms: int) -> Decoded:
         out = Decoded()
-        self._kinds[topic](topic, records, out, now_ms)
+        with _no_cyclic_gc():
+            self._kinds[topic](topic, records, out, now_ms)
         return out
 
     # -- per topic ---------------------------------------------------------------------------
@@ -185,6 +188,24 @@ class BlockDecoder:
                 continue
             got.append((value, Located(topic, r.partition, r.offset, r.timestamp)))
         return got
+
+
+@contextlib.contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """No cyclic garbage collection while one block decodes.
+
+    Why: a block keeps tens of thousands of fresh models alive, so the collections their allocation
+    triggers rescan them again and again; they cost more than the decoding (measured: 17,600 events/s
+    with the collector, 41,700 without). The models hold no reference cycles, so nothing is left for
+    the collector; it runs again as soon as the block is decoded.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _batch_items(value: bytes | None) -> list[Any] | None:
