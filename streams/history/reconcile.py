@@ -25,12 +25,12 @@ PIPELINE_MEASURES = ("decisions", "refused", "finished", "prompt_tokens", "outpu
 
 _RAW_VS_ROLLUP = """
 SELECT entitlement, count() AS events, sum(prompt_tokens) AS prompt_tokens, sum(output_tokens) AS output_tokens
-FROM request_events WHERE ts >= {start:DateTime64(3)} AND ts < {end:DateTime64(3)}
+FROM request_events WHERE ts >= {start:DateTime64(3, 'UTC')} AND ts < {end:DateTime64(3, 'UTC')}
 GROUP BY entitlement
 """
 _ROLLUP = """
 SELECT entitlement, sum(events), sum(prompt_tokens), sum(output_tokens)
-FROM {table:Identifier} WHERE {column:Identifier} >= {start:DateTime64(3)} AND {column:Identifier} < {end:DateTime64(3)}
+FROM {table:Identifier} WHERE {column:Identifier} >= {start:DateTime64(3, 'UTC')} AND {column:Identifier} < {end:DateTime64(3, 'UTC')}
 GROUP BY entitlement
 """
 _PIPELINE = """
@@ -38,15 +38,15 @@ SELECT entitlement, requests_partition, window_start, window_end,
        argMax(decisions, summary_ts), argMax(refused, summary_ts), argMax(finished, summary_ts),
        argMax(prompt_tokens, summary_ts), argMax(output_tokens, summary_ts), max(total_late)
 FROM pipeline_windows
-WHERE window_start >= {start:DateTime64(3)} AND window_end <= {end:DateTime64(3)}
+WHERE window_start >= {start:DateTime64(3, 'UTC')} AND window_end <= {end:DateTime64(3, 'UTC')}
 GROUP BY entitlement, requests_partition, window_start, window_end
 """
 _RAW_IN_WINDOWS = """
 SELECT entitlement, countIf(phase = 'decision'), countIf(outcome = 'refused'), countIf(phase = 'finish'),
        sumIf(prompt_tokens, phase = 'finish'), sumIf(output_tokens, phase = 'finish')
 FROM request_events
-WHERE entitlement = {entitlement:String} AND ts >= {start:DateTime64(3)} AND ts < {end:DateTime64(3)}
-  AND arrayExists(w -> ts >= w.1 AND ts < w.2, {windows:Array(Tuple(DateTime64(3), DateTime64(3)))})
+WHERE entitlement = {entitlement:String} AND ts >= {start:DateTime64(3, 'UTC')} AND ts < {end:DateTime64(3, 'UTC')}
+  AND arrayExists(w -> ts >= w.1 AND ts < w.2, {windows:Array(Tuple(DateTime64(3, 'UTC'), DateTime64(3, 'UTC')))})
 GROUP BY entitlement
 """
 
