@@ -4,7 +4,9 @@ Everything is real: the command starts a pipeline worker subprocess, the scaler 
 replicas and two admitters; the test sends chat completions with the demo keys through both
 admitters and checks that the events reached the pipeline, that the pipeline's states came back to
 both admitters, that the scaler's replica report (with endpoints) is on the topic and that the
-pipeline counts the ready replicas it reports, then that a signal stops all of it cleanly.
+pipeline counts the ready replicas it reports, that the history process holds exactly the events the
+admitters put on the requests topic (and the pipeline counted) and answers a tenant's
+``/v1/usage?granularity=hour`` with that tenant's rows only, then that a signal stops all of it cleanly.
 ``--bootstrap`` and ``--topic-prefix`` keep it on the shared test broker; the worker gets short
 windows (``--worker-arg``) so the first states come within seconds.
 """
@@ -27,13 +29,15 @@ import httpx
 import pytest
 
 from schemas import topics
-from schemas.records import ReplicasReport
-from schemas.wire import BadRecords, decode
+from schemas.records import ReplicasReport, RequestEvent
+from schemas.wire import BadRecords, decode, decode_request_events
 from tests.integration.harness import REPO, Kafka, eventually, settled, totals_are
 
 pytestmark = pytest.mark.integration
 POOL = "llama-3-8b"
 KEYS = {"acme-prod": "tp-demo-acme", "tenant-b-standard": "tp-demo-tenant-b"}  # guaranteed, elastic
+TENANTS = {"acme-prod": "acme", "tenant-b-standard": "tenant-b"}
+DECISIONS = ("admitted", "queued_admitted", "refused")
 WORKER_ARGS = ["--tumbling-seconds=1", "--hop-size-seconds=3", "--hop-step-seconds=1", "--grace-seconds=0.2",
                "--summary-interval=0.25", "--commit-interval=0.5", "--log-level=warn"]
 
@@ -51,6 +55,14 @@ def _listening(url: str) -> bool:
     with socket.socket() as s:
         s.settimeout(1.0)
         return s.connect_ex((parts.hostname or "127.0.0.1", parts.port or 80)) == 0
+
+
+async def _emitted(io: Kafka) -> list[RequestEvent]:
+    """Every event on this run's requests topic (what the admitters' sinks got acknowledged), batches unpacked."""
+    bad = BadRecords()
+    events = [ev for _, v in await io.read_all(topics.REQUESTS) for ev in decode_request_events(v, "requests", bad)[0]]
+    assert not bad.counts, bad.counts
+    return events
 
 
 def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
@@ -126,6 +138,38 @@ async def test_up_serves_through_both_admitters_closes_the_loop_and_stops_on_a_s
 
             await eventually(applied)
 
+            # The history process: exactly the events on the requests topic, once each, and as many as the
+            # pipeline counted (decisions plus finishes), once no more arrive.
+            history = info["history"]
+            auth = {"Authorization": f"Bearer {history['token']}"}
+
+            async def history_has_every_event() -> tuple[int, int]:
+                events = await _emitted(kafka_io)
+                sql = "SELECT count() AS n, uniqExact(event_id) AS ids FROM request_events"
+                r = await client.post(f"{history['url']}/query", headers=auth, json={"sql": sql})
+                assert r.status_code == 200, r.text
+                n, ids = r.json()["rows"][0]
+                assert (int(n), int(ids)) == (len(events), len({ev.id for ev in events})), (n, ids, len(events))
+                totals = await kafka_io.totals()
+                counted = sum(t.get("decisions", 0) + t.get("finished", 0) for t in totals.values())
+                assert counted == len(events), (counted, len(events), totals)
+                return int(n), int(ids)
+
+            n, ids = await settled(history_has_every_event)
+            assert n == ids > 12  # at least the 6 guaranteed decisions and their 6 finishes
+
+            # A tenant's usage per hour from the history: its own rows only, its decisions all counted.
+            events = await _emitted(kafka_io)
+            for name, key in KEYS.items():
+                r = await client.get(f"{admitters[0]}/v1/usage", params={"granularity": "hour"},
+                                     headers={"Authorization": f"Bearer {key}"})
+                assert r.status_code == 200, r.text
+                rows = r.json()["history"]
+                assert rows and {row["tenant"] for row in rows} == {TENANTS[name]}, rows
+                assert {row["entitlement"] for row in rows} == {name}, rows
+                decisions = sum(1 for ev in events if ev.entitlement == name and ev.outcome in DECISIONS)
+                assert sum(int(row["requests"]) for row in rows) == decisions, (rows, decisions)
+
         # The scaler runs in the loop: its report carries the replicas' URLs, and the pipeline counts them.
         reports = [decode(ReplicasReport, v, "replicas", BadRecords()) for _, v in
                    await kafka_io.read_all(topics.REPLICAS)]
@@ -138,13 +182,14 @@ async def test_up_serves_through_both_admitters_closes_the_loop_and_stops_on_a_s
         assert await asyncio.to_thread(proc.wait, 60) == 0, log.read_text()[-3000:]
         text = log.read_text()
         assert "stopping" in text and "stopped" in text and "Traceback" not in text, text[-3000:]
-        assert not _alive(info["pipeline"]["pid"])
-        assert not any(_listening(u) for u in [*admitters, *replicas])
+        assert not _alive(info["pipeline"]["pid"]) and not _alive(info["history"]["pid"])
+        assert not any(_listening(u) for u in [*admitters, *replicas, info["history"]["url"]])
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
-        pid = info.get("pipeline", {}).get("pid")
-        if pid and _alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
+        for part in ("pipeline", "history"):
+            pid = (info.get(part) or {}).get("pid")
+            if pid and _alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)

@@ -6,10 +6,14 @@ replicas in this process, each pool's initial replica count to begin with) and N
 process. Each admitter has its Kafka parts (``admitter.kafka.parts``: a ``KafkaSink`` spooling under the
 data directory, a ``StateFollower`` for limits, the config topic's ``ConfigSync``) and a
 ``ReplicaDiscovery`` (backends from the scaler's reports), so when the scaler adds or removes
-replicas the admitters route to the new fleet.
+replicas the admitters route to the new fleet. The history process (subprocess ``python -m tokenpools.cli
+history sink``: the exactly-once sink into chDB under the data directory, or a ClickHouse server with
+``--clickhouse-url``, and its read-only query endpoint with a token generated at start) keeps every
+event and state; the admitters ask it for their tenants' ``/v1/usage?granularity=hour|day``.
 
 The loop: admitters -> ``tokenpools.requests`` -> pipeline -> ``tokenpools.pool-state`` -> scaler
--> emulator replicas and ``tokenpools.replicas`` -> pipeline (capacity) and admitters (routing).
+-> emulator replicas and ``tokenpools.replicas`` -> pipeline (capacity) and admitters (routing). The
+history sink reads ``tokenpools.requests`` and the state topics beside it.
 
 Prints what runs where; ``--ready-file`` also writes it as JSON once everything serves, and
 ``--duration`` stops after a while (scripts and tests). SIGINT or SIGTERM stops everything cleanly.
@@ -21,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -63,6 +68,82 @@ def _start_worker(bootstrap: str, config: list[Path], log: Path, web_port: int, 
         return subprocess.Popen([*args, *extra], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def _start_history(bootstrap: str, topic_prefix: str, port: int, token: str, store: dict[str, str], log: Path
+                   ) -> subprocess.Popen[bytes]:
+    """``tokenpools history sink`` on 127.0.0.1:``port``. The token and the store (a chDB directory or a
+    server's URL, which may hold a password) go in its environment, not in its argv for ``ps`` to show."""
+    args = [sys.executable, "-m", "tokenpools.cli", "history", "sink", "--bootstrap", bootstrap,
+            "--port", str(port), "--log-level", "info"]
+    if topic_prefix:
+        args += ["--topic-prefix", topic_prefix]
+    env = {k: v for k, v in os.environ.items() if k not in HISTORY_ENV_DROPPED}
+    env.update(store)
+    env["TOKENPOOLS_HISTORY_SERVER__TOKEN"] = token
+    with log.open("ab") as out:
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+
+
+# The history process's own settings from the environment that would fight what ``up`` gives it (the
+# store, the port, the token); its other TOKENPOOLS_HISTORY_* settings (retention, sink) still apply.
+HISTORY_ENV_DROPPED = frozenset({
+    "CLICKHOUSE_URL", "TOKENPOOLS_HISTORY_STORE__URL", "TOKENPOOLS_HISTORY_STORE__DATA_DIR",
+    "TOKENPOOLS_HISTORY_SERVER__TOKEN", "TOKENPOOLS_HISTORY_SERVER__TOKEN_FILE", "TOKENPOOLS_HISTORY_SERVER__HOST",
+    "TOKENPOOLS_HISTORY_SERVER__PORT",
+})
+HISTORY_START_S = 120.0  # chDB's first start and the migrations take a few seconds; a loaded machine more
+
+
+@dataclass
+class History:
+    """The history process ``up`` started: where to query it and with what token."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+    token: str
+    log: Path
+    store: str
+
+    def ready(self) -> dict[str, Any]:
+        return {"url": self.url, "token": self.token, "pid": self.proc.pid, "log": str(self.log), "store": self.store}
+
+
+async def _wait_healthy(history: History, within: float = HISTORY_START_S) -> None:
+    """Until the history process answers ``/healthz`` (it serves once the store is migrated)."""
+    import httpx
+
+    deadline = asyncio.get_running_loop().time() + within
+    async with httpx.AsyncClient(timeout=2.0, trust_env=False) as client:
+        while True:
+            if history.proc.poll() is not None:
+                raise RuntimeError(f"the history process exited with code {history.proc.returncode} "
+                                   f"(log {history.log}):\n{_tail(history.log)}")
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get(f"{history.url}/healthz")).status_code == 200:
+                    return
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(f"the history process did not answer {history.url}/healthz within {within:g} s "
+                                   f"(log {history.log}):\n{_tail(history.log)}")
+            await asyncio.sleep(0.2)
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    if not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _stop(proc: subprocess.Popen[bytes], within: float = 20.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``within`` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(within)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @dataclass
 class UpOptions:
     config: list[Path]
@@ -76,6 +157,9 @@ class UpOptions:
     duration: float | None = None
     report_every: float = 5.0
     worker_args: list[str] = field(default_factory=list)
+    history: bool = True
+    history_port: int = 0  # 0 picks a free port
+    clickhouse_url: str | None = None  # None: chDB under data_dir/history
 
 
 def up(
@@ -97,6 +181,14 @@ def up(
                                        help="Seconds between the scaler's periodic replica reports."),
     worker_arg: list[str] = typer.Option(
         [], "--worker-arg", help="Extra option for the pipeline worker, e.g. --worker-arg=--tumbling-seconds=1."),
+    history: bool = typer.Option(True, "--history/--no-history",
+                                 help="Run the history process (the sink into ClickHouse and its query endpoint)."),
+    history_port: int = typer.Option(0, "--history-port", min=0, max=65535,
+                                     help="Port of the history endpoint on 127.0.0.1; 0 picks a free one."),
+    clickhouse_url: str | None = typer.Option(
+        None, "--clickhouse-url",
+        help="Keep the history in this ClickHouse server (http(s)://user:password@host:port/database) instead of "
+             "chDB under --data-dir/history."),
     log_level: str = typer.Option("warning", "--log-level", help="Python log level of this process."),
 ) -> None:
     """Run Kafka, the pipeline, the scaler with emulator replicas and admitters locally until Ctrl-C."""
@@ -120,7 +212,8 @@ def up(
         raise typer.Exit(2)
     data_dir.mkdir(parents=True, exist_ok=True)
     options = UpOptions([c.resolve() for c in config], data_dir.resolve(), admitters, port, speedup, bootstrap,
-                        topic_prefix, ready_file, duration, report_every, list(worker_arg))
+                        topic_prefix, ready_file, duration, report_every, list(worker_arg), history, history_port,
+                        clickhouse_url)
     asyncio.run(run_up(options, platform))
 
 
@@ -131,6 +224,7 @@ def _echo(what: str, detail: str) -> None:
 async def run_up(opts: UpOptions, platform: Any, stop: asyncio.Event | None = None) -> None:
     """Everything ``tokenpools up`` runs, until ``stop`` is set, a signal arrives or ``duration`` passes."""
     import uvicorn
+    from pydantic import SecretStr
 
     from admitter.http.app import create_app
     from admitter.http.server import uvicorn_config
@@ -160,6 +254,7 @@ async def run_up(opts: UpOptions, platform: Any, stop: asyncio.Event | None = No
     else:
         bootstrap = opts.bootstrap
     worker: subprocess.Popen[bytes] | None = None
+    history: History | None = None
     pools = platform.pools
     actuator = LocalActuator(
         {name: max(1, p.spec.replicas.start) for name, p in pools.items()},
@@ -178,6 +273,8 @@ async def run_up(opts: UpOptions, platform: Any, stop: asyncio.Event | None = No
         worker_log = opts.data_dir / "streams-worker.log"
         worker = _start_worker(bootstrap, opts.config, worker_log, web_port, opts.topic_prefix, opts.worker_args)
         _echo("pipeline", f"pid {worker.pid}, status http://127.0.0.1:{web_port}/streams/status (log {worker_log})")
+        if opts.history:
+            history = _launch_history(opts, bootstrap)  # its /healthz is awaited below, once the rest is starting
 
         _echo("scaler", f"in this process, pools {', '.join(sorted(pools))}; emulator replicas (here too):")
         await actuator.start()  # on_change prints each pool's replicas, now and whenever the scaler changes them
@@ -187,6 +284,17 @@ async def run_up(opts: UpOptions, platform: Any, stop: asyncio.Event | None = No
         # Admitters read the replicas topic from the beginning: let the first reports of this run land
         # there first, so they never route to the replicas of an earlier run.
         await _first_of(scaler.reported.wait(), scaler_task)
+
+        if history is not None:
+            await _wait_healthy(history)
+            _echo("history", f"pid {history.proc.pid}, {history.url} (store {history.store}, log {history.log})")
+            _echo("history", f"token {history.token}")
+            _echo("history", f"query: tokenpools history query --endpoint {history.url} --token {history.token} "
+                             "'SELECT tenant, count() FROM request_events GROUP BY tenant'")
+        # The admitters ask the history endpoint for their tenants' /v1/usage?granularity=hour|day (what
+        # TOKENPOOLS_ADMITTER_HISTORY_URL / _TOKEN set for `tokenpools admitter`).
+        history_url = history.url if history is not None else None
+        history_token = SecretStr(history.token) if history is not None else None
 
         admitter_urls: list[str] = []
         for i in range(opts.admitters):
@@ -198,7 +306,8 @@ async def run_up(opts: UpOptions, platform: Any, stop: asyncio.Event | None = No
                                         admitter_id=admitter_id, backends={name: actuator.urls(name) for name in pools},
                                         kafka={"bootstrap": bootstrap, "prefix": opts.topic_prefix},
                                         spool_dir=opts.data_dir / "spool" / admitter_id,
-                                        expected_admitters=opts.admitters, discover=True)
+                                        expected_admitters=opts.admitters, discover=True,
+                                        history_url=history_url, history_token=history_token)
             app = create_app(settings, platform)
             server = _Server(uvicorn_config(app, settings))  # the same server setup as `tokenpools admitter`
             task = asyncio.create_task(server.serve(), name=admitter_id)
@@ -216,6 +325,7 @@ async def run_up(opts: UpOptions, platform: Any, stop: asyncio.Event | None = No
                 "bootstrap": bootstrap, "topic_prefix": opts.topic_prefix, "admitters": admitter_urls,
                 "pipeline": {"pid": worker.pid, "web_port": web_port, "log": str(worker_log)},
                 "replicas": {name: actuator.urls(name) for name in pools}, "pid": os.getpid(),
+                "history": history.ready() if history is not None else None,
             })
         typer.echo("ready; Ctrl-C stops everything"
                    + (f" (or {opts.duration:g} s after start)" if opts.duration is not None else ""))
@@ -238,13 +348,10 @@ async def run_up(opts: UpOptions, platform: Any, stop: asyncio.Event | None = No
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await scaler_task
         await actuator.close()
-        if worker is not None and worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.to_thread(worker.wait, 20)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                await asyncio.to_thread(worker.wait)
+        if worker is not None:
+            await asyncio.to_thread(_stop, worker)
+        if history is not None:  # after the admitters: it keeps reading what they flushed until here
+            await asyncio.to_thread(_stop, history.proc)
         if kafka is not None:
             await kafka.astop()
         typer.echo("stopped")
@@ -282,9 +389,28 @@ async def _first_of(awaitable: Any, task: asyncio.Task[None]) -> None:
         raise RuntimeError(f"{task.get_name()} stopped before it was ready")
 
 
+def _launch_history(opts: UpOptions, bootstrap: str) -> History:
+    """Start the history process: chDB under ``data_dir/history`` (or ``--clickhouse-url``), a fresh token."""
+    if opts.clickhouse_url:
+        store, where = {"TOKENPOOLS_HISTORY_STORE__URL": opts.clickhouse_url}, "a ClickHouse server (--clickhouse-url)"
+    else:
+        chdb = opts.data_dir / "history" / "chdb"
+        store, where = {"TOKENPOOLS_HISTORY_STORE__DATA_DIR": str(chdb)}, f"chDB {chdb}"
+    port = opts.history_port or _free_port()
+    token = secrets.token_urlsafe(24)
+    log = opts.data_dir / "history.log"
+    proc = _start_history(bootstrap, opts.topic_prefix, port, token, store, log)
+    return History(proc, f"http://127.0.0.1:{port}", token, log, where)
+
+
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Written whole then renamed, so a reader polling for the file never sees half of it."""
+    """Written whole then renamed, so a reader polling for the file never sees half of it. Owner-only
+    (0600): it holds the history endpoint's token."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(json.dumps(data, indent=2) + "\n")
     tmp.replace(path)
