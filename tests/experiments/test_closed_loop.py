@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from loadgen.plan import make_plan
 from loadgen.report import report
@@ -186,3 +187,52 @@ def test_the_share_table_shows_demand_served_fair_share_and_deviation() -> None:
     a, b = table.splitlines()[2:]
     assert a.split(" | ")[1:6] == ["2.000", "3250", "3250", "3000", "+8.3 %"]
     assert b.split(" | ")[1:6] == ["1.000", "3750", "1250", "1500", "-16.7 %"]
+
+
+# -- the history part: the wait for the sink, and the answers as tables
+
+class FakeHistory(closed_loop.HistoryEndpoint):
+    """Answers ``counts`` from a list (the last one repeats): what the sink had written at each poll."""
+
+    def __init__(self, counts: list[tuple[int, int]]) -> None:
+        super().__init__("http://history", "t")
+        self.seen = list(counts)
+
+    async def counts(self) -> tuple[int, int]:
+        return self.seen.pop(0) if len(self.seen) > 1 else self.seen[0]
+
+
+async def _wait(monkeypatch: pytest.MonkeyPatch, stored: list[tuple[int, int]], emitted: tuple[int, int],
+                within: float) -> dict[str, Any]:
+    async def on_topic(_bootstrap: str, _prefix: str) -> tuple[int, int]:
+        return emitted
+
+    monkeypatch.setattr(closed_loop, "emitted_events", on_topic)
+    return await closed_loop.wait_for_history(FakeHistory(stored), "b", "p", Console(quiet=True), within=within,
+                                              settle=0.0, every=0.0)
+
+
+async def test_the_history_wait_ends_once_the_sink_has_every_event(monkeypatch: pytest.MonkeyPatch) -> None:
+    wait = await _wait(monkeypatch, [(0, 0), (40, 40), (90, 90)], (90, 90), within=60)
+    assert wait["caught_up"] and wait["history_rows"] == wait["emitted_events"] == 90
+
+
+async def test_the_history_wait_is_bounded_and_says_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    wait = await _wait(monkeypatch, [(40, 40)], (90, 90), within=0.01)
+    assert not wait["caught_up"] and (wait["history_rows"], wait["emitted_events"]) == (40, 90)
+    # More rows than the topic has (a duplicate) is not caught up either.
+    wait = await _wait(monkeypatch, [(91, 90)], (90, 90), within=0.01)
+    assert not wait["caught_up"]
+
+
+def test_the_history_answers_become_tables() -> None:
+    answers = {"refusals_by_dimension": {
+        "title": "Refusals by dimension", "shown": ["pool", "tier", "refused_dimension", "refusals", "refused_share"],
+        "columns": ["pool", "tier", "refused_dimension", "refusals", "decisions", "refused_share"],
+        "types": [], "rows": [["llama", "spot", "throughput", 120, 300, 0.4]]}}
+    text = closed_loop.history_markdown(answers)
+    assert "| pool | tier | refused_dimension | refusals | refused_share |" in text
+    assert "| llama | spot | throughput | 120 | 0.4 |" in text
+    table = closed_loop.history_tables(answers)[0]
+    assert [c.header for c in table.columns] == ["pool", "tier", "dimension", "refusals", "share"]
+    assert closed_loop.hour_floor(T0 + 1234.5) == "1970-01-12T14:00:00Z"

@@ -9,16 +9,25 @@ entitlement's global limit, and the replica count, as the rest of the platform s
 
 Outputs in ``out``: ``load/`` (the load generator's own report: per-tenant table, latency.png,
 records), ``timeline.json`` (what the topics said, by second), ``closed_loop.png``, ``table.md``,
-``summary.json`` with the checked claims, and ``up/`` (logs of every part).
+``summary.json`` with the checked claims, ``history.json`` (three analyst answers from the history), and
+``up/`` (logs of every part).
+
+History: ``tokenpools up`` also runs the history process (the sink into chDB under ``up/history`` and its
+query endpoint). Before ``up`` stops, the demo waits until the history holds every event the admitters
+put on the requests topic (read here, once each), then asks it three analyst questions (tokens per
+tenant, TTFT percentiles by tier, refusals by dimension) over its HTTP endpoint, as an analyst's
+notebook would, and prints the answers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import itertools
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -32,16 +41,17 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
+from rich.table import Table
 
 from loadgen.keys import resolve_keys
 from loadgen.plan import Plan, make_plan
 from loadgen.progress import run_with_progress
 from loadgen.report import TIER_COLOURS, report, write_outputs
-from loadgen.runner import LoadOptions, LoadResult, LoadRunner, Record
+from loadgen.runner import REFUSED, LoadOptions, LoadResult, LoadRunner, Record
 from schemas.records import EntitlementState, PoolState, ReplicasReport
 from schemas.topics import Topics
-from schemas.wire import BadRecords, decode
-from tokenpools.infra.results import figure, markdown_table, write_json
+from schemas.wire import BadRecords, decode, decode_request_events
+from tokenpools.infra.results import figure, fmt, markdown_table, write_json
 
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "demo" / "closed-loop"
 WORKLOAD = "closed-loop"
@@ -56,6 +66,18 @@ ELASTIC_FALLS = 75.0  # elastic demand starts to fall (zero at 80 s): no shrink 
 GUARANTEED, ELASTIC_A, ELASTIC_B = "acme-live", "tenant-a-live", "tenant-b-live"  # weights 2 and 1
 SHARE_TOLERANCE = 0.10  # each elastic tenant's served rate within ±10 % of its weighted fair share given demand
 SHARE_CLAIM = "elastic tenants get their weighted fair share given demand (±10 %)"
+HISTORY_CLAIM = "the history holds every event the admitters emitted, once"
+HISTORY_WAIT_S = 120.0  # after the workload: how long the sink may take to write what is on the topic
+HISTORY_SETTLE_S = 3.0  # the counts must stay equal this long (the sink flushes every second)
+# The three answers the demo prints: (title, named question, columns shown).
+HISTORY_ANSWERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("Tokens per tenant", "usage_per_tenant_per_day",
+     ("day", "tenant", "requests", "refused", "prompt_tokens", "output_tokens", "charged_throughput")),
+    ("TTFT by tier (s): P50 / P90 / P99", "latency_by_tier_per_hour",
+     ("hour", "tier", "ttft_n", "ttft_p50", "ttft_p90", "ttft_p99", "tpot_p99")),
+    ("Refusals by dimension", "refusals_by_dimension",
+     ("pool", "tier", "refused_dimension", "refusals", "decisions", "refused_share")),
+)
 
 
 class UpFailed(RuntimeError):
@@ -175,9 +197,168 @@ async def wait_for_minimum(timeline: Timeline, pool: str, minimum: int, within: 
             await asyncio.sleep(0.5)
 
 
+@dataclass
+class HistoryEndpoint:
+    """The history process ``up`` runs: its query endpoint and token (from ``up``'s ready file)."""
+
+    url: str
+    token: str
+
+    async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        import httpx
+
+        async with httpx.AsyncClient(timeout=60.0, trust_env=False) as client:
+            r = await client.post(f"{self.url}{path}", json=body, headers={"Authorization": f"Bearer {self.token}"})
+        if r.status_code != 200:
+            raise RuntimeError(f"history endpoint {self.url}{path}: HTTP {r.status_code}: {r.text[:300]}")
+        answer: dict[str, Any] = r.json()
+        return answer
+
+    async def counts(self) -> tuple[int, int]:
+        """Rows in ``request_events`` and distinct event ids among them."""
+        answer = await self.post("/query", {"sql": "SELECT count() AS n, uniqExact(event_id) AS ids "
+                                                   "FROM request_events"})
+        n, ids = answer["rows"][0]
+        return int(n), int(ids)
+
+
+async def emitted_events(bootstrap: str, prefix: str) -> tuple[int, int]:
+    """Events on the run's requests topic (what the admitters' sinks had acknowledged) and distinct ids."""
+    from tokenpools.kafka.reader import read_records
+
+    topic = Topics(prefix).requests
+    bad = BadRecords()
+    ids = [ev.id for _, _, value in await read_records(bootstrap, [topic])
+           for ev in decode_request_events(value, topic, bad)[0]]
+    return len(ids), len(set(ids))
+
+
+async def wait_for_history(history: HistoryEndpoint, bootstrap: str, prefix: str, console: Console,
+                           within: float = HISTORY_WAIT_S, settle: float = HISTORY_SETTLE_S, every: float = 0.5
+                           ) -> dict[str, Any]:
+    """Until the history's ``request_events`` equals the requests topic (rows and distinct ids) and stays
+    so for ``settle`` seconds, at most ``within``; what was seen, ``caught_up`` saying whether it did."""
+    started = time.monotonic()
+    matched_at: float | None = None
+    emitted = stored = (0, 0)
+    with console.status("waiting for the history sink") as status:
+        while True:
+            emitted = await emitted_events(bootstrap, prefix)
+            stored = await history.counts()
+            now = time.monotonic()
+            if stored == emitted and emitted[0] > 0:
+                matched_at = matched_at if matched_at is not None else now
+                if now - matched_at >= settle:
+                    break
+            else:
+                matched_at = None
+            if now - started > within:
+                break
+            status.update(f"history: {stored[0]} of {emitted[0]} events written ({now - started:.0f}/{within:.0f} s)")
+            await asyncio.sleep(every)
+    caught_up = stored == emitted and emitted[0] > 0
+    wait = {"emitted_events": emitted[0], "emitted_ids": emitted[1], "history_rows": stored[0],
+            "history_ids": stored[1], "caught_up": caught_up, "waited_s": round(time.monotonic() - started, 1)}
+    if caught_up:
+        console.print(f"history caught up: {stored[0]} events, the {emitted[0]} on the requests topic "
+                      f"({emitted[1]} distinct), in {wait['waited_s']:g} s")
+    else:
+        console.print(f"[red]history did not catch up within {within:g} s:[/red] {stored[0]} rows "
+                      f"({stored[1]} distinct ids) for the {emitted[0]} events ({emitted[1]} distinct) on the "
+                      "requests topic; the answers below miss what it had not written (see up/history.log)")
+    return wait
+
+
+def hour_floor(t: float) -> str:
+    """The start of ``t``'s hour (UTC) as ISO 8601: the questions read the hour rollup in whole hours."""
+    return dt.datetime.fromtimestamp(t // 3600 * 3600, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def ask_history(history: HistoryEndpoint, start: float, end: float) -> dict[str, Any]:
+    """The three analyst answers over the whole hours from ``start`` to ``end`` (both Unix seconds)."""
+    params = {"start": hour_floor(start), "end": hour_floor(end + 3600)}
+    answers: dict[str, Any] = {}
+    for title, name, columns in HISTORY_ANSWERS:
+        answer = await history.post(f"/questions/{name}", {"params": params})
+        answers[name] = {"title": title, "params": params, "shown": list(columns), **answer}
+    return answers
+
+
+async def history_part(up: Up, prefix: str, console: Console, t0: float) -> dict[str, Any]:
+    """Wait for the history to hold every event, then ask it the three questions."""
+    ready = up.ready.get("history")
+    if not ready:
+        console.print("[red]tokenpools up ran without the history process: no history answers[/red]")
+        return {"wait": {"caught_up": False}, "answers": {}}
+    history = HistoryEndpoint(ready["url"], ready["token"])
+    wait = await wait_for_history(history, up.ready["bootstrap"], prefix, console)
+    return {"endpoint": history.url, "wait": wait, "answers": await ask_history(history, t0 - 60, time.time())}
+
+
+# Shorter headers for the printed tables (the JSON keeps the questions' column names).
+HEADERS = {"prompt_tokens": "prompt", "output_tokens": "output", "charged_throughput": "charged",
+           "refused_dimension": "dimension", "refused_share": "share", "ttft_n": "n", "ttft_p50": "P50",
+           "ttft_p90": "P90", "ttft_p99": "P99", "tpot_p99": "TPOT P99"}
+_HOUR = re.compile(r"^(\d{4}-\d{2}-\d{2})T(\d{2}:\d{2}):00(?:\.0+)?Z$")
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, str) and (m := _HOUR.match(value)) is not None:
+        return f"{m.group(1)} {m.group(2)}"  # an hour bucket, UTC
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1 else fmt(value, 1 if abs(value) < 100 else 0)
+    return fmt(value)
+
+
+def answer_rows(answer: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """An answer's shown columns (those it has) and its rows as text."""
+    columns = [c for c in answer.get("shown", answer["columns"]) if c in answer["columns"]]
+    index = [answer["columns"].index(c) for c in columns]
+    return columns, [[_cell(row[i]) for i in index] for row in answer["rows"]]
+
+
+def cross_check(answers: dict[str, Any], records: Sequence[Record]) -> dict[str, int]:
+    """The history's decisions and refusals (tokens per tenant) next to what the load generator sent and
+    saw refused (429): counted on either side of the admitters, they should agree."""
+    usage = answers.get("usage_per_tenant_per_day")
+    total = {"requests": 0, "refused": 0}
+    if usage:
+        for column in total:
+            i = usage["columns"].index(column)
+            total[column] = sum(int(row[i]) for row in usage["rows"])
+    return {"history_decisions": total["requests"], "history_refused": total["refused"],
+            "load_sent": sum(1 for r in records if r.sent is not None),
+            "load_refused": sum(1 for r in records if r.outcome == REFUSED)}
+
+
+def history_tables(answers: dict[str, Any]) -> list[Table]:
+    """The answers as rich tables, one per question."""
+    tables = []
+    for name, answer in answers.items():
+        columns, rows = answer_rows(answer)
+        table = Table(title=f"{answer['title']} (history: {name})", caption=f"{len(rows)} rows")
+        for column in columns:
+            table.add_column(HEADERS.get(column, column), no_wrap=True, justify="left" if column in (
+                "day", "hour", "tenant", "tier", "pool", "refused_dimension") else "right")
+        for row in rows:
+            table.add_row(*row)
+        tables.append(table)
+    return tables
+
+
+def history_markdown(answers: dict[str, Any]) -> str:
+    parts = []
+    for name, answer in answers.items():
+        columns, rows = answer_rows(answer)
+        parts.append(f"{answer['title']} (`tokenpools history ask {name}`):\n\n"
+                     + markdown_table(columns, rows or [["-"] * len(columns)]))
+    return "\n\n".join(parts)
+
+
 async def run_live(plan: Plan, keys: dict[str, str], config: Path, out: Path, console: Console
-                   ) -> tuple[LoadResult, Timeline, float]:
-    """Start the platform, run the workload through both admitters, follow the topics; stop it all."""
+                   ) -> tuple[LoadResult, Timeline, float, dict[str, Any]]:
+    """Start the platform, run the workload through both admitters, follow the topics, ask the history its
+    three questions; stop it all."""
     prefix = f"demo{secrets.token_hex(3)}."
     up = await start_up(config, out / "up", prefix, console)
     timeline = Timeline()
@@ -192,7 +373,8 @@ async def run_live(plan: Plan, keys: dict[str, str], config: Path, out: Path, co
         pool = plan.config.pools[plan.spec.pool]
         await wait_for_minimum(timeline, pool.name, pool.spec.replicas.min, SHRINK_WAIT_S, console)
         await asyncio.sleep(1.0)  # the last records in flight
-        return result, timeline, t0
+        history = await history_part(up, prefix, console, t0)
+        return result, timeline, t0, history
     finally:
         stop.set()
         with contextlib.suppress(Exception):
@@ -449,12 +631,16 @@ def run(out: Path = Path("results/closed-loop"), *, console: Console | None = No
     out.mkdir(parents=True, exist_ok=True)
     console.print(f"workload [bold]{plan.name}[/]: {len(plan.arrivals)} requests over "
                   f"{plan.spec.duration_seconds:g} s through two admitters (config {config})")
-    result, timeline, t0 = asyncio.run(run_live(plan, keys, config, out, console))
+    result, timeline, t0, history = asyncio.run(run_live(plan, keys, config, out, console))
     pool = plan.config.pools[plan.spec.pool]
     weights = (pool.spec.token_weights.input, pool.spec.token_weights.output)
     load_summary = report(result, weights)
     write_outputs(out / "load", result, load_summary, f"{plan.name} (closed loop)", {"workload": plan.name})
     analysis = analyse(plan, result, timeline, t0, load_summary)
+    analysis["pass"][HISTORY_CLAIM] = bool(history["wait"].get("caught_up")) \
+        and history["wait"].get("history_ids") == history["wait"].get("history_rows")
+    history["cross_check"] = cross_check(history["answers"], result.records)
+    write_json(out / "history.json", history)
     write_json(out / "timeline.json", timeline_json(timeline, t0))
     plot(plan, result, timeline, t0, out / "closed_loop.png")
     rows = [[name, ok] for name, ok in analysis["pass"].items()]
@@ -464,8 +650,20 @@ def run(out: Path = Path("results/closed-loop"), *, console: Console | None = No
              "elastic tier was served by weight, capped at each tenant's demand):\n\n"
              + share_table(analysis["elastic_shares"])
              + "\n\n" + markdown_table(["claim", "met"], rows))
-    (out / "table.md").write_text(table + "\n", encoding="utf-8")
-    summary = {"workload": plan.name, "requests": len(result.records), **analysis}
+    answers = history["answers"]
+    (out / "table.md").write_text(table + "\n\nFrom the history (history.json):\n\n" + history_markdown(answers)
+                                  + "\n", encoding="utf-8")
+    summary = {"workload": plan.name, "requests": len(result.records), **analysis, "history": history["wait"]}
     write_json(out / "summary.json", summary)
     console.print(table, soft_wrap=True)
+    console.rule("Three analyst answers from the history")
+    for answer_table in history_tables(answers):
+        console.print(answer_table)
+    check = history["cross_check"]
+    console.print(f"the history counted {check['history_decisions']} admission decisions, {check['history_refused']} "
+                  f"refused; the load generator sent {check['load_sent']} requests and got "
+                  f"{check['load_refused']} refusals (429)")
+    if history.get("endpoint"):
+        console.print(f"(asked of {history['endpoint']} while the demo ran; `tokenpools history ask NAME "
+                      f"--endpoint URL --token T` does the same on a running `tokenpools up`)")
     return summary
