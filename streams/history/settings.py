@@ -1,6 +1,6 @@
 """Settings of the history process: where the store is, what the sink reads, what the server serves.
 
-Read from ``TOKENPOOLS_HISTORY_<FIELD>`` (``TOKENPOOLS_HISTORY_RETENTION_DAYS=30``), the ClickHouse URL
+Read from ``TOKENPOOLS_HISTORY_<GROUP>__<FIELD>`` (``TOKENPOOLS_HISTORY_STORE__RETENTION_DAYS=30``), the URL
 also from ``CLICKHOUSE_URL``, the Kafka block from ``TOKENPOOLS_KAFKA_*`` (``tokenpools.kafka.settings``).
 Grouped per concern, as the other services' settings are: ``store`` (ClickHouse), ``sink`` (Kafka to
 ClickHouse), ``server`` (the query endpoint).
