@@ -95,17 +95,20 @@ class BlockDecoder:
     # -- per topic ---------------------------------------------------------------------------
 
     def _requests(self, topic: str, records: Sequence[Record], out: Decoded, now_ms: int) -> None:
-        events: list[tuple[RequestEvent, Located]] = []
+        """Rows record by record, so each record's models are freed at once: a block holding all of its
+        models alive decoded at a third of the speed (memory growth, measured)."""
+        block: Block = {}
         for r in records:
             where = Located(topic, r.partition, r.offset, r.timestamp)
             evs, is_batch = decode_request_events(r.value, topic, self.bad)
             notes = self.bad.take()
-            events.extend((ev, where) for ev in evs)
+            if evs:
+                out.events += len(evs)
+                rows.extend_block(block, rows.request_block([(ev, where) for ev in evs]))
             if notes:
                 self._dead_events(r, topic, notes, is_batch, out, now_ms)
-        out.events = len(events)
-        if events:
-            out.tables["request_events"] = rows.request_block(events)
+        if block:
+            out.tables["request_events"] = block
 
     def _dead_events(self, r: Record, topic: str, notes: list[tuple[str, str]], is_batch: bool, out: Decoded,
                      now_ms: int) -> None:

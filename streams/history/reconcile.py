@@ -30,7 +30,8 @@ GROUP BY entitlement
 """
 _ROLLUP = """
 SELECT entitlement, sum(events), sum(prompt_tokens), sum(output_tokens)
-FROM {table:Identifier} WHERE {column:Identifier} >= {start:DateTime64(3, 'UTC')} AND {column:Identifier} < {end:DateTime64(3, 'UTC')}
+FROM {table:Identifier}
+WHERE {column:Identifier} >= {start:DateTime64(3, 'UTC')} AND {column:Identifier} < {end:DateTime64(3, 'UTC')}
 GROUP BY entitlement
 """
 _PIPELINE = """

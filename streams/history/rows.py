@@ -69,9 +69,10 @@ def request_block(events: Sequence[tuple[RequestEvent, Located]]) -> Block:
         "event_id": [e.id for e in evs], "request_id": [e.request_id for e in evs],
         "ts": [round(e.ts * 1000) for e in evs], "region": [e.region for e in evs], "pool": [e.pool for e in evs],
         "entitlement": [e.entitlement for e in evs], "tenant": [e.tenant for e in evs],
-        "tier": [e.tier.value for e in evs], "admitter": [e.admitter_id for e in evs], "model": [e.model for e in evs],
-        "phase": [e.phase.value for e in evs], "outcome": [e.outcome.value for e in evs],
-        "refused_dimension": [e.refused_dimension.value if e.refused_dimension is not None else "" for e in evs],
+        # StrEnums are str already: their .value would cost an enum property lookup per row.
+        "tier": [e.tier for e in evs], "admitter": [e.admitter_id for e in evs], "model": [e.model for e in evs],
+        "phase": [e.phase for e in evs], "outcome": [e.outcome for e in evs],
+        "refused_dimension": [e.refused_dimension or "" for e in evs],
         "status_code": [e.status_code or 0 for e in evs], "prompt_tokens": [e.prompt_tokens for e in evs],
         "max_tokens": [e.max_tokens for e in evs], "output_tokens": [e.output_tokens for e in evs],
         "reserved_throughput": [e.reserved.throughput for e in evs], "reserved_kv": [e.reserved.kv for e in evs],
@@ -189,6 +190,15 @@ def config_blocks(changes: Sequence[tuple[str, Manifest | None, Located]]) -> Co
                 "kafka_partition": where.partition, "kafka_offset": where.offset,
             })
     return out
+
+
+def extend_block(block: Block, more: Block) -> None:
+    """Append ``more``'s rows to ``block`` (same columns; an empty ``block`` takes them all)."""
+    if not block:
+        block.update({c: list(v) for c, v in more.items()})
+        return
+    for column, values in more.items():
+        block[column].extend(values)
 
 
 def append_row(block: Block, row: dict[str, Any]) -> None:
