@@ -65,6 +65,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from schemas.echo import echo_str
 from streams.history import catalog
 from streams.history.catalog import Question
+from streams.history.reconcile import reconcile
 from streams.history.settings import ServerSettings
 from streams.history.store import HistoryStore, QueryResult
 from tokenpools.infra.slow_clients import ConnectionGuard, guarded_protocol
@@ -540,6 +541,25 @@ def create_app(store: HistoryStore, settings: ServerSettings, registry: Collecto
             raise Problem(400, "the body must be {\"sql\": \"SELECT ...\"}", "missing_sql")
         wrap(sql)  # an empty query is refused before a thread is taken
         return await in_store("/query", lambda: adhoc(store, sql), fmt)
+
+    @app.post("/reconcile")
+    async def reconcile_range(request: Request) -> Response:
+        """``tokenpools history reconcile --endpoint``: the store's owner reconciles (chDB: nobody else can)."""
+        authenticate(request)
+        body = _json_object(await _read_body(request, settings.max_body_bytes), ("from", "to"))
+        if "from" not in body or "to" not in body:
+            raise Problem(400, "the body must be {\"from\": TIME, \"to\": TIME}", "missing_range")
+        start, end = parse_time("from", body["from"]), parse_time("to", body["to"])
+        if not start < end:
+            raise Problem(400, "'from' must be before 'to'", "bad_range")
+        started = time.perf_counter()
+        try:
+            report = await asyncio.to_thread(reconcile, store, start, end)
+        except ClickHouseError as exc:
+            raise clickhouse_problem(exc) from None
+        finally:
+            metrics.seconds.labels("/reconcile").observe(time.perf_counter() - started)
+        return Response(orjson.dumps({"ok": report.ok, "rows": jsonable(report.rows)}), media_type="application/json")
 
     return app
 

@@ -352,8 +352,13 @@ def reconcile_cmd(
     data_dir: DataDir = None,
     clickhouse_url: ClickHouseUrl = None,
     database: Database = None,
+    endpoint: Endpoint = None,
+    token: Token = None,
 ) -> None:
-    """Compare raw counts, rollups and the pipeline's own window totals over a time range (exit 1 on a mismatch)."""
+    """Compare raw counts, rollups and the pipeline's own window totals over a time range (exit 1 on a mismatch).
+
+    With --endpoint the running history process reconciles (it owns the chDB directory).
+    """
     from streams.history.server import Problem, jsonable, parse_time
 
     fmt = _check_format(fmt, ("table", "json"))
@@ -364,6 +369,31 @@ def reconcile_cmd(
     if not first < last:
         _fail(f"--from ({first.isoformat()}) must be before --to ({last.isoformat()})")
     settings = _settings(ctx, STORE_FIELDS)
+    if endpoint is not None:
+        answer = _remote(settings, endpoint, token, "POST", "/reconcile",
+                         {"from": first.isoformat(), "to": last.isoformat()})
+        ok, rows = bool(answer.get("ok")), list(answer.get("rows") or [])
+    else:
+        ok, rows = _reconcile_here(settings, first, last)
+    if fmt == "json":
+        import orjson
+
+        sys.stdout.write(orjson.dumps({"ok": ok, "rows": jsonable(rows)}).decode() + "\n")
+    elif not rows:
+        typer.echo("nothing to compare in that range")
+    else:
+        columns: list[str] = []
+        for row in rows:
+            columns += [c for c in row if c not in columns]
+        _print({"columns": columns, "types": [], "rows": [[jsonable(row.get(c)) for c in columns] for row in rows]},
+               "table")
+    if rows and fmt != "json":
+        typer.echo("reconciled: every total agrees" if ok else "MISMATCH: the totals above disagree")
+    if not ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _reconcile_here(settings: HistorySettings, first: Any, last: Any) -> tuple[bool, list[dict[str, Any]]]:
     from clickhouse_connect.driver.exceptions import ClickHouseError
 
     from streams.history.reconcile import reconcile
@@ -376,20 +406,4 @@ def reconcile_cmd(
         _fail(f"reconciliation failed: {clickhouse_problem(exc).message}", EXIT_FAILED)
     finally:
         store.close()
-    rows: list[dict[str, Any]] = list(report.rows)
-    if fmt == "json":
-        import orjson
-
-        sys.stdout.write(orjson.dumps({"ok": bool(report.ok), "rows": jsonable(rows)}).decode() + "\n")
-    elif not rows:
-        typer.echo("nothing to compare in that range")
-    else:
-        columns: list[str] = []
-        for row in rows:
-            columns += [c for c in row if c not in columns]
-        _print({"columns": columns, "types": [], "rows": [[jsonable(row.get(c)) for c in columns] for row in rows]},
-               "table")
-    if rows and fmt != "json":
-        typer.echo("reconciled: every total agrees" if report.ok else "MISMATCH: the totals above disagree")
-    if not report.ok:
-        raise typer.Exit(EXIT_FAILED)
+    return report.ok, list(report.rows)

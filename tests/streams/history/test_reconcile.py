@@ -91,3 +91,29 @@ def test_a_rollup_row_without_raw_rows_is_found(store: HistoryStore) -> None:
     bad = [r for r in reconcile(store, *span()).rows if not r["ok"]]
     assert [(r["check"], r["measure"], r["other"] - r["raw"]) for r in bad] == [
         ("raw vs request_rollup_1h", "events", 2)]
+
+
+def test_the_endpoint_reconciles_for_whoever_cannot_open_the_store(store: HistoryStore) -> None:
+    """``POST /reconcile`` on the history process (embedded chDB: the only process that can read it)."""
+    from fastapi.testclient import TestClient
+    from prometheus_client import CollectorRegistry
+
+    from streams.history.server import create_app
+    from streams.history.settings import ServerSettings
+
+    events = seed(store, "e1", 30)
+    app = create_app(store, ServerSettings(token="tok"), CollectorRegistry())
+    first, last = span()
+    body = {"from": first.isoformat(), "to": last.isoformat()}
+    auth = {"Authorization": "Bearer tok"}
+    with TestClient(app) as c:
+        assert c.post("/reconcile", json=body).status_code == 401
+        assert c.post("/reconcile", json={"from": body["from"]}, headers=auth).status_code == 400
+        assert c.post("/reconcile", json={"from": body["to"], "to": body["from"]}, headers=auth).status_code == 400
+        good = c.post("/reconcile", json=body, headers=auth).json()
+        assert good["ok"] is True and {r["entitlement"] for r in good["rows"]} == {"e1"}
+        extra = events[1].model_copy(update={"id": "extra", "request_id": "extra"})
+        store.insert("request_events", request_block([(extra, Located("requests", 0, 999))]), token="requests/x")
+        bad = c.post("/reconcile", json=body, headers=auth).json()
+        assert bad["ok"] is False
+        assert [(r["measure"], r["raw"] - r["other"]) for r in bad["rows"] if not r["ok"]] == [("decisions", 1)]
