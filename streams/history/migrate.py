@@ -34,6 +34,7 @@ TTL_TABLES: dict[str, str] = {
     "request_events": "toDateTime(ts)", "entitlement_state": "toDateTime(ts)", "pool_state": "toDateTime(ts)",
     "pool_tier_state": "toDateTime(ts)", "replicas": "toDateTime(ts)", "dead_letters": "toDateTime(received_at)",
     "request_rollup_1m": "minute", "request_rollup_1h": "hour", "pipeline_windows": "toDateTime(window_start)",
+    "latency_rollup_1h": "hour", "tenant_rollup_1m": "minute",
 }
 
 
