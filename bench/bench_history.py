@@ -809,8 +809,9 @@ def fill(store: HistoryStore, total: int, days: int, chunk: int) -> tuple[int, d
     return base_ms, timings
 
 
-TABLES = ("request_events", "request_rollup_1m", "request_rollup_1h", "entitlement_state", "pool_state",
-          "pool_tier_state", "entitlement_specs", "pool_specs")
+TABLES = ("request_events", "request_rollup_1m", "request_rollup_1h", "latency_rollup_1h", "tenant_rollup_1m",
+          "entitlement_state", "pool_state", "pool_tier_state", "entitlement_specs", "pool_specs")
+ROLLUP_TABLES = ("request_rollup_1m", "request_rollup_1h", "latency_rollup_1h", "tenant_rollup_1m")
 
 
 def parts(store: HistoryStore) -> dict[str, dict[str, int]]:
@@ -853,9 +854,11 @@ def bytes_report(before: dict[str, dict[str, int]], after: dict[str, dict[str, i
                      f"{a['bytes_on_disk']:>12,} {per_row:>11.1f} {a['bytes_on_disk'] / events:>13.2f} "
                      f"{a['uncompressed'] / max(a['bytes_on_disk'], 1):>10.1f}x")
     raw = after["request_events"]["bytes_on_disk"]
-    rollups = after["request_rollup_1m"]["bytes_on_disk"] + after["request_rollup_1h"]["bytes_on_disk"]
+    rollup_tables = [t for t in ROLLUP_TABLES if t in after]
+    rollups = sum(after[t]["bytes_on_disk"] for t in rollup_tables)
     lines.append(f"request_events: {raw / events:.1f} B/event after OPTIMIZE FINAL "
-                 f"({before['request_events']['bytes_on_disk'] / events:.1f} before); the two rollups add "
+                 f"({before['request_events']['bytes_on_disk'] / events:.1f} before); the {len(rollup_tables)} "
+                 "rollups add "
                  f"{rollups / events:.2f} B per raw event ({100 * rollups / raw:.1f} % of the raw table)")
     lines.append("request_events, compressed bytes per event by column (largest first): " + ", ".join(
         f"{name} {c / events:.1f}" for name, c, _ in columns[:8]) + f"; the other {len(columns) - 8} columns "
