@@ -75,7 +75,7 @@ from schemas.topics import Topics
 from schemas.wire import BadRecords, decode_request_events
 from streams.history import rows
 from streams.history.catalog import Question, parse, questions
-from streams.history.decode import BlockDecoder
+from streams.history.decode import BlockDecoder, no_cyclic_gc
 from streams.history.migrate import migrate
 from streams.history.rows import Located
 from streams.history.settings import HistorySettings, StoreSettings
@@ -325,7 +325,7 @@ def decode_split(topics: Topics, blocks: Sequence[Sequence[Any]]) -> tuple[Stage
     with clock(t):
         for block in blocks:
             evs = []
-            with paused_gc():
+            with no_cyclic_gc():
                 for r in block:
                     where = Located(topics.requests, r.partition, r.offset, r.timestamp)
                     evs.extend((ev, where) for ev in decode_request_events(r.value, topics.requests, bad)[0])
@@ -336,20 +336,9 @@ def decode_split(topics: Topics, blocks: Sequence[Sequence[Any]]) -> tuple[Stage
     wire = Stage(events, *t)
     with clock(t):
         for evs in parsed:
-            with paused_gc():
+            with no_cyclic_gc():
                 rows.request_block(evs)
     return wire, Stage(events, *t)
-
-
-@contextlib.contextmanager
-def paused_gc() -> Iterator[None]:
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def insert_only(store: HistoryStore, blocks: Sequence[dict[str, list[Any]]]) -> Stage:

@@ -88,7 +88,7 @@ class BlockDecoder:
 
     def decode(self, topic: str, records: Sequence[Record], now_ms: int) -> Decoded:
         out = Decoded()
-        with _no_cyclic_gc():
+        with no_cyclic_gc():
             self._kinds[topic](topic, records, out, now_ms)
         return out
 
@@ -194,7 +194,7 @@ class BlockDecoder:
 
 
 @contextlib.contextmanager
-def _no_cyclic_gc() -> Iterator[None]:
+def no_cyclic_gc() -> Iterator[None]:
     """No cyclic garbage collection while one block decodes.
 
     Why: a block keeps tens of thousands of fresh models alive, so the collections their allocation
