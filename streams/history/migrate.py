@@ -110,7 +110,8 @@ def migrate(store: HistoryStore, settings: StoreSettings) -> MigrateReport:
     if unknown:
         raise MigrationError(f"the store has migrations this version does not know ({unknown}); "
                              "it was migrated by a newer tokenpools")
-    set_retention(store, settings.retention_days)
+    if already:  # tables created just now already carry this retention in their DDL
+        set_retention(store, settings.retention_days)
     return MigrateReport(applied, already)
 
 
