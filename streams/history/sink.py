@@ -162,6 +162,9 @@ class HistorySink:
         self.flushed = asyncio.Event()  # set after every flush (tests wait on it)
         self.inserted_events = 0
         self._consumer: AIOKafkaConsumer | None = None
+        # Held while a flush runs: a revocation waits for it, so a partition's next owner never reads the
+        # block plan while this sink is still planning or inserting on that partition.
+        self._flushing = asyncio.Lock()
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -226,6 +229,10 @@ class HistorySink:
             self.backoff.reset()
 
     async def _flush_until_done(self, blocks: list[Block]) -> None:
+        async with self._flushing:
+            await self._retry_flush(blocks)
+
+    async def _retry_flush(self, blocks: list[Block]) -> None:
         while True:
             try:
                 await asyncio.to_thread(self.flush, blocks)
@@ -335,7 +342,11 @@ class HistorySink:
         if tps:
             log.info("history sink assigned %d partitions (%d resuming from their block plan)", len(tps), len(plans))
 
-    def revoked(self, tps: set[TopicPartition]) -> None:
+    async def revoked(self, tps: set[TopicPartition]) -> None:
+        async with self._flushing:  # a flush in progress finishes first (see __init__)
+            self._forget(tps)
+
+    def _forget(self, tps: set[TopicPartition]) -> None:
         for tp in tps:
             self.feeds.pop(tp, None)  # its pending records were not planned: the next owner reads them again
             with contextlib.suppress(KeyError):
@@ -347,7 +358,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self.sink = sink
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        self.sink.revoked(set(revoked))
+        await self.sink.revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         consumer = self.sink._consumer
