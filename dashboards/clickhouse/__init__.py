@@ -1,0 +1,1 @@
+"""Dashboards on the history in ClickHouse (data source ``grafana-clickhouse-datasource``)."""

@@ -1,0 +1,1 @@
+"""Live dashboards on the admitters' and the pipeline's Prometheus metrics."""
