@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -58,10 +59,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_worker(bootstrap: str, config: list[Path], log: Path, web_port: int, topic_prefix: str,
-                  extra: list[str]) -> subprocess.Popen[bytes]:
+def _start_worker(bootstrap: str, config: list[Path], log: Path, web_port: int, metrics_port: int,
+                  topic_prefix: str, extra: list[str]) -> subprocess.Popen[bytes]:
     args = [sys.executable, "-m", "tokenpools.cli", "streams", "worker", "--bootstrap", bootstrap,
-            *[a for c in config for a in ("--config", str(c))], "--web-port", str(web_port)]
+            *[a for c in config for a in ("--config", str(c))], "--web-port", str(web_port),
+            "--metrics-port", str(metrics_port)]
     if topic_prefix:
         args += ["--topic-prefix", topic_prefix]
     with log.open("ab") as out:
@@ -269,10 +271,12 @@ async def run_up(opts: UpOptions, platform: Any, stop: asyncio.Event | None = No
         await _wait_for_leaders(bootstrap, [s.name for s in specs])
         _echo("kafka", f"{bootstrap}{' (started here)' if kafka else ''}"
               f"{f', topic prefix {opts.topic_prefix!r}' if opts.topic_prefix else ''}")
-        web_port = _free_port()
+        web_port, metrics_port = _free_port(), _free_port()
         worker_log = opts.data_dir / "streams-worker.log"
-        worker = _start_worker(bootstrap, opts.config, worker_log, web_port, opts.topic_prefix, opts.worker_args)
-        _echo("pipeline", f"pid {worker.pid}, status http://127.0.0.1:{web_port}/streams/status (log {worker_log})")
+        worker = _start_worker(bootstrap, opts.config, worker_log, web_port, metrics_port, opts.topic_prefix,
+                               opts.worker_args)
+        _echo("pipeline", f"pid {worker.pid}, status http://127.0.0.1:{web_port}/streams/status, "
+                          f"metrics http://127.0.0.1:{metrics_port}/metrics (log {worker_log})")
         if opts.history:
             history = _launch_history(opts, bootstrap)  # its /healthz is awaited below, once the rest is starting
 
@@ -296,6 +300,11 @@ async def run_up(opts: UpOptions, platform: Any, stop: asyncio.Event | None = No
         history_url = history.url if history is not None else None
         history_token = SecretStr(history.token) if history is not None else None
 
+        # One admin token for this run's admitters, made here like the history's: /metrics (it names tenants
+        # and their limits) and /admin need it, so a local Prometheus can scrape with it.
+        admin_token = secrets.token_urlsafe(24)
+        admin_digest = hashlib.sha256(admin_token.encode()).hexdigest()
+        _echo("admitter", f"admin token {admin_token} (for /metrics and /admin)")
         admitter_urls: list[str] = []
         for i in range(opts.admitters):
             admitter_id = f"admitter-{i + 1}"
@@ -307,7 +316,8 @@ async def run_up(opts: UpOptions, platform: Any, stop: asyncio.Event | None = No
                                         kafka={"bootstrap": bootstrap, "prefix": opts.topic_prefix},
                                         spool_dir=opts.data_dir / "spool" / admitter_id,
                                         expected_admitters=opts.admitters, discover=True,
-                                        history_url=history_url, history_token=history_token)
+                                        history_url=history_url, history_token=history_token,
+                                        admin_key_sha256=admin_digest)
             app = create_app(settings, platform)
             server = _Server(uvicorn_config(app, settings))  # the same server setup as `tokenpools admitter`
             task = asyncio.create_task(server.serve(), name=admitter_id)
@@ -323,7 +333,9 @@ async def run_up(opts: UpOptions, platform: Any, stop: asyncio.Event | None = No
         if opts.ready_file is not None:
             _write_json(opts.ready_file, {
                 "bootstrap": bootstrap, "topic_prefix": opts.topic_prefix, "admitters": admitter_urls,
-                "pipeline": {"pid": worker.pid, "web_port": web_port, "log": str(worker_log)},
+                "admin_token": admin_token,
+                "pipeline": {"pid": worker.pid, "web_port": web_port, "log": str(worker_log),
+                             "metrics_url": f"http://127.0.0.1:{metrics_port}/metrics"},
                 "replicas": {name: actuator.urls(name) for name in pools}, "pid": os.getpid(),
                 "history": history.ready() if history is not None else None,
             })
