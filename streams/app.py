@@ -97,6 +97,20 @@ class Pipeline:
         return out
 
 
+def _requests_lag(app: faust.App, topic: str, stage1: Stage1) -> list[tuple[str, int, int]]:
+    """(topic, partition, records behind the log end) for each requests partition assigned here that stage 1
+    has had a record of; read at scrape time, so nothing on the event path pays for it."""
+    delivered = stage1.delivered()
+    out = []
+    for tp in app.consumer.assignment():
+        if tp.topic != topic or tp.partition not in delivered:
+            continue
+        end = app.consumer.highwater(tp)
+        if end is not None and end >= 0:
+            out.append((topic, tp.partition, max(0, end - delivered[tp.partition] - 1)))
+    return out
+
+
 def _raw(events: Sequence[Any]) -> list[RawMessage]:
     return [RawMessage(e.message.partition, e.message.offset, e.message.key, e.message.value) for e in events]
 
@@ -207,6 +221,7 @@ def create_pipeline_app(
     )
     pipeline = Pipeline(app, s, bad, metrics, config, follower, stage1, stage2, requests_partitions,
                         usage_partitions)
+    metrics.follow_lag(lambda: _requests_lag(app, s.topics.requests, stage1))
 
     for table in (windows_table, seen_table):
         table.on_recover(_async(stage1.reset))

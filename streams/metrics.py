@@ -8,10 +8,10 @@ never disagree.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from schemas.wire import BadRecords
@@ -30,6 +30,24 @@ class _BadRecordsCollector(Collector):
         )
         for (topic, reason), n in sorted(self.bad.counts.items()):
             family.add_metric([topic, reason], n)
+        yield family
+
+
+LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+class _ConsumerLagCollector(Collector):
+    """Records between what stage 1 applied and the end of each requests partition it holds, read at
+    scrape time from the consumer (``lag()`` yields ``(topic, partition, records)``)."""
+
+    def __init__(self, lag: Callable[[], Iterable[tuple[str, int, int]]]) -> None:
+        self.lag = lag
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(f"{PREFIX}_consumer_lag_records", "Records on a requests partition this "
+                                   "worker holds that stage 1 has not applied yet", labels=["topic", "partition"])
+        for topic, partition, records in sorted(self.lag()):
+            family.add_metric([topic, str(partition)], records)
         yield family
 
 
@@ -61,6 +79,15 @@ class PipelineMetrics:
             f"{PREFIX}_tick_seconds", "Stage 2: time of one pool tick (allocate, split, publish)", ["pool"],
             registry=r, buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1),
         )
+        # Event-to-limit lag, in its two legs: an event's trip from the admitter to stage 1 (the newest
+        # new event of each batch, admitter clock to worker clock), then from the newest usage summary a
+        # tick used to the limits that tick published. The summary interval sits between the two.
+        self.event_delay = Histogram(
+            f"{PREFIX}_event_delay_seconds", "Stage 1: age of the newest new event of a batch when it was applied "
+            "(admitter's ts to now)", registry=r, buckets=LAG_BUCKETS)
+        self.summary_age = Histogram(
+            f"{PREFIX}_summary_age_seconds", "Stage 2: age of the newest usage summary a published tick used, at "
+            "publication", ["pool"], registry=r, buckets=LAG_BUCKETS)
         self.states_published = Counter(f"{PREFIX}_states_published", "State records published", ["kind"],
                                         registry=r)
         self.dedup_ids = Gauge(f"{PREFIX}_dedup_ids", "Event ids remembered for deduplication", registry=r)
@@ -70,6 +97,12 @@ class PipelineMetrics:
         self.config_ready = Gauge(f"{PREFIX}_config_ready", "1 once the config topics were read to their end",
                                   registry=r)
         r.register(_BadRecordsCollector(bad))
+        self._lag: Callable[[], Iterable[tuple[str, int, int]]] = lambda: ()
+        r.register(_ConsumerLagCollector(lambda: self._lag()))
+
+    def follow_lag(self, lag: Callable[[], Iterable[tuple[str, int, int]]]) -> None:
+        """Where the consumer-lag gauge reads from (the app sets it once its consumer exists)."""
+        self._lag = lag
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

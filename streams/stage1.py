@@ -74,6 +74,10 @@ class Stage1:
         self._idle_sent: set[str] = set()
         self._sent: dict[str, tuple[int, Triple]] = {}  # key -> (offset, trailing demand) of its last summary
 
+    def delivered(self) -> dict[int, int]:
+        """Partition -> the last offset delivered to stage 1 since the assignment (what the lag gauge reads)."""
+        return dict(self._last)
+
     def reset(self) -> None:
         """After a rebalance: the stores were recovered, so rebuild the derived id index lazily.
 
@@ -121,6 +125,7 @@ class Stage1:
         new_ids: dict[int, list[tuple[str, int]]] = {}
         first_offset: dict[int, int] = {}
         counts = [0, 0, 0, 0]  # new, duplicates, replays, late: one metric update per batch, not per event
+        newest: float | None = None  # the newest new event's ts: the batch's delivery delay, one observation
         for m in messages:
             events, batched = decode_request_events(m.value, self.topic, self.bad)
             if not events:
@@ -166,6 +171,7 @@ class Stage1:
                     rec.note_duplicate(m.offset)
                 else:
                     counts[0] += 1
+                    newest = ev.ts if newest is None else max(newest, ev.ts)
                     if not rec.apply(ev, m.offset, self.spec, now):
                         counts[3] += 1
                 touched[key] = rec
@@ -182,6 +188,8 @@ class Stage1:
             self._pending_seen[batch.key] = (batch, partition)
         await self.flush()
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        if newest is not None:
+            self.metrics.event_delay.observe(max(0.0, now - newest))
 
     async def flush(self) -> None:
         """Persist the pending writes; what fails stays pending for the next call.

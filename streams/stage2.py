@@ -76,12 +76,14 @@ class Stage2:
         self._stored = 0  # summaries stored so far (orders an early flag against the inputs a tick read)
         self._grouped = 0  # ``_stored`` when the inputs were last read
         self._latest: dict[str, dict[str, Triple]] = {}  # pool -> inputs key -> demand, as last grouped
+        self._newest: dict[str, float] = {}  # pool -> ts of its newest summary, as last grouped
         self._used: dict[str, dict[str, Triple]] = {}  # pool -> inputs key -> demand its last tick used
 
     def reset(self) -> None:
         self._last_run.clear()
         self._early.clear()
         self._latest.clear()
+        self._newest.clear()
         self._used.clear()
 
     async def process(self, messages: Sequence[RawMessage]) -> None:
@@ -126,10 +128,12 @@ class Stage2:
         """Fresh summaries grouped by pool, then entitlement (partitions summed)."""
         grouped: dict[str, dict[str, list[UsageSummary]]] = {}
         self._latest = {}
+        self._newest = {}
         self._grouped = self._stored
         for key, s in self.inputs.items():
             grouped.setdefault(s.pool, {}).setdefault(s.entitlement, []).append(s)
             self._latest.setdefault(s.pool, {})[key] = _demand(s)
+            self._newest[s.pool] = max(s.ts, self._newest.get(s.pool, s.ts))
         return {
             pool: {ent: combine(summaries, now, self.stale_after_s) for ent, summaries in ents.items()}
             for pool, ents in grouped.items()
@@ -164,7 +168,11 @@ class Stage2:
         self.metrics.states_published.labels("entitlement").inc(len(out.entitlements))
         self.metrics.states_published.labels("pool").inc()
         self.metrics.ticks.labels(pool_name).inc()
-        self.metrics.tick_seconds.labels(pool_name).observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self.metrics.tick_seconds.labels(pool_name).observe(elapsed)
+        newest = self._newest.get(pool_name)
+        if newest is not None:
+            self.metrics.summary_age.labels(pool_name).observe(max(0.0, now + elapsed - newest))
         return out
 
 

@@ -84,3 +84,16 @@ async def test_a_summary_stored_after_the_inputs_were_read_keeps_its_pool_early(
     await stage.process([summary_msg(1, entitlement="a", demand=(900, 0, 0), usage=(0, 0, 0), ts=100.1)])
     await stage.tick("p", 0, 100.0, grouped.get("p", {}))
     assert stage.due(["p"], 100.3) == ["p"]  # it still goes out early
+
+
+async def test_summary_age_is_observed_per_published_tick_from_the_newest_summary_it_used() -> None:
+    config = view(pool("p"), ent("a", "elastic"), ent("b", "elastic"))
+    stage = make_stage2(config, Published())
+    await stage.process([summary_msg(0, entitlement="a", demand=(100, 0, 0), usage=(0, 0, 0), ts=99.0),
+                         summary_msg(1, entitlement="b", demand=(50, 0, 0), usage=(0, 0, 0), ts=99.75)])
+    await stage.tick("p", partition_for("p", 6), 100.0)
+    registry = stage.metrics.registry
+    labels = {"pool": "p"}
+    assert registry.get_sample_value("tokenpools_streams_summary_age_seconds_count", labels) == 1
+    age = registry.get_sample_value("tokenpools_streams_summary_age_seconds_sum", labels)
+    assert age is not None and 0.25 <= age < 1.25  # 100.0 - 99.75, plus the tick's own run time (far below 1 s)

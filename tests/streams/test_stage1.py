@@ -305,3 +305,46 @@ async def test_unusable_batch_records_are_counted_once_each() -> None:
     assert dict(bad.counts) == {("requests", "invalid"): 2, ("requests", "unknown_schema_version"): 1,
                                 ("requests", "unknown_type"): 1}
     assert stage.windows.get("0/e1") is None
+
+
+def _histogram(stage: Stage1, name: str) -> tuple[float, float]:
+    """(count, sum) of one of the worker's unlabelled histograms, from its own registry."""
+    registry = stage.metrics.registry
+    count, total = registry.get_sample_value(f"{name}_count"), registry.get_sample_value(f"{name}_sum")
+    return count or 0.0, total or 0.0
+
+
+async def test_event_delay_is_the_newest_new_event_age_once_per_batch_and_duplicates_do_not_count() -> None:
+    stage = make_stage1()
+    log = Log()
+    first = decision("e1", ts=NOW - 3.0)
+    await stage.process(log.add(first, decision("e2", ts=NOW - 0.5), finish("e1", ts=NOW - 2.0)))
+    assert _histogram(stage, "tokenpools_streams_event_delay_seconds") == (1.0, 0.5)
+    await stage.process(log.add(first))  # a duplicate only: nothing new was applied, nothing observed
+    assert _histogram(stage, "tokenpools_streams_event_delay_seconds") == (1.0, 0.5)
+    assert stage.delivered() == {0: 3}  # offsets 0..3 on partition 0: the lag gauge counts from here
+
+
+async def test_consumer_lag_counts_records_past_the_last_delivered_on_assigned_requests_partitions() -> None:
+    """Faust's consumer is replaced by a stand-in (assignment and high watermarks only): the arithmetic and
+    the filtering are what is checked here; tests/integration/test_up.py scrapes the real gauge."""
+    from types import SimpleNamespace
+    from typing import NamedTuple
+
+    from streams.app import _requests_lag
+
+    class TP(NamedTuple):
+        topic: str
+        partition: int
+
+    stage = make_stage1()
+    log = Log()
+    await stage.process(log.add(decision("e1", ts=NOW), decision("e1", ts=NOW)))  # offsets 0, 1 on partition 0
+    ends = {("requests", 0): 10, ("requests", 1): 4, ("other", 0): 99}
+    consumer = SimpleNamespace(assignment=lambda: {TP(t, p) for t, p in ends},
+                               highwater=lambda x: ends[(x.topic, x.partition)])
+    lag = _requests_lag(SimpleNamespace(consumer=consumer), "requests", stage)  # type: ignore[arg-type]
+    assert lag == [("requests", 0, 8)]  # 10 - (1 + 1); partition 1 has delivered nothing yet; other topics skipped
+    stage.metrics.follow_lag(lambda: lag)
+    assert stage.metrics.registry.get_sample_value(
+        "tokenpools_streams_consumer_lag_records", {"topic": "requests", "partition": "0"}) == 8
