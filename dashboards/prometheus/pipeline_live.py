@@ -1,9 +1,9 @@
 """The pipeline now: events/s, consumer lag, ticks, event-to-limit lag, bad records, and the history sink.
 
 The workers export ``tokenpools_streams_*`` (``streams/metrics.py``), the history process
-``tokenpools_history_*`` (``streams/history/metrics.py``). The pipeline exports no lag of its own
-consumer and no event-to-limit lag: the limit staleness the admitters report
-(``tokenpools_admitter_state_staleness_seconds``) is that lag seen from the edge, and stands in for it here.
+``tokenpools_history_*`` (``streams/history/metrics.py``). The event-to-limit lag is shown in its legs
+(docs/pipeline.md#observability): an event's delay to stage 1, the age of the newest summary a tick used,
+and, beside them, the limit staleness the admitters report, which is the whole trip seen from the edge.
 """
 
 from __future__ import annotations
@@ -26,6 +26,22 @@ def _quantile(q: float, histogram: str, selector: str = _INSTANCE, by: str = "le
 
 
 STAGE1 = Row("Stage 1: events", (
+    Panel(
+        title="Consumer lag",
+        answers="How many records on the requests partitions has stage 1 not been delivered yet, per worker?",
+        viz=Viz.TIMESERIES, unit="short",
+        targets=(Target(f"sum by (instance) ({_S}consumer_lag_records{{{_INSTANCE}}})", "A", "{{instance}}"),),
+    ),
+    Panel(
+        title="Event delay to stage 1",
+        answers="How old is the newest new event of a batch when stage 1 applies it (p50, p99): the first leg "
+                "of the event-to-limit lag?",
+        viz=Viz.TIMESERIES, unit="s",
+        targets=(
+            Target(_quantile(0.5, _S + "event_delay_seconds"), "A", "p50"),
+            Target(_quantile(0.99, _S + "event_delay_seconds"), "B", "p99"),
+        ),
+    ),
     Panel(
         title="Events by dedup verdict",
         answers="How many request events per second reach the pipeline, and how many of them are new, replays "
@@ -101,9 +117,16 @@ STAGE2 = Row("Stage 2: ticks and limits", (
                         "{{pool}}: {{reason}}"),),
     ),
     Panel(
-        title="Event-to-limit lag (limit staleness at the admitters)",
-        answers="How long since the admitters last applied a new state of each pool: the lag from events to "
-                "limits as the edge sees it?",
+        title="Summary age at publication",
+        answers="How old was the newest usage summary a tick used when its limits were published (p99, per "
+                "pool): the second leg of the event-to-limit lag?",
+        viz=Viz.TIMESERIES, unit="s",
+        targets=(Target(_quantile(0.99, _S + "summary_age_seconds", _POOL, "le, pool"), "A", "p99 {{pool}}"),),
+    ),
+    Panel(
+        title="Limit staleness at the admitters",
+        answers="How long since the admitters last applied a new state of each pool: the whole event-to-limit "
+                "trip as the edge sees it, on the worst admitter?",
         viz=Viz.TIMESERIES, unit="s",
         targets=(Target('max by (pool) (tokenpools_admitter_state_staleness_seconds{pool=~"$pool"})', "A",
                         "{{pool}}"),),
