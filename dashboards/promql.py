@@ -46,7 +46,8 @@ _TOKEN = re.compile(r"""
   | (?P<op>==|!=|<=|>=|=~|!~|[-+*/%^<>@])
 """, re.VERBOSE)
 
-_MATCHER = re.compile(r"""\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|`[^`]*`)\s*,?""")
+_MATCHER = re.compile(r"""\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*
+                          ("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|`[^`]*`)\s*,?""", re.VERBOSE)
 _LABEL_VALUES = re.compile(r"\s*label_values\s*\((?P<args>.*)\)\s*", re.DOTALL)
 
 
