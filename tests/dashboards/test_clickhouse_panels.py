@@ -352,3 +352,19 @@ def test_throughput_against_the_spec_in_force(history: HistoryStore) -> None:
         assert close(r["burst"], mean(spec.burst.throughput for spec in in_force) if in_force else None), r
         assert close(r["guarantee"], 0.0 if in_force else None), r
     assert got[0]["burst"] is None and got[1]["burst"] == 600
+
+
+@pytest.mark.parametrize("interval_s", [HOUR_S, 30], ids=["hour", "under-a-minute"])
+def test_usage_by_tenant_is_a_rate(history: HistoryStore, interval_s: int) -> None:
+    """Weighted tokens charged per bucket over the bucket's seconds; buckets under the rollup's minute are
+    minutes (what the rollup holds), so their rate is per minute, not the tokens of a minute over 30 s."""
+    width_ms = max(interval_s, 60) * 1000
+    lo, hi = round(PART.start.timestamp() * 1000), round(PART.end.timestamp() * 1000)
+    charged: dict[tuple[int, str], float] = defaultdict(float)
+    for ev in seed().events:  # the range filters the rollup's minutes: the minute at its end is in
+        if ev.phase is Phase.FINISH and lo <= floor_to(at(ev), S.MINUTE_MS) <= hi:
+            charged[(floor_to(at(ev), width_ms), ev.tenant)] += ev.charged.throughput if ev.charged else 0.0
+    got = rows(history, panel(tenants_cost.DASHBOARD, "Usage by tenant"), PART, interval_s)
+    expected = {k: v / (width_ms / 1000) for k, v in charged.items()}
+    assert {(r["t"], r["tenant"]) for r in got} == set(expected)
+    assert all(close(r["usage"], expected[(r["t"], r["tenant"])]) for r in got)
