@@ -19,6 +19,7 @@ from admitter.kafka.state_follower import StateFollower
 from admitter.metrics import StatsCollector
 from admitter.settings import AdmitterSettings
 from capacity.live import PoolLive
+from dashboards.promql import exposed_names
 from schemas.records import Amounts, EntitlementState, Outcome, Phase, PoolState, RequestEvent
 from schemas.wire import encode
 from tests.admitter.conftest import (
@@ -36,6 +37,7 @@ from tests.admitter.conftest import (
 )
 from tests.factories import ent as make_ent
 from tests.factories import pool as make_pool
+from tests.metric_names import STANDALONE_ONLY, missing, names_used
 
 
 def families(text: str) -> dict[str, list]:
@@ -84,6 +86,18 @@ async def test_public_metrics_flag_serves_without_the_admin_token(admitter) -> N
     async with adm.client() as c:
         resp = await c.get("/metrics")
     assert resp.status_code == 200 and families(resp.text)
+
+
+async def test_a_standalone_admitter_exports_the_metrics_only_it_has_that_rules_read(admitter) -> None:
+    """The names a dashboard or alert rule reads that only an admitter without Kafka exports (the rest are
+    checked on the running parts of ``tokenpools up``, tests/integration/test_up.py)."""
+    adm = await admitter(platform([pool()], [ent("acme")]))
+    async with adm.client() as c:
+        resp = await c.get("/metrics", headers=ADMIN)
+    assert resp.status_code == 200
+    exposed = exposed_names(resp.text)
+    assert set(names_used()) >= STANDALONE_ONLY, "a standalone-only name no dashboard or rule reads any more"
+    assert not missing(exposed, only=set(STANDALONE_ONLY)), missing(exposed, only=set(STANDALONE_ONLY))
 
 
 # -- the Kafka path: sink, spool and state follower ------------------------------------------

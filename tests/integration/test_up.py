@@ -28,10 +28,12 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from dashboards.promql import exposed_names
 from schemas import topics
 from schemas.records import ReplicasReport, RequestEvent
 from schemas.wire import BadRecords, decode, decode_request_events
 from tests.integration.harness import REPO, Kafka, eventually, settled, totals_are
+from tests.metric_names import STANDALONE_ONLY, missing
 
 pytestmark = pytest.mark.integration
 POOL = "llama-3-8b"
@@ -169,6 +171,17 @@ async def test_up_serves_through_both_admitters_closes_the_loop_and_stops_on_a_s
                 assert {row["entitlement"] for row in rows} == {name}, rows
                 decisions = sum(1 for ev in events if ev.entitlement == name and ev.outcome in DECISIONS)
                 assert sum(int(row["requests"]) for row in rows) == decisions, (rows, decisions)
+
+            # Every metric a dashboard or an alert rule reads is exported by a part that runs here, except
+            # those only a standalone admitter has (checked on one in tests/admitter/test_metrics.py).
+            token = {"Authorization": f"Bearer {info['admin_token']}"}
+            assert (await client.get(f"{admitters[0]}/metrics")).status_code == 401  # it names tenants
+            texts = [(await client.get(f"{url}/metrics", headers=token)) for url in admitters]
+            texts += [await client.get(info["pipeline"]["metrics_url"]), await client.get(f"{history['url']}/metrics")]
+            assert all(r.status_code == 200 for r in texts), [(r.url, r.status_code) for r in texts]
+            exposed = set().union(*(exposed_names(r.text) for r in texts))
+            absent = {n: r for n, r in missing(exposed).items() if n not in STANDALONE_ONLY}
+            assert not absent, f"metrics read by dashboards or rules but exported by no running part: {absent}"
 
         # The scaler runs in the loop: its report carries the replicas' URLs, and the pipeline counts them.
         reports = [decode(ReplicasReport, v, "replicas", BadRecords()) for _, v in
