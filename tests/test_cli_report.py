@@ -177,3 +177,26 @@ def test_relative_times() -> None:
     assert parse_instant("--from", "-6h", now) == datetime(2026, 5, 1, 6, 0, tzinfo=UTC)
     assert parse_instant("--from", "now-2d", now) == datetime(2026, 4, 29, 12, 0, tzinfo=UTC)
     assert parse_instant("--from", "2026-04-30T10:00:00", now) == datetime(2026, 4, 30, 10, 0, tzinfo=UTC)
+
+
+def test_the_closed_loop_writes_a_report_through_the_endpoint(seeded: tuple[HistoryStore, StoreSettings],
+                                                              tmp_path: Path) -> None:
+    """What the demo runs before ``up`` stops (tokenpools/experiments/closed_loop.py: history_report)."""
+    import io
+
+    from rich.console import Console
+
+    from tokenpools.experiments.closed_loop import HistoryEndpoint, history_report
+
+    printed = io.StringIO()
+    console = Console(file=printed, width=200)
+    start, end = seed.T0_MS / 1000, seed.END_MS / 1000
+    with served(seeded[0]) as url:
+        index = asyncio.run(history_report(HistoryEndpoint(url, TOKEN), tmp_path / "report", start, end, console))
+        refused = asyncio.run(history_report(HistoryEndpoint(url, "wrong"), tmp_path / "no", start, end, console))
+    assert index == str(tmp_path / "report" / "index.html")
+    summary = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert summary["errors"] == [] and summary["title"] == "Closed loop: the history's dashboards"
+    assert f"history report: {index}" in printed.getvalue()
+    assert refused is None
+    assert "no history report:" in printed.getvalue() and "401" in printed.getvalue()

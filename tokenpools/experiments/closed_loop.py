@@ -9,8 +9,9 @@ entitlement's global limit, and the replica count, as the rest of the platform s
 
 Outputs in ``out``: ``load/`` (the load generator's own report: per-tenant table, latency.png,
 records), ``timeline.json`` (what the topics said, by second), ``closed_loop.png``, ``table.md``,
-``summary.json`` with the checked claims, ``history.json`` (three analyst answers from the history), and
-``up/`` (logs of every part).
+``summary.json`` with the checked claims, ``history.json`` (three analyst answers from the history),
+``report/`` (the ClickHouse dashboards' panels over the run, ``tokenpools report`` through the history
+endpoint: index.html and PNGs), and ``up/`` (logs of every part).
 
 History: ``tokenpools up`` also runs the history process (the sink into chDB under ``up/history`` and its
 query endpoint). Before ``up`` stops, the demo waits until the history holds every event the admitters
@@ -295,6 +296,36 @@ async def history_part(up: Up, prefix: str, console: Console, t0: float) -> dict
     return {"endpoint": history.url, "wait": wait, "answers": await ask_history(history, t0 - 60, time.time())}
 
 
+async def history_report(history: HistoryEndpoint, out: Path, start: float, end: float, console: Console
+                         ) -> str | None:
+    """The ClickHouse dashboards' panels over the run (what ``tokenpools report --endpoint`` writes), in
+    ``out``; the path of its index.html, or None, said why. The report is for looking at the run, not a
+    claim: a panel that fails is marked in it, and no failure here stops the demo."""
+    from dashboards.macros import TimeRange
+    from dashboards.report import ReportError, run_report, write_report
+
+    loop = asyncio.get_running_loop()
+
+    def run_sql(sql: str) -> tuple[list[str], list[list[Any]]]:
+        # The report draws in a worker thread; its queries go through this loop's endpoint client.
+        answer = asyncio.run_coroutine_threadsafe(history.post("/query", {"sql": sql}), loop).result()
+        return answer["columns"], answer["rows"]
+
+    def make() -> tuple[Path, tuple[str, ...]]:
+        report = run_report(run_sql, TimeRange.of_epoch(start, end), title="Closed loop: the history's dashboards")
+        return write_report(report, out), report.errors
+
+    try:
+        with console.status("writing the history report (the ClickHouse dashboards' panels)"):
+            index, errors = await asyncio.to_thread(make)
+    except (ReportError, OSError) as exc:
+        console.print(f"[red]no history report:[/red] {exc}")
+        return None
+    failed = f", [red]{len(errors)} panels failed[/red] (see the page)" if errors else ""
+    console.print(f"history report: {index}{failed}")
+    return str(index)
+
+
 # Shorter headers for the printed tables (the JSON keeps the questions' column names).
 HEADERS = {"prompt_tokens": "prompt", "output_tokens": "output", "charged_throughput": "charged",
            "refused_dimension": "dimension", "refused_share": "share", "ttft_n": "n", "ttft_p50": "P50",
@@ -374,6 +405,9 @@ async def run_live(plan: Plan, keys: dict[str, str], config: Path, out: Path, co
         await wait_for_minimum(timeline, pool.name, pool.spec.replicas.min, SHRINK_WAIT_S, console)
         await asyncio.sleep(1.0)  # the last records in flight
         history = await history_part(up, prefix, console, t0)
+        if ready := up.ready.get("history"):
+            history["report"] = await history_report(HistoryEndpoint(ready["url"], ready["token"]), out / "report",
+                                                     t0 - 60, time.time(), console)
         return result, timeline, t0, history
     finally:
         stop.set()
@@ -653,7 +687,8 @@ def run(out: Path = Path("results/closed-loop"), *, console: Console | None = No
     answers = history["answers"]
     (out / "table.md").write_text(table + "\n\nFrom the history (history.json):\n\n" + history_markdown(answers)
                                   + "\n", encoding="utf-8")
-    summary = {"workload": plan.name, "requests": len(result.records), **analysis, "history": history["wait"]}
+    summary = {"workload": plan.name, "requests": len(result.records), **analysis, "history": history["wait"],
+               "report": history.get("report")}
     write_json(out / "summary.json", summary)
     console.print(table, soft_wrap=True)
     console.rule("Three analyst answers from the history")
@@ -663,6 +698,8 @@ def run(out: Path = Path("results/closed-loop"), *, console: Console | None = No
     console.print(f"the history counted {check['history_decisions']} admission decisions, {check['history_refused']} "
                   f"refused; the load generator sent {check['load_sent']} requests and got "
                   f"{check['load_refused']} refusals (429)")
+    if history.get("report"):
+        console.print(f"the history's dashboards over the run, as PNGs and one page: {history['report']}")
     if history.get("endpoint"):
         console.print(f"(asked of {history['endpoint']} while the demo ran; `tokenpools history ask NAME "
                       f"--endpoint URL --token T` does the same on a running `tokenpools up`)")
