@@ -255,3 +255,14 @@ def test_named_entitlements_find_their_pool_and_an_unknown_one_is_refused(store:
     with pytest.raises(ReportError, match="'nobody-here' has no events") as refused:
         run_report(store_runner(store), RANGE, dashboards=(ENTITLEMENT_LIKE,), entitlements=["nobody-here"])
     assert refused.value.bad_input
+
+
+def test_units_read_as_grafana_shows_them() -> None:
+    from dashboards.report.units import cell, format_value
+
+    assert [format_value(v, u) for v, u in [(0.5, "percentunit"), (0.25, "s"), (7200, "s"), (1234.5, "reqps"),
+                                           (12_345_678, "short"), (2048, "bytes"), (1500, "ms")]] == \
+        ["50%", "250 ms", "2 h", "1.23k req/s", "12.3M", "2 KiB", "1.5 s"]
+    # An endpoint's JSON times and the store's native values read the same in a table.
+    assert cell("2026-12-03T21:29:32.000Z", "short") == "2026-12-03 21:29:32"
+    assert cell(RANGE.start, "short") == cell(RANGE.start.isoformat().replace("+00:00", "Z"), "short")
