@@ -205,7 +205,9 @@ def _timeseries(result: PanelResult, time_range: TimeRange, interval_s: int) -> 
     if finite and min(finite) >= 0:
         ax.set_ylim(bottom=0)
     _unit_axis(ax.yaxis, result.panel.unit)
-    _legend(ax, len(names))
+    # One series named by a string column still needs its name shown (which dimension, which pool).
+    named = any(k == "str" for k in column_kinds(result.columns, result.rows)[1:])
+    _legend(ax, len(names) + (1 if named else 0))
     return _png(fig)
 
 
