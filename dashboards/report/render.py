@@ -275,9 +275,11 @@ def _table(result: PanelResult) -> bytes:
     more = len(result.rows) > len(shown)
     panel = result.panel
     # As tall as its rows, not as the panel: the page shows the whole table under it anyway.
-    fig = Figure(figsize=(max(4.2, FULL_WIDTH_IN * min(max(panel.width, 1), 24) / 24),
-                          0.25 * (len(shown) + 1) + (0.35 if more else 0.1)), dpi=DPI, facecolor="white")
-    ax = fig.add_axes((0.005, 0.3 / (len(shown) + 2) if more else 0.01, 0.99, 0.98))
+    footer_in = 0.3 if more else 0.05  # room under the table for "first N of M rows"
+    height_in = 0.25 * (len(shown) + 1) + footer_in + 0.05
+    fig = Figure(figsize=(max(4.2, FULL_WIDTH_IN * min(max(panel.width, 1), 24) / 24), height_in), dpi=DPI,
+                 facecolor="white")
+    ax = fig.add_axes((0.005, footer_in / height_in, 0.99, 1 - (footer_in + 0.03) / height_in))
     ax.set_axis_off()
     table = ax.table(cellText=text, colLabels=list(result.columns), loc="upper center", cellLoc="left",
                      bbox=Bbox.from_bounds(0.0, 0.0, 1.0, 1.0))
@@ -290,7 +292,8 @@ def _table(result: PanelResult) -> bytes:
             box.set_facecolor("#f4f5f8")
             box.get_text().set_fontweight("bold")
     if more:
-        fig.text(0.005, 0.01, f"first {len(shown)} of {len(result.rows)} rows", fontsize=8, color=MUTED, va="bottom")
+        fig.text(0.005, 0.04 / height_in, f"first {len(shown)} of {len(result.rows)} rows", fontsize=8, color=MUTED,
+                 va="bottom")
     return _png(fig)
 
 

@@ -100,7 +100,8 @@ def _chromium(binary: Path, profile: Path, *args: str) -> subprocess.CompletedPr
 
 
 def _dump(binary: Path, page: Path, tmp_path: Path) -> _Dom:
-    result = _chromium(binary, tmp_path / "profile-dom", "--dump-dom", page.as_uri())
+    # The screenshot's width: images scale with it, so the page height the script reports is the one to shoot.
+    result = _chromium(binary, tmp_path / "profile-dom", "--window-size=1400,1000", "--dump-dom", page.as_uri())
     assert result.returncode == 0, result.stderr[-2000:]
     dom = _Dom()
     dom.feed(result.stdout)
