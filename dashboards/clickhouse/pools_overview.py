@@ -104,6 +104,7 @@ _SPOT_PER_VERSION = """\
     SELECT
         $__timeInterval(p.ts) AS t,
         p.pool AS pool,
+        p.capacity_throughput AS capacity,
         greatest(p.capacity_throughput - ifNull(v.guaranteed, 0) - ifNull(v.elastic, 0), 0) AS idle,
         ifNull(v.spot, 0) AS spot
     FROM pool_state AS p
@@ -131,8 +132,13 @@ FROM
 GROUP BY t, pool
 ORDER BY t, pool"""
 
-SPOT_IDLE_SHARE = f"""\
-SELECT t, pool, if(sum(idle) = 0, NULL, sum(spot) / sum(idle)) AS spot_idle_share
+# Stranded: capacity no tier used, spot included (what backfill is for). A ratio of sums over the bucket's
+# versions (= average over average), bounded by [0, 1] unlike spot / idle, which explodes when idle is ~0.
+STRANDED = f"""\
+SELECT
+    t, pool,
+    if(sum(capacity) = 0, NULL, sum(greatest(idle - spot, 0)) / sum(capacity)) AS stranded_share,
+    if(sum(capacity) = 0, NULL, sum(spot) / sum(capacity)) AS spot_share
 FROM
 (
 {_SPOT_PER_VERSION}
@@ -188,11 +194,11 @@ DASHBOARD = Dashboard(
                 columns=("t", "pool", "idle", "spot"),
             ),
             Panel(
-                title="Spot share of idle capacity",
-                answers="Per pool, what share of the capacity the guaranteed and elastic tiers left idle did spot "
-                        "fill (above 1: spot also used capacity beyond what was idle)?",
-                viz=Viz.TIMESERIES, targets=(Target(SPOT_IDLE_SHARE),), unit="percentunit",
-                columns=("t", "pool", "spot_idle_share"),
+                title="Stranded capacity (share of capacity)",
+                answers="Per pool, what share of the capacity did no tier use, spot included, and what share did "
+                        "spot fill?",
+                viz=Viz.TIMESERIES, targets=(Target(STRANDED),), unit="percentunit",
+                columns=("t", "pool", "stranded_share", "spot_share"),
             ),
         )),
     ),

@@ -3,8 +3,9 @@ so it opens from a file, a mail attachment or an air-gapped machine the same way
 
 Each panel is a ``<figure class="panel">`` whose ``data-*`` attributes say what it holds (``data-panel``,
 ``data-rows``, ``data-status`` ok/nodata/error), laid out on Grafana's 24-column grid at the panel's width.
-A few lines of inline script mark each figure ``data-img="loaded"`` once its image decoded (or
-``broken``), so a headless browser's DOM tells whether the page a person sees is whole.
+A few lines of inline script mark each figure ``data-rendered="image"`` once its image decoded,
+``"table"`` for a table panel whose rows are on the page (a table is shown as HTML, not as a picture of
+one), or ``"broken"``, so a headless browser's DOM tells whether the page a person sees is whole.
 """
 
 from __future__ import annotations
@@ -61,11 +62,13 @@ SCRIPT = """
     var loaded = 0;
     figures.forEach(function (f) {
       var img = f.querySelector('img');
-      var ok = !!img && img.complete && img.naturalWidth > 0;
-      f.setAttribute('data-img', ok ? 'loaded' : 'broken');
-      if (ok) { loaded += 1; }
+      var rows = f.querySelectorAll('table tbody tr').length;
+      var how = img ? (img.complete && img.naturalWidth > 0 ? 'image' : 'broken') : (rows > 0 ? 'table' : 'broken');
+      f.setAttribute('data-rendered', how);
+      f.setAttribute('data-table-rows', String(rows));
+      if (how !== 'broken') { loaded += 1; }
     });
-    document.body.setAttribute('data-images-loaded', String(loaded));
+    document.body.setAttribute('data-panels-rendered', String(loaded));
     document.body.setAttribute('data-height', String(document.documentElement.scrollHeight));
     document.body.setAttribute('data-checked', 'true');
   }
@@ -111,12 +114,13 @@ def _figure(section: Section, result: PanelResult) -> str:
              "data-rows": str(len(result.rows)), "data-status": result.status.value}
     attr_text = " ".join(f'{k}="{_e(v)}"' for k, v in attrs.items())
     sql = "\n\n".join(result.sql)
+    table = panel.viz.value == "table" and bool(result.rows)  # its PNG stays in png/ for slides and mail
     parts = [
         f'<figure class="panel" id="{_e(section.key)}--{_e(result.slug)}" style="grid-column: span {width}" '
         f"{attr_text}>",
         f'<figcaption><h4>{_e(panel.title)}</h4><p class="answers">{_e(panel.answers)}</p></figcaption>',
-        f'<img alt="{_e(panel.title)}" src="{data_uri(result.png)}">' if result.png else "",
-        _table(result) if panel.viz.value == "table" and result.rows else "",
+        _table(result) if table else f'<img alt="{_e(panel.title)}" src="{data_uri(result.png)}">' if result.png
+        else "",
         _status(result),
         f"<details><summary>SQL as run</summary><pre>{_e(sql)}</pre></details>" if sql else "",
         "</figure>",

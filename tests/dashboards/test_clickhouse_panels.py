@@ -292,6 +292,21 @@ def test_spot_backfill_one_pool(history: HistoryStore) -> None:
                                                                 mean(tier_usage(s, Tier.SPOT) for s in versions))
 
 
+def test_stranded_capacity_is_unused_capacity_over_capacity_per_bucket(history: HistoryStore) -> None:
+    got = {(r["pool"], r["t"]): r for r in rows(history, panel(pools_overview.DASHBOARD, "Stranded capacity"))}
+    for pool in ("pool-a", "pool-b"):
+        for bucket, versions in pool_buckets(pool).items():
+            capacity = sum(s.capacity.throughput for s in versions)
+            stranded = sum(max(0.0, max(0.0, s.capacity.throughput - tier_usage(s, Tier.GUARANTEED)
+                                        - tier_usage(s, Tier.ELASTIC)) - tier_usage(s, Tier.SPOT))
+                           for s in versions)
+            spot = sum(tier_usage(s, Tier.SPOT) for s in versions)
+            r = got[(pool, bucket)]
+            assert close(r["stranded_share"], stranded / capacity), (pool, bucket)
+            assert close(r["spot_share"], spot / capacity), (pool, bucket)
+            assert 0 <= r["stranded_share"] <= 1
+
+
 def test_guaranteed_capacity_sold_and_used(history: HistoryStore) -> None:
     end_ms = round(ALL.end.timestamp() * 1000)
     sold: dict[tuple[str, str], float] = defaultdict(float)

@@ -28,6 +28,7 @@ import pytest
 from dashboards.catalog import CLICKHOUSE
 from dashboards.macros import TimeRange
 from dashboards.report import MAX_DEFAULT_ENTITLEMENTS, Report, ReportError, Status, run_report, write_report
+from dashboards.report.page import HTML_TABLE_ROWS
 from dashboards.report.runner import ProgressEvent
 from dashboards.spec import Dashboard, Panel, Row, Source, Target, Variable, Viz
 from streams.history.migrate import migrate
@@ -123,10 +124,13 @@ def test_every_panel_is_on_screen_with_data_in_chromium(made: Made, chromium: Pa
                                    for d in CLICKHOUSE)
     for figure in dom.figures:
         where = f"{figure['data-dashboard']} / {figure['data-title']}"
-        assert figure.get("data-img") == "loaded", f"{where}: its image did not load in Chromium"
+        table = figure["data-viz"] == "table"
+        assert figure.get("data-rendered") == ("table" if table else "image"), f"{where}: not rendered in Chromium"
+        if table:
+            assert int(figure["data-table-rows"]) == min(int(figure["data-rows"]), HTML_TABLE_ROWS), where
         assert int(figure["data-rows"]) > 0, f"{where}: no rows"
         assert figure["data-status"] == "ok", f"{where}: {figure['data-status']}"
-    assert int(dom.body["data-images-loaded"]) == len(dom.figures)
+    assert int(dom.body["data-panels-rendered"]) == len(dom.figures)
     assert "no data in this range" not in page.read_text(encoding="utf-8")
 
     height = min(int(dom.body.get("data-height") or 20_000) + 40, MAX_SCREENSHOT_HEIGHT)
@@ -148,7 +152,8 @@ def test_the_page_is_self_contained(made: Made) -> None:
     assert "<link" not in text and "<script src" not in text and "url(" not in text
     sources = [chunk.split('"', 1)[0] for chunk in text.split(' src="')[1:]]
     assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
-    assert len(sources) == len(made.report.panels)
+    tables = sum(1 for r in made.report.panels if r.panel.viz is Viz.TABLE and r.rows)  # shown as HTML tables
+    assert tables > 0 and len(sources) == len(made.report.panels) - tables
 
 
 def test_report_json_pngs_and_progress(made: Made) -> None:
@@ -226,7 +231,7 @@ def test_own_dashboard_every_visualisation_and_the_failures(store: HistoryStore,
     write_report(report, tmp_path / "own")
     dom = _dump(chromium, tmp_path / "own" / "index.html", tmp_path)
     figures = {f["data-title"]: f for f in dom.figures}
-    assert all(f.get("data-img") == "loaded" for f in dom.figures)
+    assert all(f.get("data-rendered") in ("image", "table") for f in dom.figures)
     assert figures["Nothing"]["data-status"] == "nodata" and figures["Nothing"]["data-rows"] == "0"
     assert figures["Wrong columns"]["data-status"] == "error"
     assert {t: f["data-status"] for t, f in figures.items() if t not in ("Nothing", "Wrong columns")} == dict.fromkeys(
