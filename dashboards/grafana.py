@@ -204,6 +204,8 @@ def _panel(source: Source, panel: Panel, panel_id: int, pos: models.GridPos) -> 
         builder = table.Panel().filterable(True)
     builder.id(panel_id).title(panel.title).description(panel.answers).unit(panel.unit)
     builder.datasource(datasource_ref(source)).grid_pos(pos)
+    for column, unit in panel.column_units:
+        builder.override_by_name(column, [models.DynamicConfigValue(id_val="unit", value=unit)])
     for target in panel.targets:
         builder.with_target(_target(source, panel, target))
     return builder

@@ -53,6 +53,12 @@ class Panel:
     width: int = 12  # of Grafana's 24 columns
     height: int = 8
     stack: bool = False
+    # Per-column units where one panel unit does not fit every column (a table of tokens, charges and
+    # shares): (column, Grafana unit id); Grafana gets a field override by name, the report formats alike.
+    column_units: tuple[tuple[str, str], ...] = ()
+
+    def unit_of(self, column: str) -> str:
+        return dict(self.column_units).get(column, self.unit)
 
 
 @dataclass(frozen=True, slots=True)

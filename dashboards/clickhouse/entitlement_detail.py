@@ -214,7 +214,8 @@ DASHBOARD = Dashboard(
                 title="Latest refused requests",
                 answers="Which of the entitlement's requests were refused last, on which dimension, with what "
                         "status and retry-after?",
-                viz=Viz.TABLE, targets=(Target(LATEST_REFUSED),), unit="short", width=24, height=10,
+                viz=Viz.TABLE, targets=(Target(LATEST_REFUSED),), unit="none", width=24, height=10,
+                column_units=(("retry_after_s", "s"),),
                 columns=("time", "request_id", "dimension", "status_code", "retry_after_s", "prompt_tokens",
                          "max_tokens"),
             ),

@@ -140,6 +140,8 @@ DASHBOARD = Dashboard(
                 answers="What does each tenant owe for each whole month the range touches, per tier, at the "
                         "price list's prices per 1,000 prompt and output tokens?",
                 viz=Viz.TABLE, targets=(Target(CHARGEBACK),), unit="short", width=24,
+                column_units=(("prompt_tokens", "none"), ("output_tokens", "none"), ("guaranteed_charge", "none"),
+                              ("elastic_charge", "none"), ("spot_charge", "none"), ("charge", "none")),
                 columns=("month", "tenant", "prompt_tokens", "output_tokens", "guaranteed_charge",
                          "elastic_charge", "spot_charge", "charge"),
             ),
@@ -148,6 +150,7 @@ DASHBOARD = Dashboard(
                 answers="Per pool and tenant, how much guaranteed throughput was sold (specs in force at the "
                         "range's end) and how much did its guaranteed entitlements use on average?",
                 viz=Viz.TABLE, targets=(Target(GUARANTEED_SOLD_VS_USED),), unit="short", width=24,
+                column_units=(("used_share", "percentunit"),),
                 columns=("pool", "tenant", "guaranteed_sold", "guaranteed_used", "used_share"),
             ),
         )),

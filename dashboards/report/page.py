@@ -90,7 +90,8 @@ def _table(result: PanelResult) -> str:
     numeric = [all(isinstance(r[i], int | float) or r[i] is None for r in rows) for i in range(len(result.columns))]
     head = "".join(f"<th>{_e(c)}</th>" for c in result.columns)
     td = ['<td class="num">' if n else "<td>" for n in numeric]
-    body = "".join("<tr>" + "".join(f"{td[i]}{_e(cell(v, result.panel.unit))}</td>" for i, v in enumerate(row))
+    units = [result.panel.unit_of(c) for c in result.columns]
+    body = "".join("<tr>" + "".join(f"{td[i]}{_e(cell(v, units[i]))}</td>" for i, v in enumerate(row))
                    + "</tr>" for row in rows)
     more = (f'<p class="status">first {len(rows)} of {len(result.rows)} rows (report.json has the SQL to get '
             "them all)</p>") if len(result.rows) > len(rows) else ""

@@ -271,7 +271,8 @@ def _stat(result: PanelResult) -> bytes:
 
 def _table(result: PanelResult) -> bytes:
     shown = result.rows[:TABLE_IMAGE_ROWS]
-    text = [[textwrap.shorten(cell(v, result.panel.unit), 28, placeholder="…") for v in row] for row in shown]
+    units = [result.panel.unit_of(c) for c in result.columns]
+    text = [[textwrap.shorten(cell(v, units[i]), 28, placeholder="…") for i, v in enumerate(row)] for row in shown]
     more = len(result.rows) > len(shown)
     panel = result.panel
     # As tall as its rows, not as the panel: the page shows the whole table under it anyway.

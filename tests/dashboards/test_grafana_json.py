@@ -150,3 +150,15 @@ def test_readme_lists_every_dashboard_and_panel() -> None:
             assert p.title in readme and p.answers in readme
         for v in d.variables:
             assert f"`{v.name}`" in readme
+
+
+def test_column_units_name_real_columns_and_become_overrides_by_name() -> None:
+    declared = [(d, p) for d in catalog.ALL for p in d.panels if p.column_units]
+    assert declared, "no panel sets per-column units: this test would check nothing"
+    for dashboard, panel in declared:
+        assert {c for c, _ in panel.column_units} <= set(panel.columns), (dashboard.uid, panel.title)
+        data = json.loads(JSONS[dashboard.uid])
+        (made,) = [p for p in data["panels"] if p.get("title") == panel.title]
+        overrides = {o["matcher"]["options"]: o["properties"] for o in made["fieldConfig"]["overrides"]
+                     if o["matcher"]["id"] == "byName"}
+        assert overrides == {c: [{"id": "unit", "value": u}] for c, u in panel.column_units}, panel.title

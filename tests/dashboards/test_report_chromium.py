@@ -272,3 +272,15 @@ def test_units_read_as_grafana_shows_them() -> None:
     # An endpoint's JSON times and the store's native values read the same in a table.
     assert cell("2026-12-03T21:29:32.000Z", "short") == "2026-12-03 21:29:32"
     assert cell(RANGE.start, "short") == cell(RANGE.start.isoformat().replace("+00:00", "Z"), "short")
+
+
+def test_table_cells_take_their_column_unit(made: Made) -> None:
+    text = (made.out / "index.html").read_text(encoding="utf-8")
+    title = 'data-title="Guaranteed capacity sold vs used (weighted tokens/s)"'
+    figure = text.split(title, 1)[1].split("</figure>", 1)[0]
+    header = figure.split("<thead>", 1)[1].split("</thead>", 1)[0]
+    share = [h.split("</th>")[0] for h in header.split("<th>")[1:]].index("used_share")
+    first_row = figure.split("<tbody><tr>", 1)[1].split("</tr>", 1)[0]
+    cells = [c.split("</td>")[0].rsplit(">", 1)[-1] for c in first_row.split("<td")[1:]]
+    assert cells[share].endswith("%"), cells  # percentunit, while the sold and used columns stay plain numbers
+    assert not cells[share - 1].endswith("%"), cells
