@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install lint bench schemas clean
+.PHONY: demo test install lint bench schemas dashboards clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ bench: $(STAMP)
 
 schemas: $(STAMP)
 	$(BIN)/tokenpools schemas export
+
+# Regenerate dashboards/json/ and the panel reference in dashboards/README.md from dashboards/ (make test
+# fails while they are stale).
+dashboards: $(STAMP)
+	$(BIN)/python -m dashboards
 
 clean:
 	rm -rf $(VENV) results .pytest_cache .hypothesis
