@@ -139,11 +139,9 @@ def _print_questions(listing: dict[str, Any], fmt: str) -> None:
 # -- the endpoint
 
 
-def _remote(settings: HistorySettings, endpoint: str, token: str | None, method: str, path: str,
-            body: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A request to a history process's endpoint; exit 1 with its message when it refuses."""
-    import httpx
-
+def endpoint_token(settings: HistorySettings, endpoint: str, token: str | None) -> str:
+    """The bearer token for a history endpoint (``--token``, else the endpoint's own settings); exit 2 with
+    what to fix when the endpoint is no URL or no token is to be had."""
     if not endpoint.startswith(("http://", "https://")):
         _fail(f"--endpoint must be an http(s):// URL such as http://127.0.0.1:{settings.server.port}")
     if token is None:
@@ -153,6 +151,15 @@ def _remote(settings: HistorySettings, endpoint: str, token: str | None, method:
             _fail(f"cannot read the token file {settings.server.token_file}: {exc.strerror or exc}")
     if not token:
         _fail("--endpoint needs --token (or TOKENPOOLS_HISTORY_SERVER__TOKEN / TOKENPOOLS_HISTORY_SERVER__TOKEN_FILE)")
+    return token
+
+
+def _remote(settings: HistorySettings, endpoint: str, token: str | None, method: str, path: str,
+            body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A request to a history process's endpoint; exit 1 with its message when it refuses."""
+    import httpx
+
+    token = endpoint_token(settings, endpoint, token)
     url = endpoint.rstrip("/") + path
     try:
         r = httpx.request(method, url, json=body, headers={"Authorization": f"Bearer {token}"},

@@ -32,6 +32,7 @@ from tokenpools.cli.history import (
     _fail,
     _open,
     _settings,
+    endpoint_token,
 )
 
 if TYPE_CHECKING:
@@ -79,15 +80,7 @@ def endpoint_runner(settings: HistorySettings, endpoint: str, token: str | None)
     """SQL through a history process's ``POST /query``; the runner and the HTTP client to close."""
     import httpx
 
-    if not endpoint.startswith(("http://", "https://")):
-        _fail(f"--endpoint must be an http(s):// URL such as http://127.0.0.1:{settings.server.port}")
-    if token is None:
-        try:
-            token = settings.server.token_value()
-        except OSError as exc:
-            _fail(f"cannot read the token file {settings.server.token_file}: {exc.strerror or exc}")
-    if not token:
-        _fail("--endpoint needs --token (or TOKENPOOLS_HISTORY_SERVER__TOKEN / TOKENPOOLS_HISTORY_SERVER__TOKEN_FILE)")
+    token = endpoint_token(settings, endpoint, token)
     client = httpx.Client(base_url=endpoint.rstrip("/"), headers={"Authorization": f"Bearer {token}"},
                           timeout=settings.store.query_timeout_s + 10)
 
