@@ -1,4 +1,4 @@
-"""`tokenpools config check` and `tokenpools schemas export`."""
+"""`tokenpools config check` and `tokenpools schemas export` (JSON Schema files and the CRDs)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 
 app = typer.Typer(help="Validate pool, entitlement and workload configs.", no_args_is_help=True)
-schemas_app = typer.Typer(help="JSON Schema files generated from the models.", no_args_is_help=True)
+schemas_app = typer.Typer(help="JSON Schema files and CRDs generated from the models.", no_args_is_help=True)
 out = Console(highlight=False)
 
 EXIT_BAD_CONFIG = 2
@@ -34,16 +34,20 @@ def check(paths: list[Path] = typer.Argument(..., help="YAML files or folders of
 @schemas_app.command("export")
 def export_schemas(
     check_only: bool = typer.Option(False, "--check", help="Exit 1 if the committed files are stale."),
+    crd_dir: Path | None = typer.Option(
+        None, "--crd-dir", help="Where the CRDs go (default: deploy/helm/tokenpools/crds/ of this checkout)."
+    ),
 ) -> None:
-    """Write schemas/jsonschema/*.json from the pydantic models."""
-    from schemas import export
+    """Write schemas/jsonschema/*.json and the Kubernetes CRDs from the pydantic models."""
+    from schemas import crd, export
 
+    crds_at = crd_dir or crd.CRD_DIR
     if check_only:
-        stale = export.stale()
+        stale = [*export.stale(), *(str(crds_at / f) for f in crd.stale(crds_at))]
         if stale:
-            typer.echo(f"stale JSON Schema files: {', '.join(stale)}; run `tokenpools schemas export`", err=True)
+            typer.echo(f"stale generated files: {', '.join(stale)}; run `{crd.EXPORT_COMMAND}`", err=True)
             raise typer.Exit(1)
-        out.print("JSON Schema files are up to date")
+        out.print("JSON Schema files and CRDs are up to date")
         return
-    for path in export.export():
+    for path in [*export.export(), *crd.export(crds_at)]:
         out.print(f"wrote {path}")
