@@ -1,4 +1,8 @@
-"""Settings of ``tokenpools scaler`` (local emulator replicas scaled from the pipeline's pool states).
+"""Settings of ``tokenpools scaler`` (replicas scaled from the pipeline's pool states).
+
+``actuator`` says what it scales: ``local`` (the default: emulator replicas in this process) or
+``kubernetes`` (each pool's vLLM Deployment in ``namespace``, found by the ``pool_label`` label; see
+``scaler.kube.actuator``), reached with ``kubeconfig`` / ``kube_context`` or the in-cluster config.
 
 A pydantic-settings model like the admitter's and the pipeline's: every field is read from
 ``TOKENPOOLS_SCALER_<FIELD>`` (``TOKENPOOLS_SCALER_REPORT_EVERY``, ``TOKENPOOLS_SCALER_POOLS='["a"]'``),
@@ -9,7 +13,7 @@ the Kafka block from ``TOKENPOOLS_KAFKA_*`` or ``KAFKA_BOOTSTRAP_SERVERS``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -20,7 +24,7 @@ ENV_PREFIX = "TOKENPOOLS_SCALER_"
 
 
 class ScalerSettings(ServiceSettings):
-    """What one scaler process needs: Kafka, the pools it scales, and its local actuator's knobs."""
+    """What one scaler process needs: Kafka, the pools it scales, and its actuator's knobs."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX)
     kafka_keys: ClassVar[dict[str, str]] = {"bootstrap_servers": "bootstrap", "topic_prefix": "prefix"}
@@ -31,3 +35,19 @@ class ScalerSettings(ServiceSettings):
     speedup: float = Field(default=1.0, gt=0, le=1e6, description="Speed-up factor of the local emulator replicas")
     report_every: float = Field(default=10.0, gt=0, le=DAY, description="Re-publish ready replicas every N seconds")
     log_level: LogLevel = "info"
+    actuator: Literal["local", "kubernetes"] = Field(
+        default="local", description="What to scale: emulator replicas here (local) or Deployments (kubernetes)")
+    namespace: str | None = Field(
+        default=None, min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Namespace of the pools' Deployments (kubernetes; default: the pod's own namespace, "
+                    "else the kubeconfig context's, else 'default')")
+    kubeconfig: Path | None = Field(
+        default=None,
+        description="Kubeconfig file (kubernetes; default: in-cluster, else $KUBECONFIG or ~/.kube/config)")
+    kube_context: str | None = Field(default=None, description="Kubeconfig context (kubernetes; default: its current)")
+    pool_label: str = Field(default="tokenpools.dev/pool", min_length=1,
+                            description="Label naming the pool on its Deployment and Service (kubernetes)")
+    port_name: str = Field(default="http", min_length=1,
+                           description="Name of the pool Service's port that serves vLLM's API (kubernetes)")
+    kube_cache_ttl: float = Field(default=1.0, ge=0, le=60,
+                                  description="Seconds a read of the pools' Kubernetes objects is reused (kubernetes)")

@@ -15,6 +15,7 @@ When none works, ``KubeConfigError`` says every source tried and why each failed
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -63,3 +64,20 @@ def api_client(kubeconfig: Path | None = None, *, context: str | None = None) ->
         ctx = f", context {context!r}" if context else ""
         tried.append(f"kubeconfig {path} ({where}{ctx}): {exc}")
     raise KubeConfigError("no Kubernetes API server configuration found; tried:\n  " + "\n  ".join(tried))
+
+
+def default_namespace(kubeconfig: Path | None = None, *, context: str | None = None) -> str:
+    """The namespace to work in when none is given: the pod's own, else the kubeconfig context's, else ``default``."""
+    if kubeconfig is None and in_cluster():
+        own = Path(SERVICE_TOKEN_FILENAME).with_name("namespace")
+        with contextlib.suppress(OSError):
+            if name := own.read_text().strip():
+                return name
+    path = str(kubeconfig.expanduser()) if kubeconfig is not None else default_kubeconfig()
+    with contextlib.suppress(ConfigException, OSError, ValueError, KeyError, TypeError):
+        contexts, active = config.list_kube_config_contexts(config_file=path)  # type: ignore[no-untyped-call]
+        chosen = next((c for c in contexts if c.get("name") == context), None) if context else active
+        namespace = ((chosen or {}).get("context") or {}).get("namespace")
+        if isinstance(namespace, str) and namespace:
+            return namespace
+    return "default"

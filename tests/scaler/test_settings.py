@@ -57,3 +57,30 @@ def test_the_command_refuses_bad_settings_before_connecting(monkeypatch: pytest.
     assert result.exit_code == 2 and "error: kafka.bootstrap: Kafka bootstrap server" in result.output
     result = CliRunner().invoke(app, ["scaler"])
     assert result.exit_code == 2 and "error: config_paths: Field required" in result.output
+
+
+def test_the_kubernetes_actuator_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = ScalerSettings(config_paths=["a"])
+    assert (s.actuator, s.namespace, s.kubeconfig, s.pool_label, s.port_name) == \
+        ("local", None, None, "tokenpools.dev/pool", "http")
+    monkeypatch.setenv("TOKENPOOLS_SCALER_ACTUATOR", "kubernetes")
+    monkeypatch.setenv("TOKENPOOLS_SCALER_NAMESPACE", "pools")
+    monkeypatch.setenv("TOKENPOOLS_SCALER_KUBECONFIG", "/etc/kube.yaml")
+    s = ScalerSettings(config_paths=["a"])
+    assert (s.actuator, s.namespace, s.kubeconfig) == ("kubernetes", "pools", Path("/etc/kube.yaml"))
+    for bad in ({"actuator": "k8s"}, {"namespace": "Not_A_Namespace"}, {"kube_cache_ttl": -1}):
+        with pytest.raises(ValidationError):
+            ScalerSettings(config_paths=["a"], **bad)
+
+
+def test_the_kubernetes_command_says_which_configs_it_tried(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from tokenpools.cli import app
+
+    monkeypatch.setattr("asyncio.run", lambda *a, **k: pytest.fail("must not start"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "none"))
+    result = CliRunner().invoke(app, ["scaler", "--config", str(EXAMPLES), "--actuator", "kubernetes"])
+    assert result.exit_code == 2
+    assert "in-cluster config: not in a pod" in result.output and f"kubeconfig {tmp_path / 'none'}" in result.output

@@ -1,9 +1,15 @@
-"""`tokenpools scaler`: replicas from the pipeline's pool states, on this machine.
+"""`tokenpools scaler`: replicas from the pipeline's pool states.
 
-Follows ``tokenpools.pool-state``, applies each pool's scaling rule and starts or stops emulator
-replicas in this process (``scaler.local.LocalActuator``), and reports ready replicas on
-``tokenpools.replicas`` with their URLs, which admitters started with ``--discover`` route to. The URLs
-are printed on every change too (for an admitter's ``--backend`` without discovery).
+Follows ``tokenpools.pool-state``, applies each pool's scaling rule and acts through one of two
+actuators, reporting ready replicas on ``tokenpools.replicas`` with their URLs, which admitters
+started with ``--discover`` route to:
+
+- ``--actuator local`` (the default) starts or stops emulator replicas in this process
+  (``scaler.local.LocalActuator``); the URLs are printed on every change too (for an admitter's
+  ``--backend`` without discovery);
+- ``--actuator kubernetes --namespace NS [--kubeconfig PATH]`` scales each pool's vLLM Deployment
+  through its ``scale`` subresource (``scaler.kube.actuator.KubernetesActuator``); the URLs are the
+  Ready pods of the pool's Service, from its EndpointSlices.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ EXIT_BAD_CONFIG = EXIT_BAD_OPTIONS
 FIELDS = {
     "bootstrap": "kafka.bootstrap", "topic_prefix": "kafka.prefix", "config": "config_paths", "pool": "pools",
     "speedup": "speedup", "report_every": "report_every", "log_level": "log_level",
+    "actuator": "actuator", "namespace": "namespace", "kubeconfig": "kubeconfig", "context": "kube_context",
 }
 
 
@@ -49,8 +56,20 @@ def scaler(
         10.0, "--report-every", parser=finite(above=0),
         help="Re-publish ready replicas every N seconds."),
     log_level: str = typer.Option("info", "--log-level", help="Python log level."),
+    actuator: str = typer.Option(
+        "local", "--actuator",
+        help="What to scale: 'local' (emulator replicas in this process) or 'kubernetes' (each pool's Deployment, "
+             "labelled tokenpools.dev/pool=<pool>, through its scale subresource)."),
+    namespace: str | None = typer.Option(
+        None, "--namespace", "-n",
+        help="Namespace of the pools' Deployments (kubernetes; default: the pod's own, else the kubeconfig "
+             "context's, else 'default')."),
+    kubeconfig: Path | None = typer.Option(
+        None, "--kubeconfig",
+        help="Kubeconfig file (kubernetes; default: the in-cluster config, else $KUBECONFIG or ~/.kube/config)."),
+    context: str | None = typer.Option(None, "--context", help="Kubeconfig context (kubernetes; default: current)."),
 ) -> None:
-    """Scale local emulator replicas from pool states (an in-process stand-in for a Kubernetes scaler).
+    """Scale replicas from pool states: local emulator replicas, or each pool's Deployment on Kubernetes.
 
     Every setting can also be set in the environment (``TOKENPOOLS_SCALER_<SETTING>``, see
     scaler/settings.py); an option on the command line wins.
@@ -70,7 +89,49 @@ def scaler(
     if unknown or not pools:
         typer.echo(f"no such pools in the config: {', '.join(unknown) or '(none configured)'}", err=True)
         raise typer.Exit(EXIT_BAD_CONFIG)
-    asyncio.run(_run(settings, pools))
+    if settings.actuator == "kubernetes":
+        from scaler.kube.client import KubeConfigError, api_client, default_namespace
+
+        try:  # before the loop starts: a missing kubeconfig is a bad option, said at once
+            api = api_client(settings.kubeconfig, context=settings.kube_context)
+        except KubeConfigError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(EXIT_BAD_CONFIG) from exc
+        namespace = settings.namespace or default_namespace(settings.kubeconfig, context=settings.kube_context)
+        asyncio.run(_run_kubernetes(settings, pools, api, namespace))
+    else:
+        asyncio.run(_run(settings, pools))
+
+
+async def _until_stopped(loop: Any, settings: ScalerSettings) -> None:
+    """Run the loop on Kafka until it fails or SIGINT/SIGTERM."""
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    task = asyncio.create_task(
+        loop.run_kafka(settings.kafka, settings.kafka.prefix, report_every=settings.report_every))
+    try:
+        done, _ = await asyncio.wait({task, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            task.result()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _run_kubernetes(settings: ScalerSettings, pools: dict[str, Any], api: Any, namespace: str) -> None:
+    from scaler.kube.actuator import KubernetesActuator
+    from scaler.loop import ScalerLoop
+
+    actuator = KubernetesActuator.for_pools(api, namespace, pools, pool_label=settings.pool_label,
+                                            port_name=settings.port_name, ttl=settings.kube_cache_ttl)
+    logging.getLogger("tokenpools.scaler").info("scaling pools %s in namespace %s", ", ".join(pools), namespace)
+    try:
+        await _until_stopped(ScalerLoop(pools, actuator), settings)
+    finally:
+        await actuator.close()
 
 
 async def _run(settings: ScalerSettings, pools: dict[str, Any]) -> None:
