@@ -14,6 +14,7 @@ from tokenpools.cli import experiment as experiment_cli
 from tokenpools.cli import experiment_http as experiment_http_cli
 from tokenpools.cli import history as history_cli
 from tokenpools.cli import load as load_cli
+from tokenpools.cli import operator as operator_cli
 from tokenpools.cli import report as report_cli
 from tokenpools.cli import scaler as scaler_cli
 from tokenpools.cli import streams as streams_cli
@@ -33,6 +34,7 @@ app.command("load")(load_cli.load)
 app.add_typer(streams_cli.app, name="streams")
 app.add_typer(history_cli.app, name="history")
 app.command("scaler")(scaler_cli.scaler)
+app.command("operator")(operator_cli.operator)
 app.command("up")(up_cli.up)
 app.command("report")(report_cli.report)
 app.add_typer(experiment_cli.app, name="experiment")
