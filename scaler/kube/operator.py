@@ -82,6 +82,7 @@ class OperatorStats:
     config_writes: int = 0  # records (tombstones included) this replica wrote
     status_writes: int = 0
     status_conflicts: int = 0  # 409s on a status write, each followed by a re-read
+    reconciles: int = 0  # comparisons of the CRs with the topic (as leader, synced)
     refused: dict[ObjKey, str] = field(default_factory=dict)
 
 
@@ -276,6 +277,7 @@ class Operator:
 
     async def reconcile_config(self) -> int:
         """Write what differs between the CRs and the topic; returns the records written."""
+        self.stats.reconciles += 1
         desired, present, refusals = self.desired_config()
         self.conflicts = {k: v for k, v in refusals.items() if "config topic holds one" in v}
         self.stats.refused = refusals
