@@ -136,6 +136,10 @@ def structural(schema: Schema, defs: Schema | None = None, where: str = "spec") 
             raise CRDSchemaError(f"{where}: JSON Schema keyword {key!r} has no structural mapping here")
     if "type" not in out:
         raise CRDSchemaError(f"{where}: no type (structural schemas need one on every node)")
+    if out["type"] == "number":
+        rules = _fractional_bound_rules(out, where)
+        if rules:
+            out["x-kubernetes-validations"] = rules
     if nullable:
         out["nullable"] = True
     if "default" in out:
@@ -151,8 +155,24 @@ def structural(schema: Schema, defs: Schema | None = None, where: str = "spec") 
 _ORDER: Final = [
     "type", "description", "nullable", "enum", "format", "minimum", "exclusiveMinimum", "maximum",
     "exclusiveMaximum", "minLength", "maxLength", "pattern", "minItems", "maxItems", "default", "required",
-    "properties", "items", "additionalProperties",
+    "properties", "items", "additionalProperties", "x-kubernetes-validations",
 ]
+
+
+def _fractional_bound_rules(node: Schema, where: str) -> list[Schema]:
+    """CEL twins of a fractional ``minimum``/``maximum``: the API server's OpenAPI validator checks an
+    integer value against the bound cut to an integer (seen on kube-apiserver 1.37: ``weight: 0``
+    passed ``minimum: 0.001``, ``weight: -1`` was refused as "greater than or equal to 0"). CEL
+    compares the value as a double."""
+    rules = []
+    for bound, op, words, fix in (("minimum", ">", "at least", "raise"), ("maximum", "<", "at most", "lower")):
+        value = node.get(bound)
+        if isinstance(value, float) and not value.is_integer():
+            strict = node.get(f"exclusive{bound.capitalize()}") is True
+            rel = op if strict else f"{op}="
+            said = ("more than" if op == ">" else "less than") if strict else words
+            rules.append(_rule(f"self {rel} {value!r}", f"{where} must be {said} {value:g}: {fix} it"))
+    return rules
 
 
 def _resolve(ref: str, defs: Schema, where: str) -> Schema:
