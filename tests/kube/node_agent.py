@@ -126,6 +126,7 @@ class NodeAgent:
         self._threads: list[threading.Thread] = []
         self.errors: list[str] = []  # what went wrong in background threads (tests may assert it is empty)
         self._started = False
+        self._watch: Any = None  # the open kubernetes.watch.Watch
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -157,8 +158,13 @@ class NodeAgent:
             if pod.thread is not None:
                 pod.thread.join(timeout=15)
             self._teardown(pod)
+        # Cut the open watch: it would keep kube-apiserver from shutting down for its whole grace period.
+        response = getattr(self._watch, "_resp", None)
+        for cut in ("shutdown", "close"):  # urllib3 >= 2.3's shutdown() unblocks a read in another thread
+            with contextlib.suppress(Exception):
+                getattr(response, cut)()
         for thread in self._threads:
-            thread.join(timeout=0.5)  # the watch may sit in a read for up to 30 s: it ignores events now
+            thread.join(timeout=2)
         if delete_node:
             with contextlib.suppress(Exception):
                 self.core.delete_node(self.node_name)
@@ -246,6 +252,9 @@ class NodeAgent:
                 if exc.status != 409:
                     raise
                 time.sleep(0.1)
+        # The TaintNodesByCondition admission plugin taints a new Node not-ready:NoSchedule; the
+        # nodelifecycle controller would lift it once Ready, but it is off (no kubelets): lift it here.
+        self.core.patch_node(self.node_name, {"spec": {"taints": None}})
         self._patch_node_status()
 
     def _patch_node_status(self) -> None:
@@ -305,18 +314,15 @@ class NodeAgent:
                     gone = [p for uid, p in self._pods.items() if uid not in seen]
                 for known in gone:
                     self._forget(known)
-                watch = kubernetes.watch.Watch()  # type: ignore[no-untyped-call]
                 rv = listed.metadata.resource_version if listed.metadata is not None else None
+                watch = kubernetes.watch.Watch()  # type: ignore[no-untyped-call]
+                self._watch = watch
                 for event in watch.stream(  # type: ignore[no-untyped-call]
                         self.core.list_pod_for_all_namespaces, field_selector=selector,
-                        resource_version=rv,
-                        timeout_seconds=30, _request_timeout=40):
+                        resource_version=rv, timeout_seconds=30, _request_timeout=40):
                     if self._closed.is_set():
-                        watch.stop()  # type: ignore[no-untyped-call]
                         return
-                    if event["type"] == "ERROR":
-                        break
-                    self._on_pod(event["type"], event["object"])
+                    self._on_pod(str(event["type"]), event["object"])
             except Exception as exc:
                 if self._closed.is_set():
                     return

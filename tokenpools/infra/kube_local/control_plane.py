@@ -190,7 +190,9 @@ class ControlPlane:
         for name in ("scheduler", "controller-manager", "apiserver", "etcd"):
             proc = self._procs.pop(name, None)
             if proc is not None:
-                proc.stop()
+                # A client's open watch can hold kube-apiserver's graceful shutdown for its whole
+                # budget; etcd has the state, so a SIGKILL after a few seconds loses nothing.
+                proc.stop(grace=5.0 if name == "apiserver" else 10.0)
         if self._owns_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
