@@ -86,8 +86,9 @@ class AutoscalerConflict(RuntimeError):
         self.pool, self.namespace, self.deployment, self.hpas = pool, namespace, deployment, tuple(hpas)
         names = ", ".join(f"{namespace}/{h}" for h in self.hpas)
         noun = "HorizontalPodAutoscaler" if len(self.hpas) == 1 else "HorizontalPodAutoscalers"
+        verb = "scales" if len(self.hpas) == 1 else "scale"
         super().__init__(
-            f"pool {pool}: {noun} {names} already scale(s) Deployment {namespace}/{deployment}; the token-pool "
+            f"pool {pool}: {noun} {names} already {verb} Deployment {namespace}/{deployment}; the token-pool "
             f"scaler refuses to scale it, since two autoscalers on one Deployment would fight (each undoing the "
             f"other's replicas). Delete the HPA, or leave this pool out of the scaler (--pool).")
 
