@@ -236,13 +236,18 @@ class Operator:
     # -- config: CRs onto the topic ---------------------------------------------------------------
 
     async def _config_loop(self) -> None:
+        # A change seen while this replica cannot write yet (not synced, not leading) stays pending and
+        # is retried at a short interval, not at the next resync.
+        pending = True
         while True:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.options.resync_seconds):
+                async with asyncio.timeout(0.25 if pending else self.options.resync_seconds):
                     await self._dirty.wait()
             self._dirty.clear()
             if not (self.synced and self.elector.is_leader):
+                pending = True
                 continue
+            pending = False
             try:
                 await self.reconcile_config()
             except asyncio.CancelledError:

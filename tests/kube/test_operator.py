@@ -12,6 +12,7 @@ there); the operator must relist and miss nothing that changed meanwhile. The 40
 is updated between the operator's read and its status patch (``Operator.before_status_write``).
 """
 
+# ruff: noqa: F811  (the Kafka fixtures are imported by name, and taken as parameters)
 from __future__ import annotations
 
 import asyncio
@@ -159,7 +160,7 @@ def live(records: list[tuple[str, Any, str]]) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def topics(kafka: Any, prefix: str) -> Topics:  # noqa: F811
+async def topics(kafka: Any, prefix: str) -> Topics:
     names = Topics(prefix)
     await create_topics(kafka.bootstrap_servers, names.specs(partitions=1))
     return names
@@ -169,7 +170,7 @@ Make = Callable[..., Awaitable[Operator]]
 
 
 @pytest.fixture
-async def operators(control_plane: Any, kafka: Any, topics: Topics, kube_namespace: str,  # noqa: F811
+async def operators(control_plane: Any, kafka: Any, topics: Topics, kube_namespace: str,
                     crds: None) -> AsyncIterator[Make]:
     started: list[Operator] = []
 
@@ -205,7 +206,7 @@ async def leader_of(*ops: Operator) -> Operator:
 
 
 async def test_crs_onto_the_config_topic_edits_deletes_and_a_restart_writes_nothing(
-        operators: Make, crs: Crs, kafka: Any, topics: Topics) -> None:  # noqa: F811
+        operators: Make, crs: Crs, kafka: Any, topics: Topics) -> None:
     pool, ent = pool_cr(), entitlement_cr("e1")
     await crs.create(pool)
     await crs.create(ent)
@@ -248,7 +249,7 @@ async def _true(value: bool) -> bool:
 
 
 async def test_an_expired_watch_relists_and_misses_nothing(operators: Make, crs: Crs, kafka: Any,
-                                                          topics: Topics) -> None:  # noqa: F811
+                                                          topics: Topics) -> None:
     pool = pool_cr()
     await crs.create(pool)
     await crs.create(entitlement_cr("e1"))
@@ -341,7 +342,7 @@ async def test_status_from_the_state_topics_survives_a_conflict(operators: Make,
 
 async def test_two_replicas_one_leader_and_a_takeover(operators: Make, crs: Crs, kafka: Any, topics: Topics,
                                                       kube: kubernetes.client.ApiClient, kube_namespace: str,
-                                                      kafka_io: Any) -> None:  # noqa: F811
+                                                      kafka_io: Any) -> None:
     a = await operators("op-a")
     b = await operators("op-b")
     leader = await leader_of(a, b)
