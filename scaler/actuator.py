@@ -1,16 +1,15 @@
 """What the scaler acts through: one small async interface per replica fleet.
 
-``LocalActuator`` (``scaler.local``) starts emulator replicas in this process. A Kubernetes actuator
-can implement the same protocol on the ``scale`` subresource of each pool's Deployment with the
-official ``kubernetes`` client (``AppsV1Api.read_namespaced_deployment_scale`` /
-``patch_namespaced_deployment_scale``, and ``status.readyReplicas`` of the Deployment).
+``LocalActuator`` (``scaler.local``) starts emulator replicas in this process;
+``KubernetesActuator`` (``scaler.kube.actuator``) scales each pool's vLLM Deployment through its
+``scale`` subresource and reads readiness from the pool's EndpointSlices.
 
 Discovery (which URLs an admitter routes a pool's requests to) is a separate, optional protocol,
-``EndpointSource``: the local actuator implements it, and the scaler then publishes the ready
-replicas' base URLs in its ``ReplicasReport`` for ``admitter.kafka.discovery`` to follow. On Kubernetes
-the platform discovers replicas itself: admitters point at the pool's Service, whose EndpointSlices
-list the ready pods (a pod that fails readiness or is terminating leaves them before it stops), so a
-Kubernetes actuator does not implement ``EndpointSource`` and its reports carry counts only.
+``EndpointSource``: both actuators implement it, and the scaler then publishes the ready replicas'
+base URLs in its ``ReplicasReport`` for ``admitter.kafka.discovery`` to follow. On Kubernetes those are
+exactly the Ready, non-terminating endpoints of the pool's Service (a pod that fails readiness or is
+terminating leaves its EndpointSlice before it stops), so admitters route to the pods the platform
+would, and capacity counts only those.
 """
 
 from __future__ import annotations

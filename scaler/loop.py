@@ -116,8 +116,16 @@ class ScalerLoop:
         await self.publish(ReplicasReport(pool=pool, ready_replicas=ready, ts=self.wall(), endpoints=endpoints))
 
     async def report_all(self) -> None:
+        """Every pool's report; a pool whose actuator cannot say (its API unreachable before a first
+        snapshot) is logged and skipped, so one pool's platform outage neither stops the others' reports
+        nor reaches the Kafka reader as if Kafka were lost."""
         for pool in self.pools:
-            await self.report(pool, await self.actuator.ready(pool))
+            try:
+                ready = await self.actuator.ready(pool)
+            except Exception:
+                log.exception("cannot read pool %s's ready replicas; its report waits for the next round", pool)
+                continue
+            await self.report(pool, ready)
 
     # -- Kafka ---------------------------------------------------------------------------------
 

@@ -200,9 +200,9 @@ class ReplicasReport(Record):
     """How many replicas of a pool are ready (``tokenpools.replicas``, compacted, key = pool name).
 
     ``endpoints`` are the base URLs of those ready replicas, for admitters that discover their
-    backends from this topic (``admitter.kafka.discovery``). It is optional: an actuator whose platform
-    does discovery itself (a Kubernetes Service in front of the pool's pods) reports counts only, and
-    admitters then keep the backends they were configured with.
+    backends from this topic (``admitter.kafka.discovery``): the local actuator's emulator replicas, or
+    the Ready pods of the pool's Service on Kubernetes. It is optional: a report without it (an
+    actuator that knows counts only) leaves admitters on the backends they were configured with.
     """
 
     pool: str = Field(min_length=1)

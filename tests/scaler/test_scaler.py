@@ -136,3 +136,29 @@ async def test_scale_down_returns_at_once_and_the_removed_replica_drains_its_req
         assert actuator.draining == 0
     finally:
         await actuator.close()
+
+
+async def test_a_pool_whose_platform_cannot_say_is_skipped_and_the_others_still_report() -> None:
+    class HalfDown:
+        """Pool "down"'s platform is unreachable (a Kubernetes API server before the first snapshot)."""
+
+        async def current(self, pool: str) -> int:
+            return 1
+
+        async def ready(self, pool: str) -> int:
+            if pool == "down":
+                raise ConnectionError("API server unreachable")
+            return 2
+
+        async def scale(self, pool: str, replicas: int) -> None:
+            return None
+
+    reports: list[ReplicasReport] = []
+
+    async def publish(r: ReplicasReport) -> None:
+        reports.append(r)
+
+    up, down = pool(), pool().model_copy(update={"metadata": pool().metadata.model_copy(update={"name": "down"})})
+    loop = ScalerLoop({"down": down, "p": up}, HalfDown(), clock=Clock(), publish=publish)
+    await loop.report_all()
+    assert [(r.pool, r.ready_replicas) for r in reports] == [("p", 2)]
