@@ -24,7 +24,9 @@ each with a message that says what to change:
 - ``ReplicaBounds._ordered``: ``replicas.min <= replicas.max``; ``replicas.initial`` within them;
 - ``TokenPoolSpec._positive_replica``: every ``perReplica`` dimension at least ``MIN_PER_REPLICA``;
 - ``EntitlementSpec._guarantee_within_burst``: ``guarantee <= burst`` on every dimension, and a
-  non-zero guarantee only on the guaranteed tier.
+  non-zero guarantee only on the guaranteed tier;
+- and a CEL twin of every fractional ``minimum``/``maximum`` (``_fractional_bound_rules``: the API
+  server lets an integer past a fractional bound).
 
 What CEL cannot express, because it needs more than the one object (the operator's validating
 webhook and ``schemas.loader.cross_check`` do these):
