@@ -124,7 +124,8 @@ class NodeAgent:
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.errors: list[str] = []  # what went wrong in background threads (tests may assert it is empty)
+        # What went wrong in background threads and was not retried (tests may assert it is empty).
+        self.errors: list[str] = []
         self._started = False
         self._watch: Any = None  # the open kubernetes.watch.Watch
 
@@ -295,7 +296,7 @@ class NodeAgent:
             except Exception as exc:
                 if self._closed.is_set():
                     return
-                self._note(f"heartbeat: {exc!r:.200}")
+                self._note(f"heartbeat: {exc!r:.200}", transient=True)
             self._closed.wait(10)
 
     # -- pods ------------------------------------------------------------------------------------
@@ -326,7 +327,7 @@ class NodeAgent:
             except Exception as exc:
                 if self._closed.is_set():
                     return
-                self._note(f"watch: {exc!r:.200}")
+                self._note(f"watch: {exc!r:.200}", transient=True)
                 self._closed.wait(0.5)
 
     def _on_pod(self, kind: str, pod: kubernetes.client.V1Pod) -> None:
@@ -531,14 +532,17 @@ class NodeAgent:
             except ApiException as exc:
                 if exc.status == 404:
                     return
-                self._note(f"status {record.namespace}/{record.name}: {exc.status} {exc.reason}")
+                self._note(f"status {record.namespace}/{record.name}: {exc.status} {exc.reason}", transient=True)
             except Exception as exc:
-                self._note(f"status {record.namespace}/{record.name}: {exc!r:.200}")
+                self._note(f"status {record.namespace}/{record.name}: {exc!r:.200}", transient=True)
             record.stop.wait(min(0.2 * (attempt + 1), 2))
+        self._note(f"status {record.namespace}/{record.name}: not written after 20 attempts")
 
-    def _note(self, message: str) -> None:
+    def _note(self, message: str, transient: bool = False) -> None:
+        """Print what went wrong; keep it in ``errors`` unless it is retried (an apiserver restart)."""
         if not self._closed.is_set():
-            self.errors.append(message)
+            if not transient:
+                self.errors.append(message)
             print(f"node agent {self.node_name}: {message}", file=sys.stderr, flush=True)
 
 

@@ -28,15 +28,13 @@ def main(argv: list[str] | None = None) -> int:
             print(binaries.etcd)
             return 0
         stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        for signum in (signal.SIGTERM, signal.SIGINT):  # SIGINT too: a background job may have it ignored
+            signal.signal(signum, lambda *_: stop.set())
         with ControlPlane(args.data_dir) as cp:
             print(f"control plane ready at {cp.url} in {cp.timings['all_ready']:.1f}s "
                   f"(apiserver {cp.timings['apiserver_ready']:.1f}s); logs in {cp.data_dir}", file=sys.stderr)
             print(f"export KUBECONFIG={cp.kubeconfig_path}", flush=True)
-            try:
-                while not stop.wait(1.0):
-                    pass
-            except KeyboardInterrupt:
+            while not stop.wait(1.0):
                 pass
             print("stopping", file=sys.stderr)
         return 0

@@ -196,11 +196,12 @@ class ControlPlane:
         if self._owns_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
-    def restart_apiserver(self, timeout: float = 60.0) -> None:
-        """Stop and start kube-apiserver alone (same port, same etcd): for fault tests."""
+    def restart_apiserver(self, timeout: float = 60.0, grace: float = 5.0) -> None:
+        """Stop (SIGTERM, SIGKILL after ``grace``) and start kube-apiserver alone, on the same port and
+        etcd: for fault tests. Clients see connection errors meanwhile, and their watches end."""
         proc = self._procs.pop("apiserver", None)
         if proc is not None:
-            proc.stop()
+            proc.stop(grace)
         self._start_apiserver(self.binaries)
         self._wait_apiserver(time.monotonic() + timeout)
 
