@@ -36,8 +36,8 @@ app = typer.Typer(help="History in ClickHouse: migrate the schema, run the sink,
 STORE_FIELDS = {"data_dir": "store.data_dir", "clickhouse_url": "store.url", "database": "store.database"}
 MIGRATE_FIELDS = {**STORE_FIELDS, "retention_days": "store.retention_days"}
 SINK_FIELDS = {
-    **MIGRATE_FIELDS, "bootstrap": "kafka.bootstrap", "topic_prefix": "kafka.prefix", "port": "server.port",
-    "group_id": "sink.group_id", "log_level": "log_level",
+    **MIGRATE_FIELDS, "bootstrap": "kafka.bootstrap", "topic_prefix": "kafka.prefix", "host": "server.host",
+    "port": "server.port", "group_id": "sink.group_id", "log_level": "log_level",
 }
 FORMATS = ("table", "csv", "json")
 
@@ -321,8 +321,10 @@ def sink_cmd(
     data_dir: DataDir = None,
     clickhouse_url: ClickHouseUrl = None,
     database: Database = None,
+    host: str | None = typer.Option(None, "--host", help="Address the query endpoint and /metrics bind (127.0.0.1; "
+                                                          "0.0.0.0 in a pod, so admitters and Prometheus reach it)."),
     port: int | None = typer.Option(None, "--port", min=0, max=65535,
-                                    help="Port of the query endpoint and /metrics on 127.0.0.1 (8090)."),
+                                    help="Port of the query endpoint and /metrics (8090)."),
     group_id: str | None = typer.Option(None, "--group-id", help="The sink's consumer group (tokenpools-history)."),
     from_earliest: bool = typer.Option(
         False, "--from-earliest", help="Re-read every partition from the earliest record Kafka keeps (a check: "
