@@ -182,7 +182,7 @@ def test_operator_and_webhook(objects):
     assert op["spec"]["replicas"] == 2
     args = pods[f"{PREFIX}-operator"]["containers"][0]["args"]
     assert args[0] == "operator" and "--webhook-port=9443" in args and "--namespace=$(POD_NAMESPACE)" in args
-    assert any(a.startswith("--kafka=") for a in args)
+    assert any(a.startswith("--bootstrap=") for a in args)
     volumes = {v["name"]: v for v in pods[f"{PREFIX}-operator"]["volumes"]}
     assert volumes["webhook-tls"]["secret"]["secretName"]
     (hook,) = one(objects, "ValidatingWebhookConfiguration", f"{NAMESPACE}-{PREFIX}-operator-entitlements")["webhooks"]
