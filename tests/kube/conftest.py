@@ -27,6 +27,8 @@ from pathlib import Path
 import kubernetes.client
 import pytest
 
+# The suite's Kafka fixtures, for the tests here that also need a broker (operator, end to end).
+from tests.integration.conftest import kafka, kafka_io, prefix  # noqa: F401
 from tests.kube.node_agent import NodeAgent
 from tokenpools.infra.kube_local import ControlPlane, ensure_binaries
 

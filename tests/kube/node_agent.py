@@ -521,7 +521,7 @@ class NodeAgent:
         status = {
             "phase": "Running", "podIP": record.ip, "podIPs": [{"ip": record.ip}], "hostIP": self.host_ip,
             "hostIPs": [{"ip": self.host_ip}], "startTime": started_at, "conditions": conditions,
-            "containerStatuses": statuses, "qosClass": "BestEffort",
+            "containerStatuses": statuses,  # qosClass is the API server's (set at create; a change is refused)
         }
         for attempt in range(20):
             if record.stop.is_set() and ready:
