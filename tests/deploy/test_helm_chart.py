@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,10 @@ SCALER_RULES = [
     {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["get", "update", "patch"]},
     {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"], "verbs": ["get", "list", "watch"]},
+]
+CR_EDITOR_RULES = [
+    {"apiGroups": ["tokenpools.dev"], "resources": ["tokenpools", "entitlements"],
+     "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
 ]
 NO_API_ACCESS = ("admitter", "worker", "history", "vllm")
 
@@ -166,14 +171,30 @@ def test_service_accounts_and_tokens(objects):
 
 def test_rbac_is_exactly_least_privilege(objects):
     roles = {o["metadata"]["name"]: o["rules"] for o in objects if o["kind"] == "Role"}
-    assert roles == {f"{PREFIX}-operator": OPERATOR_RULES, f"{PREFIX}-scaler": SCALER_RULES}
+    assert roles == {f"{PREFIX}-operator": OPERATOR_RULES, f"{PREFIX}-scaler": SCALER_RULES,
+                     f"{PREFIX}-cr-editor": CR_EDITOR_RULES}
     bindings = {o["metadata"]["name"]: o for o in objects if o["kind"] == "RoleBinding"}
     for component in ("operator", "scaler"):
         b = bindings[f"{PREFIX}-{component}"]
         role = {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": f"{PREFIX}-{component}"}
         assert b["roleRef"] == role
         assert b["subjects"] == [{"kind": "ServiceAccount", "name": f"{PREFIX}-{component}", "namespace": NAMESPACE}]
-    assert len(bindings) == 2
+    assert len(bindings) == 2  # the CR editor Role is bound only to the subjects values.crEditors names
+
+
+def test_cr_editors_are_bound_to_the_editor_role_only(helm):
+    subject = {"kind": "Group", "name": "platform-engineers", "apiGroup": "rbac.authorization.k8s.io"}
+    values = Path(tempfile.mkdtemp()) / "editors.yaml"
+    values.write_text(yaml.safe_dump({"crEditors": [subject]}))
+    objects = render(helm, "-f", str(values))
+    binding = one(objects, "RoleBinding", f"{PREFIX}-cr-editor")
+    assert binding["subjects"] == [subject]
+    role = {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": f"{PREFIX}-cr-editor"}
+    assert binding["roleRef"] == role
+    bad = Path(tempfile.mkdtemp()) / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"crEditors": [{"kind": "Robot", "name": "x"}]}))
+    result = run(helm, "template", "t", str(CHART), "-f", str(bad))
+    assert result.returncode != 0 and "crEditors" in result.stderr, result.stderr
 
 
 def test_operator_and_webhook(objects):

@@ -62,9 +62,13 @@ def sha(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def values(bootstrap: str, topic_prefix: str) -> dict[str, Any]:
+ENGINEER = "platform-engineer"  # a ServiceAccount the chart's CR editor Role is bound to (values.crEditors)
+
+
+def values(bootstrap: str, topic_prefix: str, namespace: str) -> dict[str, Any]:
     return {
         "kafka": {"bootstrap": bootstrap, "topicPrefix": topic_prefix},
+        "crEditors": [{"kind": "ServiceAccount", "name": ENGINEER, "namespace": namespace}],
         "pools": [{
             "name": POOL,
             "spec": {
@@ -87,7 +91,7 @@ def values(bootstrap: str, topic_prefix: str) -> dict[str, Any]:
 
 def render(tmp_path: Path, namespace: str, bootstrap: str, topic_prefix: str) -> list[dict[str, Any]]:
     file = tmp_path / "values.yaml"
-    file.write_text(yaml.safe_dump(values(bootstrap, topic_prefix)))
+    file.write_text(yaml.safe_dump(values(bootstrap, topic_prefix, namespace)))
     out = subprocess.run([str(ensure_helm()), "template", RELEASE, str(CHART), "-n", namespace, "-f", str(file)],
                          capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
@@ -236,10 +240,19 @@ async def test_crs_to_config_load_to_ready_pods_to_traffic_and_back(
                     "--spool-dir", str(tmp_path / "spool"))
     admitter = f"http://127.0.0.1:{admitter_port}"
     try:
-        # The CRs, applied as the platform engineer would (the chart's pools template renders them).
+        # The CRs, applied by a platform engineer through the chart's CR editor Role (its ServiceAccount's
+        # real token), as the chart's pools template renders them.
+        core = kubernetes.client.CoreV1Api(kube)
+        core.create_namespaced_service_account(ns, kubernetes.client.V1ServiceAccount(
+            metadata=kubernetes.client.V1ObjectMeta(name=ENGINEER)))
+        engineer = control_plane.api_client(control_plane.service_account_token(ns, ENGINEER))
         for obj in objects:
             if obj["kind"] in ("TokenPool", "Entitlement"):
-                apply(kube, obj, ns)
+                apply(engineer, obj, ns)
+        with pytest.raises(kubernetes.client.ApiException) as denied:  # the Role grants the CRs, not their status
+            kubernetes.client.CustomObjectsApi(engineer).patch_namespaced_custom_object_status(
+                "tokenpools.dev", "v1alpha1", ns, "entitlements", "e2e-tenant", {"status": {"debt": 1.0}})
+        assert denied.value.status == 403
 
         async with httpx.AsyncClient(timeout=30, trust_env=False) as client:
             last: list[str] = []
@@ -325,7 +338,7 @@ async def test_crs_to_config_load_to_ready_pods_to_traffic_and_back(
             ent["spec"]["apiKeys"].append({"sha256": sha(NEW_KEY)})
             assert await chat(NEW_KEY) == 401
             changed = time.monotonic()
-            apply(kube, ent, ns)
+            apply(control_plane.api_client(control_plane.service_account_token(ns, ENGINEER)), ent, ns)
 
             async def enforced() -> bool:
                 return await chat(NEW_KEY) == 200
