@@ -1,5 +1,11 @@
 """Fixtures every test folder may use.
 
+Go tools built in the background: on a cold machine promtool, helm and the Kubernetes control plane take
+minutes to build (cached afterwards, keyed by version). When the session will run tests that need them
+(``tests/deploy``, ``tests/kube``), those tests are moved to the end of the run and the builds start at
+once in a thread, at a lower CPU priority (``TOKENPOOLS_BUILD_NICE``), on the cores the other tests leave
+idle; the fixtures that need a tool wait on its build's lock. ``TOKENPOOLS_PREBUILD=0`` turns it off.
+
 A real ClickHouse engine (chDB, in-process) for the history tests: chDB opens one data directory per
 process, so every test in this pytest process shares one directory (session scope) and gets a
 database of its own, migrated from the repo's files. A test that needs a directory of its own runs
@@ -10,7 +16,9 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
+import sys
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +29,43 @@ from streams.history.store import HistoryStore, open_store
 from tests.history_store import store_settings_for
 
 _numbers = itertools.count()
+TESTS = Path(__file__).resolve().parent
+LATE = ("deploy", "kube")  # the folders whose tests need the Go tools
+
+
+def _folder(item: pytest.Item) -> str:
+    try:
+        return Path(str(item.path)).resolve().relative_to(TESTS).parts[0]
+    except (ValueError, IndexError):
+        return ""
+
+
+def _prebuild(builds: list[Callable[[], object]]) -> None:
+    for build in builds:
+        try:
+            build()
+        except Exception as exc:  # the fixture that needs the tool builds again and fails with the reason
+            print(f"background build {getattr(build, '__name__', build)} failed: {exc}", file=sys.stderr)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    folders = {_folder(i) for i in items}
+    if not folders & set(LATE):
+        return
+    items[:] = [i for i in items if _folder(i) not in LATE] + [i for i in items if _folder(i) in LATE]
+    if os.environ.get("TOKENPOOLS_PREBUILD", "1") == "0" or config.option.collectonly:
+        return
+    from tokenpools.infra.helm import ensure_helm
+    from tokenpools.infra.kube_local import ensure_binaries
+    from tokenpools.infra.promtool import ensure_promtool
+
+    builds: list[Callable[[], object]] = []
+    if "deploy" in folders:
+        builds += [ensure_promtool, ensure_helm]
+    if "kube" in folders:
+        builds += [ensure_helm, ensure_binaries]
+    os.environ.setdefault("TOKENPOOLS_BUILD_NICE", "10")
+    threading.Thread(target=_prebuild, args=(list(dict.fromkeys(builds)),), name="prebuild", daemon=True).start()
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from tokenpools.infra.gobuild import lower_priority
 from tokenpools.infra.kafka_local.jars import cache_root
 
 HELM_VERSION = "v3.22.0"  # helm.sh/helm/v3
@@ -124,7 +125,8 @@ def _build(version: str, binary: Path) -> None:
         f"modules downloaded into {_go_env(go, 'GOMODCACHE', env) or 'the Go module cache'})")
     started = time.monotonic()
     with open(log_path, "w") as log, _progress(started, log_path):
-        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=staging).returncode
+        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=staging,
+                            preexec_fn=lower_priority()).returncode
     built = gobin / "helm"
     if rc != 0 or not built.is_file():
         tail = log_path.read_text(errors="replace").splitlines()[-8:]

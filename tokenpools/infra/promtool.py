@@ -35,6 +35,7 @@ from typing import Any
 
 import yaml
 
+from tokenpools.infra.gobuild import lower_priority
 from tokenpools.infra.kafka_local.jars import cache_root
 
 PROMTOOL_VERSION = "v0.316.0"  # github.com/prometheus/prometheus, i.e. Prometheus 3.x's promtool
@@ -105,7 +106,8 @@ def _build(version: str, binary: Path) -> None:
         f"~1 GB of modules downloaded into {_go_env(go, 'GOMODCACHE', env) or 'the Go module cache'})")
     started = time.monotonic()
     with open(log_path, "w") as log, _progress(started, log_path):
-        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=staging).returncode
+        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=staging,
+                            preexec_fn=lower_priority()).returncode
     built = gobin / "promtool"
     if rc != 0 or not built.is_file():
         tail = log_path.read_text(errors="replace").splitlines()[-8:]

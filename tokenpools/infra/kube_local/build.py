@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tokenpools.infra.gobuild import lower_priority
 from tokenpools.infra.kafka_local.jars import cache_root
 
 GO_DIR = Path(__file__).resolve().parent / "go"
@@ -138,7 +139,8 @@ def _build(name: str, module_dir: Path, version: str, binary: Path) -> None:
     with open(log_path, "w") as log, _progress(name, started, log_path):
         log.write(f"$ (cd {src} && {' '.join(cmd)})\n")
         log.flush()
-        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=src).returncode
+        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=src,
+                            preexec_fn=lower_priority()).returncode
     if rc != 0 or not built.is_file():
         tail = log_path.read_text(errors="replace").splitlines()[-8:]
         shutil.rmtree(staging, ignore_errors=True)
