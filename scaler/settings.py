@@ -51,3 +51,10 @@ class ScalerSettings(ServiceSettings):
                            description="Name of the pool Service's port that serves vLLM's API (kubernetes)")
     kube_cache_ttl: float = Field(default=1.0, ge=0, le=60,
                                   description="Seconds a read of the pools' Kubernetes objects is reused (kubernetes)")
+    leader_election: bool = Field(
+        default=False, description="Scale only while holding the Lease `lease_name` (kubernetes): several scaler "
+        "replicas, one acting; the others read, report and wait to take over")
+    identity: str | None = Field(default=None, min_length=1, max_length=253,
+                                 description="This replica's name in the Lease (default: the host name)")
+    lease_name: str = Field(default="tokenpools-scaler", min_length=1, max_length=253,
+                            pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", description="Name of the scaler's Lease")

@@ -218,8 +218,11 @@ class KubernetesActuator:
         ttl: float = 1.0,
         request_timeout: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        may_act: Callable[[], bool] | None = None,
     ) -> None:
-        """``pools``: the pools managed and their replica bounds; others raise KeyError."""
+        """``pools``: the pools managed and their replica bounds; others raise KeyError. ``may_act``: asked
+        right before every scale (a Lease's ``is_leader``), so of several scaler replicas only the leader
+        changes a Deployment; the others go on reading and reporting, ready to take over."""
         self.api = api
         self.namespace = namespace
         self.pools = dict(pools)
@@ -238,6 +241,9 @@ class KubernetesActuator:
         self._refresh_lock = asyncio.Lock()
         self._scale_locks: dict[str, asyncio.Lock] = {}
         self._reported = _Reported()
+        self.may_act = may_act
+        self.patches = 0  # scale patches sent (two replicas must never both send one for the same decision)
+        self._standing_by = False
 
     @classmethod
     def for_pools(cls, api: client.ApiClient, namespace: str, pools: Mapping[str, TokenPool],
@@ -383,6 +389,14 @@ class KubernetesActuator:
                 return
             if self._reported.conflicts.pop(pool, None) is not None:
                 log.info("pool %s: no HorizontalPodAutoscaler targets its Deployment any more; scaling it again", pool)
+            if self.may_act is not None and not self.may_act():
+                if not self._standing_by:
+                    log.info("not the leader: leaving pool %s's Deployment to the scaler that holds the Lease", pool)
+                self._standing_by = True
+                return
+            if self._standing_by:
+                log.info("now the leader: scaling pool %s", pool)
+                self._standing_by = False
             target = min(max(replicas, bounds.min), bounds.max)
             if target != replicas:
                 log.warning("pool %s: asked for %d replicas, outside [%d, %d]; scaling to %d", pool, replicas,
@@ -391,6 +405,7 @@ class KubernetesActuator:
             scale = await self._call(self.apps.patch_namespaced_deployment_scale, name, self.namespace,
                                      {"spec": {"replicas": target}}, field_manager=self.field_manager,
                                      _content_type=MERGE_PATCH)
+            self.patches += 1
             done = (scale.spec.replicas or 0) if scale.spec is not None else target
             self._scales[name] = _Scale(self.clock(), done)
 

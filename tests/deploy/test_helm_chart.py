@@ -40,6 +40,7 @@ SCALER_RULES = [
     {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["get", "update", "patch"]},
     {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
 ]
 CR_EDITOR_RULES = [
     {"apiGroups": ["tokenpools.dev"], "resources": ["tokenpools", "entitlements"],
@@ -195,6 +196,14 @@ def test_cr_editors_are_bound_to_the_editor_role_only(helm):
     bad.write_text(yaml.safe_dump({"crEditors": [{"kind": "Robot", "name": "x"}]}))
     result = run(helm, "template", "t", str(CHART), "-f", str(bad))
     assert result.returncode != 0 and "crEditors" in result.stderr, result.stderr
+
+
+def test_two_scalers_elect_one_leader(objects):
+    scaler = one(objects, "Deployment", f"{PREFIX}-scaler")
+    assert scaler["spec"]["replicas"] == 2
+    args = scaler["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--leader-election" in args and f"--lease-name={PREFIX}-scaler" in args
+    assert "--identity=$(POD_NAME)" in args
 
 
 def test_operator_and_webhook(objects):

@@ -252,3 +252,73 @@ async def _view_if(actuator: KubernetesActuator, ready: int) -> PoolView | None:
 
 async def _len_is(urls: Awaitable[list[str]], n: int) -> bool:
     return len(await urls) == n
+
+
+async def test_two_scalers_one_lease_only_the_leader_scales_and_the_other_takes_over(
+    control_plane: ControlPlane, kube: kubernetes.client.ApiClient, kube_namespace: str,
+) -> None:
+    """Two scaler replicas (the chart runs two) on one Lease: the follower's scale is a no-op; the leader
+    is then lost without releasing the Lease (its tasks stop, as a crashed pod's do) and the other takes
+    over within the lease duration; no decision is applied by both. No pod runs here: only the
+    Deployment's spec.replicas and the scale patches sent are counted."""
+    from scaler.kube.leader import LeaderElector, LeaseSettings
+
+    ns, apps = kube_namespace, AppsV1Api(kube)
+    apps.create_namespaced_deployment(ns, vllm_deployment(replicas=1))
+    rbac = RbacAuthorizationV1Api(kube)
+    rules = [*SCALER_RULES, V1PolicyRule(api_groups=["coordination.k8s.io"], resources=["leases"],
+                                         verbs=["get", "create", "update"])]
+    rbac.create_namespaced_role(ns, kubernetes.client.V1Role(metadata=V1ObjectMeta(name="scaler"), rules=rules))
+    CoreV1Api(kube).create_namespaced_service_account(
+        ns, kubernetes.client.V1ServiceAccount(metadata=V1ObjectMeta(name="scaler")))
+    rbac.create_namespaced_role_binding(ns, kubernetes.client.V1RoleBinding(
+        metadata=V1ObjectMeta(name="scaler"),
+        role_ref=kubernetes.client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="Role", name="scaler"),
+        subjects=[kubernetes.client.RbacV1Subject(kind="ServiceAccount", name="scaler", namespace=ns)]))
+    token = control_plane.service_account_token(ns, "scaler", seconds=1800)
+    lease = {"lease_duration": 4.0, "renew_deadline": 3.0, "retry_period": 0.5}
+    electors, actuators = [], []
+    for name in ("scaler-a", "scaler-b"):
+        api = control_plane.api_client(token)
+        elector = LeaderElector(api, LeaseSettings(ns, name, name="tokenpools-scaler", **lease))
+        electors.append(elector)
+        actuators.append(KubernetesActuator(api, ns, {POOL: Bounds(1, 4)}, ttl=0.0,
+                                            may_act=lambda e=elector: e.is_leader))
+    try:
+        electors[0].start()
+        await eventually("scaler-a leads", lambda: _true(electors[0].is_leader))
+        electors[1].start()
+        await asyncio.sleep(1.0)  # b has seen a's Lease renewed: it must not lead
+        assert not electors[1].is_leader
+
+        def replicas() -> int:
+            return int(apps.read_namespaced_deployment_scale(DEPLOYMENT, ns).spec.replicas)
+
+        for actuator in actuators:  # both replicas decide 3 from the same pool state
+            await actuator.scale(POOL, 3)
+        assert replicas() == 3 and [a.patches for a in actuators] == [1, 0]
+
+        coordination = kubernetes.client.CoordinationV1Api(kube)
+        await electors[0].stop(release=False)  # lost, not released
+        last_renew = coordination.read_namespaced_lease("tokenpools-scaler", ns).spec.renew_time
+        await eventually("scaler-b leads", lambda: _true(electors[1].is_leader), within=30)
+        record = coordination.read_namespaced_lease("tokenpools-scaler", ns).spec
+        assert record.holder_identity == "scaler-b" and record.lease_transitions >= 1
+        # The Lease's own record, not the test's clock: b acquired it within a lease duration of a's last
+        # renewal, plus the retry period it polls at and one more for the API round trips.
+        took_over = (record.acquire_time - last_renew).total_seconds()
+        assert took_over <= lease["lease_duration"] + 2 * lease["retry_period"], took_over
+        for actuator in actuators:
+            await actuator.scale(POOL, 2)
+        assert replicas() == 2 and [a.patches for a in actuators] == [1, 1]
+        print(f"\nscaler Lease: taken over {took_over:.1f} s after the leader was lost "
+              f"(lease {lease['lease_duration']:g} s)")
+    finally:
+        for elector in electors:
+            await elector.stop()
+        for actuator in actuators:
+            await actuator.close()
+
+
+async def _true(value: bool) -> bool:
+    return value

@@ -36,6 +36,7 @@ FIELDS = {
     "bootstrap": "kafka.bootstrap", "topic_prefix": "kafka.prefix", "config": "config_paths", "pool": "pools",
     "speedup": "speedup", "report_every": "report_every", "log_level": "log_level",
     "actuator": "actuator", "namespace": "namespace", "kubeconfig": "kubeconfig", "context": "kube_context",
+    "leader_election": "leader_election", "identity": "identity", "lease_name": "lease_name",
 }
 
 
@@ -68,6 +69,11 @@ def scaler(
         None, "--kubeconfig",
         help="Kubeconfig file (kubernetes; default: the in-cluster config, else $KUBECONFIG or ~/.kube/config)."),
     context: str | None = typer.Option(None, "--context", help="Kubeconfig context (kubernetes; default: current)."),
+    leader_election: bool | None = typer.Option(
+        None, "--leader-election/--no-leader-election",
+        help="Scale only while holding a Lease (kubernetes), so several scaler replicas never both scale."),
+    identity: str | None = typer.Option(None, "--identity", help="This replica's name in the Lease (the host name)."),
+    lease_name: str | None = typer.Option(None, "--lease-name", help="Name of the Lease (tokenpools-scaler)."),
 ) -> None:
     """Scale replicas from pool states: local emulator replicas, or each pool's Deployment on Kubernetes.
 
@@ -125,12 +131,26 @@ async def _run_kubernetes(settings: ScalerSettings, pools: dict[str, Any], api: 
     from scaler.kube.actuator import KubernetesActuator
     from scaler.loop import ScalerLoop
 
+    elector = None
+    if settings.leader_election:
+        import socket
+
+        from scaler.kube.leader import LeaderElector, LeaseSettings
+
+        elector = LeaderElector(api, LeaseSettings(namespace, settings.identity or socket.gethostname(),
+                                                   name=settings.lease_name))
+        elector.start()
     actuator = KubernetesActuator.for_pools(api, namespace, pools, pool_label=settings.pool_label,
-                                            port_name=settings.port_name, ttl=settings.kube_cache_ttl)
-    logging.getLogger("tokenpools.scaler").info("scaling pools %s in namespace %s", ", ".join(pools), namespace)
+                                            port_name=settings.port_name, ttl=settings.kube_cache_ttl,
+                                            may_act=(lambda: elector.is_leader) if elector is not None else None)
+    logging.getLogger("tokenpools.scaler").info(
+        "scaling pools %s in namespace %s%s", ", ".join(pools), namespace,
+        f" while holding Lease {namespace}/{settings.lease_name}" if elector is not None else "")
     try:
         await _until_stopped(ScalerLoop(pools, actuator), settings)
     finally:
+        if elector is not None:
+            await elector.stop()
         await actuator.close()
 
 
