@@ -21,21 +21,15 @@ only the ~tens of MB binary (CI caches ``$TOKENPOOLS_CACHE``; it may cache Go's 
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
 import shutil
-import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tokenpools.infra.gobuild import lower_priority
+from tokenpools.infra.gobuild import build_env, file_lock, find_go, go_env, log_tail, run_logged, usable
 from tokenpools.infra.kafka_local.jars import cache_root
 
 PROMTOOL_VERSION = "v0.316.0"  # github.com/prometheus/prometheus, i.e. Prometheus 3.x's promtool
@@ -56,27 +50,20 @@ def promtool_path(version: str = PROMTOOL_VERSION) -> Path:
 
 
 def ensure_promtool(version: str = PROMTOOL_VERSION) -> Path:
-    """The cached promtool of ``version``, built first if it is not there (minutes on a cold machine)."""
+    """The cached promtool binary, built from its Go module on first use (minutes cold)."""
     binary = promtool_path(version)
-    if _usable(binary):
+    if usable(binary):
         return binary
-    with _file_lock(binary.parent.parent / f".promtool-{version}.lock"):
-        if _usable(binary):
+    with file_lock(binary.parent.parent / f".promtool-{version}.lock"):
+        if usable(binary):
             return binary
         _build(version, binary)
     return binary
 
 
-def _usable(binary: Path) -> bool:
-    return binary.is_file() and os.access(binary, os.X_OK)
-
-
-def find_go() -> str:
-    go = shutil.which("go")
+def _go() -> str:
+    go = find_go()
     if go is None:
-        goroot_go = Path("/usr/local/go/bin/go")
-        if goroot_go.is_file():
-            return str(goroot_go)
         raise PromtoolBuildError(
             "promtool is built from its Go module, and `go` is not on PATH: install Go >= 1.26 "
             "(https://go.dev/dl/) or put a prebuilt promtool at " + str(promtool_path())
@@ -85,85 +72,34 @@ def find_go() -> str:
 
 
 def _build(version: str, binary: Path) -> None:
-    go = find_go()
+    go = _go()
     home = binary.parent.parent
     home.mkdir(parents=True, exist_ok=True)
     staging = home / f".promtool-{version}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     gobin = staging / "bin"
     gobin.mkdir(parents=True)
-    env = dict(os.environ)
-    env["GOBIN"] = str(gobin)
-    # Keep the user's flags (e.g. -buildvcs=false); -mod=mod so a GOFLAGS=-mod=vendor elsewhere cannot
-    # break a build outside any module.
-    env["GOFLAGS"] = " ".join(f for f in (env.get("GOFLAGS", "").split()) if not f.startswith("-mod=")) + " -mod=mod"
-    env.setdefault("GOTOOLCHAIN", "local")  # never fetch another toolchain behind the user's back
+    env = build_env(gobin)
     # `go install` sets no version; stamp the module version so `promtool --version` names it.
     ldflags = f"-X github.com/prometheus/common/version.Version={version.removeprefix('v')}"
     cmd = [go, "install", "-tags", BUILD_TAGS, "-ldflags", ldflags, f"{PROMTOOL_PACKAGE}@{version}"]
     log_path = home / f"promtool-{version}-build.log"
     say(f"building promtool {version} from its Go module into {binary} (first time only; a few minutes cold, "
-        f"~1 GB of modules downloaded into {_go_env(go, 'GOMODCACHE', env) or 'the Go module cache'})")
+        f"~1 GB of modules downloaded into {go_env(go, 'GOMODCACHE', env) or 'the Go module cache'})")
     started = time.monotonic()
-    with open(log_path, "w") as log, _progress(started, log_path):
-        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=staging,
-                            preexec_fn=lower_priority()).returncode
+    rc = run_logged("promtool", cmd, env, staging, log_path, say)
     built = gobin / "promtool"
     if rc != 0 or not built.is_file():
-        tail = log_path.read_text(errors="replace").splitlines()[-8:]
         shutil.rmtree(staging, ignore_errors=True)
         raise PromtoolBuildError(
             f"`go install {PROMTOOL_PACKAGE}@{version}` failed (exit {rc}); check access to the Go module "
-            f"proxy (GOPROXY) and the Go version the module needs; full log {log_path}: {_one_line(tail)}"
+            f"proxy (GOPROXY) and the Go version the module needs; full log {log_path}: {log_tail(log_path)}"
         )
     binary.parent.mkdir(parents=True, exist_ok=True)
     built.rename(binary)  # same filesystem: atomic, so the final path only ever holds a whole binary
     shutil.rmtree(staging, ignore_errors=True)
     size = binary.stat().st_size / 1e6
     say(f"built promtool {version} ({size:.0f} MB) in {time.monotonic() - started:.0f}s")
-
-
-def _go_env(go: str, name: str, env: dict[str, str]) -> str:
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        out = subprocess.run([go, "env", name], capture_output=True, text=True, env=env, timeout=30)
-        return out.stdout.strip()
-    return ""
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def _progress(started: float, log_path: Path, every: float = 15.0) -> Iterator[None]:
-    """`go install` prints nothing while it compiles; say that it is still working, and what it did last."""
-    done = threading.Event()
-
-    def tick() -> None:
-        while not done.wait(every):
-            lines = log_path.read_text(errors="replace").splitlines() if log_path.is_file() else []
-            downloads = sum(1 for line in lines if line.startswith("go: downloading"))
-            say(f"  still building: {time.monotonic() - started:.0f}s, {downloads} modules downloaded")
-
-    thread = threading.Thread(target=tick, name="promtool-progress", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join(timeout=1)
-
-
-def _one_line(lines: list[str], limit: int = 900) -> str:
-    text = " | ".join(line.strip() for line in lines if line.strip())
-    return text if len(text) <= limit else "..." + text[-limit:]
 
 
 def rule_expressions(path: str | Path) -> list[str]:

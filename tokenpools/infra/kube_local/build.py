@@ -22,20 +22,14 @@ beside the binary.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
 import re
 import shutil
-import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokenpools.infra.gobuild import lower_priority
+from tokenpools.infra.gobuild import build_env, file_lock, find_go, log_tail, run_logged, usable
 from tokenpools.infra.kafka_local.jars import cache_root
 
 GO_DIR = Path(__file__).resolve().parent / "go"
@@ -90,33 +84,27 @@ def ensure_binaries() -> KubeBinaries:
         ("etcd", ETCD_MODULE, paths.etcd_version, paths.etcd),
         ("kube", KUBE_MODULE, paths.kube_version, paths.kube),
     ):
-        if _usable(binary):
+        if usable(binary):
             continue
-        with _file_lock(binary.parent.parent / f".{name}-{version}.lock"):
-            if not _usable(binary):
+        with file_lock(binary.parent.parent / f".{name}-{version}.lock"):
+            if not usable(binary):
                 _build(name, module_dir, version, binary)
     return paths
 
 
-def _usable(binary: Path) -> bool:
-    return binary.is_file() and os.access(binary, os.X_OK)
-
-
-def find_go() -> str:
-    go = shutil.which("go")
-    if go is not None:
-        return go
-    if Path("/usr/local/go/bin/go").is_file():
-        return "/usr/local/go/bin/go"
-    raise KubeBuildError(
-        "the local Kubernetes control plane is built from Go modules, and `go` is not on PATH: install "
-        f"Go >= 1.26 (https://go.dev/dl/) or put prebuilt binaries at {binary_paths().kube} and "
-        f"{binary_paths().etcd}"
-    )
+def _go() -> str:
+    go = find_go()
+    if go is None:
+        raise KubeBuildError(
+            "the local Kubernetes control plane is built from Go modules, and `go` is not on PATH: install "
+            f"Go >= 1.26 (https://go.dev/dl/) or put prebuilt binaries at {binary_paths().kube} and "
+            f"{binary_paths().etcd}"
+        )
+    return go
 
 
 def _build(name: str, module_dir: Path, version: str, binary: Path) -> None:
-    go = find_go()
+    go = _go()
     home = binary.parent.parent
     home.mkdir(parents=True, exist_ok=True)
     staging = home / f".{name}-{version}.partial"
@@ -125,28 +113,19 @@ def _build(name: str, module_dir: Path, version: str, binary: Path) -> None:
     src.mkdir(parents=True)
     for file in MODULE_FILES:
         shutil.copy2(module_dir / file, src / file)
-    env = dict(os.environ)
-    # Keep the user's other flags; -mod=mod so that a GOFLAGS=-mod=vendor elsewhere cannot break it.
-    flags = [f for f in env.get("GOFLAGS", "").split() if not f.startswith("-mod=")]
-    env["GOFLAGS"] = " ".join([*flags, "-mod=mod"])
-    env.setdefault("GOTOOLCHAIN", "local")  # never fetch another toolchain behind the user's back
+    env = build_env()
     built = staging / name
     cmd = [go, "build", "-trimpath", f"-ldflags={_ldflags(name, version)}", "-o", str(built), "."]
     log_path = home / f"{name}-{version}-build.log"
     say(f"building {name} {version} from its Go module into {binary} (first time only: "
         f"{'~8 minutes' if name == 'kube' else '~1 minute'} on 2 cold cores; log {log_path})")
     started = time.monotonic()
-    with open(log_path, "w") as log, _progress(name, started, log_path):
-        log.write(f"$ (cd {src} && {' '.join(cmd)})\n")
-        log.flush()
-        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=src,
-                            preexec_fn=lower_priority()).returncode
+    rc = run_logged(name, cmd, env, src, log_path, say)
     if rc != 0 or not built.is_file():
-        tail = log_path.read_text(errors="replace").splitlines()[-8:]
         shutil.rmtree(staging, ignore_errors=True)
         raise KubeBuildError(
             f"`go build` of {name} {version} failed (exit {rc}); check access to the Go module proxy "
-            f"(GOPROXY) and the Go version the module needs; full log {log_path}: {_one_line(tail)}"
+            f"(GOPROXY) and the Go version the module needs; full log {log_path}: {log_tail(log_path)}"
         )
     binary.parent.mkdir(parents=True, exist_ok=True)
     built.rename(binary)  # same filesystem: atomic, so the final path only ever holds a whole binary
@@ -167,39 +146,3 @@ def _ldflags(name: str, version: str) -> str:
             flags += [f"-X {package}.gitVersion={version}", f"-X {package}.gitMajor={major}",
                       f"-X {package}.gitMinor={minor}", f"-X {package}.gitTreeState=clean"]
     return " ".join(flags)
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def _progress(name: str, started: float, log_path: Path, every: float = 15.0) -> Iterator[None]:
-    """`go build` prints nothing while it compiles; say that it is still working."""
-    done = threading.Event()
-
-    def tick() -> None:
-        while not done.wait(every):
-            lines = log_path.read_text(errors="replace").splitlines() if log_path.is_file() else []
-            downloads = sum(1 for line in lines if line.startswith("go: downloading"))
-            say(f"  still building {name}: {time.monotonic() - started:.0f}s, {downloads} modules downloaded")
-
-    thread = threading.Thread(target=tick, name=f"{name}-build-progress", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join(timeout=1)
-
-
-def _one_line(lines: list[str], limit: int = 900) -> str:
-    text = " | ".join(line.strip() for line in lines if line.strip())
-    return text if len(text) <= limit else "..." + text[-limit:]
