@@ -37,6 +37,8 @@ class PipelineSettings(ServiceSettings):
     replication: int = Field(default=1, ge=1, le=100)
     web_port: int = Field(default=6066, ge=1, le=65535)
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # Where --metrics-port binds: 127.0.0.1 unless told otherwise (0.0.0.0 in a pod, for Prometheus).
+    metrics_host: str = Field(default="127.0.0.1", min_length=1, max_length=255)
     processing_guarantee: str = "at_least_once"
     windows: WindowSpec = Field(default_factory=WindowSpec)
     summary_interval_s: float = Field(default=1.0, gt=0, le=DAY)  # every record's summary, whether or not it changed

@@ -116,7 +116,7 @@ def run_worker(settings: PipelineSettings, config_paths: Sequence[Path] = ()) ->
     if settings.metrics_port is not None:
         from prometheus_client import start_http_server
 
-        start_http_server(settings.metrics_port, addr="127.0.0.1", registry=pipeline.metrics.registry)
+        start_http_server(settings.metrics_port, addr=settings.metrics_host, registry=pipeline.metrics.registry)
     pipeline.app.finalize()
     worker = faust.Worker(pipeline.app, loglevel=settings.log_level, quiet=True)
     worker.execute_from_commandline()

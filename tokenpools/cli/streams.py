@@ -19,7 +19,7 @@ app = typer.Typer(help="The metering pipeline: windows, debt and limits from req
 # TOKENPOOLS_KAFKA_* / KAFKA_BOOTSTRAP_SERVERS, or the defaults.
 FIELDS = {
     "bootstrap": "kafka.bootstrap", "topic_prefix": "kafka.prefix", "web_port": "web_port",
-    "metrics_port": "metrics_port", "app_id": "app_id", "partitions": "partitions",
+    "metrics_port": "metrics_port", "metrics_host": "metrics_host", "app_id": "app_id", "partitions": "partitions",
     "tumbling": "windows.tumbling_s", "resolution": "windows.resolution_s", "hop_size": "windows.hop_size_s",
     "hop_step": "windows.hop_step_s", "grace": "windows.grace_s", "summary_interval": "summary_interval_s",
     "change_check": "change_check_s", "change_threshold": "change_threshold", "min_tick_gap": "min_tick_gap_s",
@@ -41,7 +41,9 @@ def worker(
     web_port: int = typer.Option(6066, "--web-port", min=1, max=65535,
                                  help="Faust web port on 127.0.0.1 (/metrics, /streams/status); one per worker."),
     metrics_port: int | None = typer.Option(None, "--metrics-port", min=1, max=65535,
-                                            help="Also serve Prometheus metrics on 127.0.0.1 at this port."),
+                                            help="Also serve Prometheus metrics at this port (on --metrics-host)."),
+    metrics_host: str | None = typer.Option(None, "--metrics-host",
+                                            help="Address --metrics-port binds (127.0.0.1; 0.0.0.0 in a pod)."),
     app_id: str = typer.Option("tokenpools-streams", "--app-id", help="Faust app id (group) shared by workers."),
     topic_prefix: str = typer.Option("", "--topic-prefix", help="Prefix of every topic name and of the app id."),
     partitions: int = typer.Option(6, "--partitions", min=1, help="Partitions of topics this worker creates."),
