@@ -188,13 +188,18 @@ async def test_up_serves_through_both_admitters_closes_the_loop_and_stops_on_a_s
                 absent = {n: r for n, r in missing(exposed).items() if n not in STANDALONE_ONLY}
                 assert not absent, f"metrics read by dashboards or rules but exported by no running part: {absent}"
 
-        # The scaler runs in the loop: its report carries the replicas' URLs, and the pipeline counts them.
-        reports = [decode(ReplicasReport, v, "replicas", BadRecords()) for _, v in
-                   await kafka_io.read_all(topics.REPLICAS)]
-        mine = [r for r in reports if r is not None and r.pool == POOL]
-        assert mine and mine[-1].ready_replicas == 4 and mine[-1].endpoints == replicas
-        pool_states = [s for s in await kafka_io.pool_states() if s.id == POOL]
-        assert pool_states and pool_states[-1].ready_replicas == 4
+        # The scaler runs in the loop: its report carries the replicas' URLs, and the pipeline counts them. The
+        # SIGINT variant gets here seconds after the start, before the pipeline's first pool state, so it waits.
+        async def replicas_counted() -> bool:
+            reports = [decode(ReplicasReport, v, "replicas", BadRecords()) for _, v in
+                       await kafka_io.read_all(topics.REPLICAS)]
+            mine = [r for r in reports if r is not None and r.pool == POOL]
+            assert mine and mine[-1].ready_replicas == 4 and mine[-1].endpoints == replicas
+            pool_states = [s for s in await kafka_io.pool_states() if s.id == POOL]
+            assert pool_states and pool_states[-1].ready_replicas == 4
+            return True
+
+        await eventually(replicas_counted)
 
         proc.send_signal(stop_signal)
         assert await asyncio.to_thread(proc.wait, 60) == 0, log.read_text()[-3000:]
