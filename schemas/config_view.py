@@ -16,6 +16,7 @@ import orjson
 from schemas.echo import echo
 from schemas.loader import ConfigError, PlatformConfig, parse_manifest
 from schemas.records import ReplicasReport
+from schemas.regions import GlobalEntitlement
 from schemas.specs import Entitlement, Manifest, TokenPool
 from schemas.topics import config_key
 from schemas.wire import BadRecords, decode
@@ -94,6 +95,8 @@ class ConfigView:
                     config.pools[doc.name] = doc
                 elif isinstance(doc, Entitlement):
                     config.entitlements[doc.name] = doc
+                elif isinstance(doc, GlobalEntitlement):
+                    config.global_entitlements[doc.name] = doc
             self._platform = config
         return self._platform
 

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from schemas import yaml_load
 from schemas.echo import echo, echo_str
 from schemas.errors import TokenPoolsError
+from schemas.regions import GlobalEntitlement, is_regional_share, pool_in_region
 from schemas.specs import API_VERSION, DIMENSIONS, Entitlement, Manifest, Tier, TokenPool
 from schemas.workload import WorkloadSpec
 
@@ -26,7 +27,9 @@ class Workload(Manifest):
     spec: WorkloadSpec
 
 
-KINDS: dict[str, type[Manifest]] = {"TokenPool": TokenPool, "Entitlement": Entitlement, "Workload": Workload}
+KINDS: dict[str, type[Manifest]] = {
+    "TokenPool": TokenPool, "Entitlement": Entitlement, "GlobalEntitlement": GlobalEntitlement, "Workload": Workload,
+}
 YAML_SUFFIXES = (".yaml", ".yml")
 MAX_MESSAGE = 200  # characters of a validator's own message in a problem line
 LABEL_PART = 40  # characters of an unvalidated kind or name in a problem's label
@@ -70,6 +73,7 @@ class PlatformConfig:
     pools: dict[str, TokenPool] = field(default_factory=dict)
     entitlements: dict[str, Entitlement] = field(default_factory=dict)
     workloads: dict[str, Workload] = field(default_factory=dict)
+    global_entitlements: dict[str, GlobalEntitlement] = field(default_factory=dict)
     sources: dict[tuple[str, str], Source] = field(default_factory=dict)
 
     def entitlements_of(self, pool: str) -> list[Entitlement]:
@@ -133,7 +137,46 @@ def cross_check(config: PlatformConfig) -> list[ConfigProblem]:
             _problem(config, ent, fld, msg)
             for ent, fld, msg in provisioning_problems(pool, config.entitlements_of(pool.name))
         )
+    for glob in config.global_entitlements.values():
+        problems.extend(_problem(config, glob, fld, msg) for fld, msg in global_problems(config, glob))
     return problems
+
+
+def global_problems(config: PlatformConfig, glob: GlobalEntitlement) -> list[tuple[str, str]]:
+    """A GlobalEntitlement against the pools this config holds.
+
+    A region's config holds its own pools (and may hold the others'): each listed region that has pools
+    here must have exactly one pool of the model, so its share has one place to go. When every listed
+    region is here, the global guarantee must be provisionable by their pools at max replicas.
+    """
+    out: list[tuple[str, str]] = []
+    spec = glob.spec
+    held = config.entitlements.get(glob.name)
+    if held is not None and not is_regional_share(held):
+        out.append(("metadata.name", f"an Entitlement is also named '{glob.name}'; the regional share of a "
+                                     "GlobalEntitlement takes its name, so rename one of them"))
+    regions_here = {p.spec.region for p in config.pools.values()}
+    ceiling = [0.0, 0.0, 0.0]
+    for i, region in enumerate(spec.regions):
+        if region not in regions_here:
+            continue
+        pools = pool_in_region(config.pools, spec.model, region)
+        if len(pools) != 1:
+            found = ", ".join(f"'{p.name}'" for p in pools) or "none"
+            out.append((f"spec.regions.{i}", f"region '{region}' must have exactly one pool of model "
+                                              f"'{echo(spec.model)}', found {found}"))
+            continue
+        cap = pools[0].spec.capacity(pools[0].spec.replicas.max)
+        ceiling = [c + x for c, x in zip(ceiling, cap, strict=True)]
+    if regions_here >= set(spec.regions) and not out:
+        for i, dim in enumerate(DIMENSIONS):
+            g = spec.guarantee.get(dim)
+            if g > ceiling[i] * (1 + 1e-9):
+                out.append((f"spec.guarantee.{dim.value}",
+                            f"the guarantee ({g:g} {dim.value}) exceeds what the pools of model "
+                            f"'{echo(spec.model)}' in regions {', '.join(spec.regions)} can provision at max "
+                            f"replicas ({ceiling[i]:g}); lower it or raise their maxReplicas"))
+    return out
 
 
 def provisioning_problems(
@@ -225,7 +268,8 @@ def _parse_manifest(source: Source, doc: Any, problems: list[ConfigProblem]) -> 
 def _register(config: PlatformConfig, manifest: Manifest, source: Source, problems: list[ConfigProblem]) -> None:
     kind = manifest.kind
     tables: dict[str, dict[str, Any]] = {
-        "TokenPool": config.pools, "Entitlement": config.entitlements, "Workload": config.workloads
+        "TokenPool": config.pools, "Entitlement": config.entitlements, "Workload": config.workloads,
+        "GlobalEntitlement": config.global_entitlements,
     }
     table = tables[kind]
     previous = config.sources.get((kind, manifest.name))

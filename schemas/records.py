@@ -20,7 +20,7 @@ from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from schemas.specs import MAX_AMOUNT, MAX_COUNT, MAX_REPLICAS, Dimension, Tier, Triple
+from schemas.specs import MAX_AMOUNT, MAX_COUNT, MAX_REPLICAS, Dimension, Name, Tier, Triple
 
 SCHEMA_VERSION: Final = 1
 
@@ -209,3 +209,34 @@ class ReplicasReport(Record):
     ready_replicas: ReplicaCount
     ts: float = 0.0
     endpoints: list[Endpoint] | None = None
+
+
+class RegionReport(Record):
+    """One region's report on one global entitlement for one epoch (``tokenpools.region-summaries``).
+
+    Each region's global loop publishes one per epoch on its own cluster; MirrorMaker 2 carries them to
+    the other regions (as ``<region>.tokenpools.region-summaries``). Every region computes the split
+    of an epoch from the reports of that epoch (``capacity.global_loop``). ``id`` is
+    ``<region>/<entitlement>/<epoch>``: a report replayed by MirrorMaker is recognised and counted once.
+    ``enforced_*`` are the shares the region enforces as it publishes, so the others never raise into
+    room it still holds. Key: ``<entitlement>/<region>`` (compacted: the latest report per region).
+    """
+
+    id: str = Field(min_length=1, max_length=600)
+    entitlement: Name
+    region: Name
+    epoch: Count
+    ts: float = Field(description="Heartbeat: wall-clock seconds when the region published it")
+    demand: Amounts
+    usage: Amounts = Amounts()
+    capacity: Amounts
+    enforced_burst: Amounts = Amounts()
+    enforced_guarantee: Amounts = Amounts()
+
+    @classmethod
+    def key_of(cls, entitlement: str, region: str) -> str:
+        return f"{entitlement}/{region}"
+
+    @classmethod
+    def id_of(cls, region: str, entitlement: str, epoch: int) -> str:
+        return f"{region}/{entitlement}/{epoch}"

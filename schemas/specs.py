@@ -308,19 +308,25 @@ class EntitlementSpec(SpecModel):
 
     @model_validator(mode="after")
     def _guarantee_within_burst(self) -> EntitlementSpec:
-        for dim in DIMENSIONS:
-            g, b = self.guarantee.get(dim), self.burst.get(dim)
-            if g > b:
-                raise ValueError(
-                    f"guarantee.{dim.value} ({g:g}) exceeds burst.{dim.value} ({b:g}); "
-                    "the burst ceiling must be at least the guarantee"
-                )
-            if g > 0 and self.tier is not Tier.GUARANTEED:
-                raise ValueError(
-                    f"guarantee.{dim.value} is {g:g} but tier is {self.tier.value}; "
-                    "only the guaranteed tier holds a guarantee (set it to 0 or change the tier)"
-                )
+        check_guarantee_within_burst(self.tier, self.guarantee, self.burst)
         return self
+
+
+def check_guarantee_within_burst(tier: Tier, guarantee: Resources, burst: Resources) -> None:
+    """guarantee <= burst on every dimension, and only the guaranteed tier holds a guarantee
+    (Entitlement and GlobalEntitlement share the rule)."""
+    for dim in DIMENSIONS:
+        g, b = guarantee.get(dim), burst.get(dim)
+        if g > b:
+            raise ValueError(
+                f"guarantee.{dim.value} ({g:g}) exceeds burst.{dim.value} ({b:g}); "
+                "the burst ceiling must be at least the guarantee"
+            )
+        if g > 0 and tier is not Tier.GUARANTEED:
+            raise ValueError(
+                f"guarantee.{dim.value} is {g:g} but tier is {tier.value}; "
+                "only the guaranteed tier holds a guarantee (set it to 0 or change the tier)"
+            )
 
 
 class Metadata(SpecModel):

@@ -28,6 +28,10 @@ REPLICAS: Final = "tokenpools.replicas"
 # pool, so stage 2 (partitioned by pool) sees a whole pool on one worker. Short retention: only the
 # latest summary per entitlement matters, and stage 1 re-sends every tick.
 ENTITLEMENT_USAGE: Final = "tokenpools.entitlement-usage"
+# Multi-region: each region's global loop publishes ``RegionReport``s here, on its own cluster
+# (compacted, key = <global entitlement>/<region>). MirrorMaker 2 copies the topic to every other
+# region's cluster as ``<source region>.<this name>``, so a loop reads its own and the mirrored ones.
+REGION_SUMMARIES: Final = "tokenpools.region-summaries"
 
 COMPACTED: Final[dict[str, str]] = {
     "cleanup.policy": "compact",
@@ -76,6 +80,14 @@ class Topics:
     def entitlement_usage(self) -> str:
         return self.prefix + ENTITLEMENT_USAGE
 
+    @property
+    def region_summaries(self) -> str:
+        return self.prefix + REGION_SUMMARIES
+
+    def mirrored_region_summaries(self, region: str) -> str:
+        """The name MirrorMaker 2's default replication policy gives ``region``'s summaries here."""
+        return f"{region}.{self.region_summaries}"
+
     def specs(self, partitions: int = 6) -> list[TopicSpec]:
         """Every topic with its partitions and settings, as the pipeline worker creates them."""
         return [
@@ -85,6 +97,7 @@ class Topics:
             TopicSpec(self.pool_state, 1, dict(COMPACTED)),
             TopicSpec(self.replicas, 1, dict(COMPACTED)),
             TopicSpec(self.entitlement_usage, partitions, {"retention.ms": str(_HOUR_MS)}),
+            TopicSpec(self.region_summaries, 1, dict(COMPACTED)),
         ]
 
 
