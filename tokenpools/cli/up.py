@@ -15,6 +15,12 @@ The loop: admitters -> ``tokenpools.requests`` -> pipeline -> ``tokenpools.pool-
 -> emulator replicas and ``tokenpools.replicas`` -> pipeline (capacity) and admitters (routing). The
 history sink reads ``tokenpools.requests`` and the state topics beside it.
 
+With ``--region NAME`` it also runs the region's global loop (subprocess ``python -m tokenpools.cli streams
+regional --region NAME``) beside the pipeline worker, after publishing the config's GlobalEntitlements to
+the config topic (if absent, as the worker does for pools and entitlements). ``--regions N`` runs N such
+regions on this machine, each on a broker of its own, with MirrorMaker 2 between them
+(``tokenpools.cli.up_regions``).
+
 Prints what runs where; ``--ready-file`` also writes it as JSON once everything serves, and
 ``--duration`` stops after a while (scripts and tests). SIGINT or SIGTERM stops everything cleanly.
 """
@@ -68,6 +74,17 @@ def _start_worker(bootstrap: str, config: list[Path], log: Path, web_port: int, 
         args += ["--topic-prefix", topic_prefix]
     with log.open("ab") as out:
         return subprocess.Popen([*args, *extra], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _start_regional(bootstrap: str, region: str, topic_prefix: str, metrics_port: int, log: Path
+                    ) -> subprocess.Popen[bytes]:
+    """``tokenpools streams regional``: the region's global loop, on this region's Kafka."""
+    args = [sys.executable, "-m", "tokenpools.cli", "streams", "regional", "--region", region, "--bootstrap",
+            bootstrap, "--metrics-port", str(metrics_port), "--log-level", "info"]
+    if topic_prefix:
+        args += ["--topic-prefix", topic_prefix]
+    with log.open("ab") as out:
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _start_history(bootstrap: str, topic_prefix: str, port: int, token: str, store: dict[str, str], log: Path
@@ -162,14 +179,18 @@ class UpOptions:
     history: bool = True
     history_port: int = 0  # 0 picks a free port
     clickhouse_url: str | None = None  # None: chDB under data_dir/history
+    region: str | None = None  # run this region's global loop (streams regional) beside the worker
 
 
 def up(
-    config: list[Path] = typer.Option(..., "--config", "-c", help="Pool and entitlement YAML files or folders."),
+    config: list[Path] = typer.Option(
+        [], "--config", "-c",
+        help="Pool and entitlement YAML files or folders (with --regions: the repo's deploy/examples by default)."),
     data_dir: Path = typer.Option(Path(".tokenpools-up"), "--data-dir", help="Kafka data, admitter spools, logs."),
-    admitters: int = typer.Option(2, "--admitters", min=1, help="Admitters to start."),
+    admitters: int = typer.Option(2, "--admitters", min=1, help="Admitters to start (per region with --regions)."),
     port: int = typer.Option(8080, "--port", "-p", min=0, max=65535,
-                             help="First admitter port (then +1, ...); 0 picks free ports."),
+                             help="First admitter port (then +1, ...; the regions of --regions one after the "
+                                  "other); 0 picks free ports."),
     speedup: float = typer.Option(1.0, "--speedup", parser=finite(min=0.001), help="Emulator speed-up factor."),
     bootstrap: str | None = typer.Option(
         None, "--bootstrap", "-b",
@@ -183,14 +204,24 @@ def up(
                                        help="Seconds between the scaler's periodic replica reports."),
     worker_arg: list[str] = typer.Option(
         [], "--worker-arg", help="Extra option for the pipeline worker, e.g. --worker-arg=--tumbling-seconds=1."),
-    history: bool = typer.Option(True, "--history/--no-history",
-                                 help="Run the history process (the sink into ClickHouse and its query endpoint)."),
+    history: bool | None = typer.Option(
+        None, "--history/--no-history",
+        help="Run the history process (the sink into ClickHouse and its query endpoint); by default on, except "
+             "with --regions (one per region would cost the machine's CPU)."),
     history_port: int = typer.Option(0, "--history-port", min=0, max=65535,
                                      help="Port of the history endpoint on 127.0.0.1; 0 picks a free one."),
     clickhouse_url: str | None = typer.Option(
         None, "--clickhouse-url",
         help="Keep the history in this ClickHouse server (http(s)://user:password@host:port/database) instead of "
              "chDB under --data-dir/history."),
+    region: str | None = typer.Option(
+        None, "--region",
+        help="This stack is region NAME: also run its global loop (streams regional) beside the pipeline. Its "
+             "peers' summaries must reach its Kafka (MirrorMaker 2; --regions runs that too)."),
+    regions: int | None = typer.Option(
+        None, "--regions", min=1,
+        help="Run this many regions locally (us-east, eu-west, ap-south, ...), each with a broker, pipeline, "
+             "global loop, scaler, emulator replicas and admitters, and MirrorMaker 2 between their brokers."),
     log_level: str = typer.Option("warning", "--log-level", help="Python log level of this process."),
 ) -> None:
     """Run Kafka, the pipeline, the scaler with emulator replicas and admitters locally until Ctrl-C."""
@@ -201,6 +232,22 @@ def up(
     # Named, so a client library's transient complaint (aiokafka right after topics are created) says whose it is.
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    if regions is not None:
+        from tokenpools.cli import up_regions
+
+        for given, flag in ((bootstrap, "--bootstrap"), (region, "--region"), (clickhouse_url, "--clickhouse-url")):
+            if given:
+                typer.echo(f"error: --regions starts a broker per region and names them: {flag} does not apply",
+                           err=True)
+                raise typer.Exit(2)
+        raise typer.Exit(up_regions.main(up_regions.RegionsOptions(
+            count=regions, config=[c.resolve() for c in config] or [up_regions.EXAMPLES],
+            data_dir=data_dir.resolve(), admitters=admitters, port=port, speedup=speedup, topic_prefix=topic_prefix,
+            ready_file=ready_file, duration=duration, report_every=report_every, worker_args=list(worker_arg),
+            history=bool(history), log_level=log_level)))
+    if not config:
+        typer.echo("error: missing option '--config' (pool and entitlement YAML files or folders)", err=True)
+        raise typer.Exit(2)
     try:
         platform = load_config(*config)
     except ConfigError as exc:
@@ -209,13 +256,18 @@ def up(
     if not platform.pools:
         typer.echo("error: the config has no TokenPool: nothing to serve", err=True)
         raise typer.Exit(2)
+    if region is not None and not any(p.spec.region == region for p in platform.pools.values()):
+        here = ", ".join(sorted({p.spec.region for p in platform.pools.values()}))
+        typer.echo(f"error: --region {region}: no pool of the config is in that region (they are in {here})",
+                   err=True)
+        raise typer.Exit(2)
     if port and port + admitters - 1 > 65535:
         typer.echo(f"error: --port {port} leaves no room for {admitters} admitters", err=True)
         raise typer.Exit(2)
     data_dir.mkdir(parents=True, exist_ok=True)
     options = UpOptions([c.resolve() for c in config], data_dir.resolve(), admitters, port, speedup, bootstrap,
-                        topic_prefix, ready_file, duration, report_every, list(worker_arg), history, history_port,
-                        clickhouse_url)
+                        topic_prefix, ready_file, duration, report_every, list(worker_arg),
+                        True if history is None else history, history_port, clickhouse_url, region)
     asyncio.run(run_up(options, platform))
 
 
@@ -256,6 +308,8 @@ async def run_up(opts: UpOptions, platform: Any, stop: asyncio.Event | None = No
     else:
         bootstrap = opts.bootstrap
     worker: subprocess.Popen[bytes] | None = None
+    regional: subprocess.Popen[bytes] | None = None
+    regional_metrics = 0
     history: History | None = None
     pools = platform.pools
     actuator = LocalActuator(
@@ -277,6 +331,15 @@ async def run_up(opts: UpOptions, platform: Any, stop: asyncio.Event | None = No
                                opts.worker_args)
         _echo("pipeline", f"pid {worker.pid}, status http://127.0.0.1:{web_port}/streams/status, "
                           f"metrics http://127.0.0.1:{metrics_port}/metrics (log {worker_log})")
+        if opts.region is not None:
+            regional_metrics = _free_port()
+            regional_log = opts.data_dir / "regional.log"
+            published = await _seed_globals(bootstrap, opts.topic_prefix, platform)
+            regional = _start_regional(bootstrap, opts.region, opts.topic_prefix, regional_metrics, regional_log)
+            _echo("regional", f"region {opts.region}: global loop pid {regional.pid}, metrics "
+                              f"http://127.0.0.1:{regional_metrics}/metrics (log {regional_log}); "
+                              f"{len(platform.global_entitlements)} GlobalEntitlement(s) in the config, "
+                              f"{len(published)} published to the config topic")
         if opts.history:
             history = _launch_history(opts, bootstrap)  # its /healthz is awaited below, once the rest is starting
 
@@ -338,6 +401,10 @@ async def run_up(opts: UpOptions, platform: Any, stop: asyncio.Event | None = No
                              "metrics_url": f"http://127.0.0.1:{metrics_port}/metrics"},
                 "replicas": {name: actuator.urls(name) for name in pools}, "pid": os.getpid(),
                 "history": history.ready() if history is not None else None,
+                "region": opts.region,
+                "regional": None if regional is None else {
+                    "pid": regional.pid, "log": str(opts.data_dir / "regional.log"),
+                    "metrics_url": f"http://127.0.0.1:{regional_metrics}/metrics"},
             })
         typer.echo("ready; Ctrl-C stops everything"
                    + (f" (or {opts.duration:g} s after start)" if opts.duration is not None else ""))
@@ -360,6 +427,8 @@ async def run_up(opts: UpOptions, platform: Any, stop: asyncio.Event | None = No
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await scaler_task
         await actuator.close()
+        if regional is not None:
+            await asyncio.to_thread(_stop, regional)
         if worker is not None:
             await asyncio.to_thread(_stop, worker)
         if history is not None:  # after the admitters: it keeps reading what they flushed until here
@@ -367,6 +436,16 @@ async def run_up(opts: UpOptions, platform: Any, stop: asyncio.Event | None = No
         if kafka is not None:
             await kafka.astop()
         typer.echo("stopped")
+
+
+async def _seed_globals(bootstrap: str, topic_prefix: str, platform: Any) -> list[str]:
+    """The config's GlobalEntitlements onto the config topic, each only if absent (the worker does the same for
+    pools and entitlements): the global loop reads them there."""
+    from schemas.topics import Topics
+    from streams.config_table import seed_config
+
+    globs = list(platform.global_entitlements.values())
+    return await seed_config(bootstrap, Topics(topic_prefix).config, globs) if globs else []
 
 
 async def _wait_for_leaders(bootstrap: str, names: list[str], within: float = 30.0) -> None:
