@@ -1,4 +1,4 @@
-"""`tokenpools experiment overload|fairness` and `tokenpools demo`: the claims, with numbers."""
+"""`tokenpools experiment overload|fairness|regions` and `tokenpools demo`: the claims, with numbers."""
 
 from __future__ import annotations
 
@@ -43,6 +43,27 @@ def fairness(
 
     summary = experiment.run(seed=43 if seed is None else seed, duration=duration, out=out, console=console)
     _exit_on_failure(summary["pass"])
+
+
+@app.command("regions")
+def regions(
+    seed: int | None = SEED,
+    duration: float | None = typer.Option(None, "--duration", help="Simulated seconds (default 240, at least 100).",
+                                          parser=finite(min=100.0)),
+    out: Path = typer.Option(Path("results/regions"), "--out", help="Folder for regions.json, table.md, PNG."),
+    regions: int = typer.Option(5, "--regions", help="Regions.", min=2),
+    pools: int = typer.Option(50, "--pools", help="Pools: models x regions (a multiple of --regions).", min=2),
+    entitlements: int = typer.Option(5000, "--entitlements", help="Global entitlements.", min=1),
+) -> None:
+    """Experiment 3: global entitlements split over regional pools, a region lost (simulated time)."""
+    from sim.experiments import regions as experiment
+
+    if pools % regions:
+        console.print(f"[red]error:[/red] --pools ({pools}) must be a multiple of --regions ({regions})")
+        raise typer.Exit(2)
+    summary = experiment.run(seed=44 if seed is None else seed, duration=duration, out=out, console=console,
+                             regions=regions, pools=pools, entitlements=entitlements)
+    _exit_on_failure(summary["checks"])
 
 
 @app.command("closed-loop")
