@@ -13,14 +13,18 @@ The protocol, per global entitlement, with wall-clock epochs of ``epoch_s`` (reg
    and only from the reports of ``e`` of every region it does not consider lost. Every region then
    computes the same split from the same reports (the rule is deterministic), so the split's shares
    sum to at most the global figures.
-3. **Move.** Its new share is ``min(its share of the split, global - what every live peer reported
-   enforcing in its report of e)``, per dimension, rounded down to ``quantum`` of the global figure.
-   A lower share is therefore immediate and a raise takes one more epoch (until the peer that gives
-   the room has reported the lower share it moved to). Why this never overshoots: a region changes
-   its share only through the split of its latest epoch ``e``; a peer is then either still at what it
-   reported for ``e`` (the cap covers it), or has moved through the same split (the split's sum
-   covers it); it cannot be further on, because the split of ``e + 1`` needs this region's report of
-   ``e + 1``, which comes after.
+3. **Move.** Its new share is ``min(its share of the split, global - the sum over live peers of
+   max(what the peer reported enforcing in its report of e, the peer's share of the split))``, per
+   dimension, rounded down to ``quantum`` of the global figure. A lower share is therefore immediate
+   and a raise takes one more epoch (until the peer that gives the room has reported the lower share
+   it moved to). Why this never overshoots: a region changes its share only through the split of its
+   latest epoch ``e``; each peer is then either still at what it reported for ``e`` or has moved
+   through the same split to at most its share of it, and the cap counts the larger of the two for
+   every peer, so any mix of moved and unmoved regions stays within the global figure. No peer can be
+   further on, because the split of ``e + 1`` needs this region's report of ``e + 1``, which comes
+   after. (Capping by the reported shares alone is not enough with three regions or more: two that
+   raise in the same epoch while a third has not lowered yet overshoot; the property test with
+   per-link delays found it.)
 4. **Cut off.** While some peer's report of ``e`` is missing (its link stopped, or it is slow), the
    region cannot compute ``e``: it keeps the share it enforces, never more. When the link returns,
    the next epoch with every report converges the shares again (a raise one epoch after the lower).
@@ -105,6 +109,10 @@ class Enforced:
 
 def _floor_to(x: float, q: float) -> float:
     return math.floor(x / q) * q if q > 0 else x
+
+
+def _higher(a: Triple, b: Triple) -> Triple:
+    return (max(a[0], b[0]), max(a[1], b[1]), max(a[2], b[2]))
 
 
 def _lower(a: Triple, b: Triple) -> Triple:
@@ -201,9 +209,11 @@ class RegionalLoop:
             [RegionSummary(r.region, r.demand, r.capacity, t) for r in of_epoch], t,
             lost_after_s=1.0, floor_fraction=self.terms.floor_fraction)
         peers = [r for r in of_epoch if r.region != self.region]
-        burst = self._moved(split.burst[self.region], self.terms.burst, [p.enforced_burst for p in peers])
+        burst = self._moved(split.burst[self.region], self.terms.burst,
+                            [_higher(p.enforced_burst, split.burst[p.region]) for p in peers])
         guarantee = _lower(self._moved(split.guarantee[self.region], self.terms.guarantee,
-                                       [p.enforced_guarantee for p in peers]), burst)
+                                       [_higher(p.enforced_guarantee, split.guarantee[p.region]) for p in peers]),
+                           burst)
         self.burst, self.guarantee, self.split_epoch = burst, guarantee, epoch
         self.last = Enforced(burst, guarantee, "split", epoch, lost, (), split.shortfall)
         return self.last

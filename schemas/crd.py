@@ -52,6 +52,7 @@ from typing import Any, Final
 import yaml
 from pydantic import BaseModel
 
+from schemas.regions import GlobalEntitlementSpec
 from schemas.specs import (
     API_VERSION,
     DIMENSIONS,
@@ -346,6 +347,17 @@ def entitlement_status() -> Schema:
     })
 
 
+def global_entitlement_status() -> Schema:
+    return _status({
+        "shares": {
+            "type": "object",
+            "description": "Each region's burst share as the region's global loop last enforced it.",
+            "additionalProperties": _amounts("Burst share of one region."),
+        },
+        "lostRegions": {"type": "array", "items": {"type": "string"}, "description": "Regions taken for lost."},
+    })
+
+
 def token_pool_status() -> Schema:
     return _status({
         "readyReplicas": {"type": "integer", "minimum": 0, "description": "Replicas Ready and serving."},
@@ -424,6 +436,25 @@ KINDS: Final = (
             _AGE,
         ],
         spec_rules=entitlement_rules(),
+    ),
+    Kind(
+        kind="GlobalEntitlement",
+        plural="globalentitlements",
+        short="gent",
+        spec=GlobalEntitlementSpec,
+        status=global_entitlement_status(),
+        columns=[
+            _column("Tenant", "string", ".spec.tenant", "Tenant."),
+            _column("Model", "string", ".spec.model", "Model, served by one pool in each region."),
+            _column("Tier", "string", ".spec.tier", "guaranteed, elastic or spot."),
+            _column("Regions", "string", ".spec.regions", "Regions it spans."),
+            _column("Burst", "number", ".spec.burst.throughput", "Global throughput burst (weighted tokens/s)."),
+            _column("Lost", "string", ".status.lostRegions", "Regions taken for lost."),
+            _AGE,
+        ],
+        spec_rules=[*entitlement_rules(), _rule(
+            "self.regions.all(r, self.regions.exists_one(x, x == r))",
+            "a region is listed twice in regions; list each region once", ".regions")],
     ),
 )
 
