@@ -164,7 +164,7 @@ def global_problems(config: PlatformConfig, glob: GlobalEntitlement) -> list[tup
         if len(pools) != 1:
             found = ", ".join(f"'{p.name}'" for p in pools) or "none"
             out.append((f"spec.regions.{i}", f"region '{region}' must have exactly one pool of model "
-                                              f"'{echo(spec.model)}', found {found}"))
+                                              f"{echo(spec.model)}, found {found}"))
             continue
         cap = pools[0].spec.capacity(pools[0].spec.replicas.max)
         ceiling = [c + x for c, x in zip(ceiling, cap, strict=True)]
@@ -174,7 +174,7 @@ def global_problems(config: PlatformConfig, glob: GlobalEntitlement) -> list[tup
             if g > ceiling[i] * (1 + 1e-9):
                 out.append((f"spec.guarantee.{dim.value}",
                             f"the guarantee ({g:g} {dim.value}) exceeds what the pools of model "
-                            f"'{echo(spec.model)}' in regions {', '.join(spec.regions)} can provision at max "
+                            f"{echo(spec.model)} in regions {', '.join(spec.regions)} can provision at max "
                             f"replicas ({ceiling[i]:g}); lower it or raise their maxReplicas"))
     return out
 

@@ -53,8 +53,9 @@ def test_committed_crds_are_current():
 
 def test_names_group_version_scope():
     by_kind = {o["spec"]["names"]["kind"]: o for o in committed().values()}
-    assert set(by_kind) == {"TokenPool", "Entitlement"}
-    for kind, plural, short in (("TokenPool", "tokenpools", "tp"), ("Entitlement", "entitlements", "ent")):
+    assert set(by_kind) == {"TokenPool", "Entitlement", "GlobalEntitlement"}
+    for kind, plural, short in (("TokenPool", "tokenpools", "tp"), ("Entitlement", "entitlements", "ent"),
+                                ("GlobalEntitlement", "globalentitlements", "gent")):
         obj = by_kind[kind]
         assert obj["apiVersion"] == "apiextensions.k8s.io/v1"
         assert obj["metadata"]["name"] == f"{plural}.tokenpools.dev"
