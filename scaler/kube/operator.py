@@ -47,6 +47,7 @@ from scaler.kube.crs import ENTITLEMENT, GROUP, KINDS, TOKEN_POOL, VERSION, Kind
 from scaler.kube.leader import LeaderElector, LeaseSettings
 from scaler.kube.watch import Watcher
 from schemas.records import EntitlementState, PoolState
+from schemas.regions import GLOBAL_LABEL
 from schemas.topics import Topics, config_key, config_value
 from schemas.wire import BadRecords, decode
 from tokenpools.kafka.connection import bootstrap_of, connection
@@ -288,7 +289,9 @@ class Operator:
         self.stats.refused = refusals
         kinds = {k.kind for k in KINDS}
         upserts = [(k, v) for k, v in desired.items() if self.topic_docs.get(k, ()) != v]
-        gone = [k for k in self.topic_docs if k.split("/", 1)[0] in kinds and k not in present]
+        # A region's share of a GlobalEntitlement is written by its global loop, not from a CR: not ours.
+        gone = [k for k in self.topic_docs if k.split("/", 1)[0] in kinds and k not in present
+                and not _regional_share(self.topic_docs[k])]
         # Pools before the entitlements that name them; entitlements gone before their pools.
         upserts.sort(key=lambda kv: (not kv[0].startswith(TOKEN_POOL.kind + "/"), kv[0]))
         gone.sort(key=lambda k: (not k.startswith(ENTITLEMENT.kind + "/"), k))
@@ -438,3 +441,8 @@ class Operator:
 def _where(obj: Mapping[str, Any]) -> tuple[str, str]:
     meta = obj.get("metadata") or {}
     return (str(meta.get("namespace", "")), str(meta.get("name", "")))
+
+
+def _regional_share(doc: Any) -> bool:
+    labels = (doc.get("metadata") or {}).get("labels") or {} if isinstance(doc, dict) else {}
+    return isinstance(labels, dict) and GLOBAL_LABEL in labels

@@ -26,7 +26,7 @@ import kubernetes.client
 import orjson
 import pytest
 import yaml
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from kubernetes.client import CoordinationV1Api, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
@@ -34,8 +34,9 @@ from scaler.kube.crs import GROUP, VERSION, Refused, to_manifest
 from scaler.kube.leader import LeaseSettings
 from scaler.kube.operator import WRITER_HEADER, Operator, OperatorOptions
 from schemas.records import Amounts, EntitlementState, PoolState
-from schemas.specs import Tier
-from schemas.topics import Topics, config_value
+from schemas.regions import GlobalEntitlement, regional_entitlement
+from schemas.specs import Resources, Tier
+from schemas.topics import Topics, config_key, config_value
 from schemas.wire import encode
 from streams.topics import create_topics
 from tests.integration.conftest import kafka, kafka_io, prefix  # noqa: F401
@@ -242,6 +243,21 @@ async def test_crs_onto_the_config_topic_edits_deletes_and_a_restart_writes_noth
     assert await again.reconcile_config() == 0
     assert again.stats.config_writes == 0
     assert len(await config_records(kafka.bootstrap_servers, topics.config)) == len(records)
+
+    # A region's share of a GlobalEntitlement is written by the region's global loop, with no CR behind it:
+    # the operator leaves it alone.
+    share = regional_entitlement(
+        GlobalEntitlement.model_validate({"metadata": {"name": "g1"}, "spec": {
+            "model": "llama", "regions": ["local"], "tenant": "t", "tier": "elastic", "burst": {"throughput": 10}}}),
+        "p", "local", Resources(throughput=5), Resources())
+    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topics.config, config_value(share), key=config_key(share).encode())
+    finally:
+        await producer.stop()
+    await eventually(lambda: _true(config_key(share) in again.topic_docs), within=WAIT, every=0.1)
+    assert await again.reconcile_config() == 0
 
 
 async def _true(value: bool) -> bool:
