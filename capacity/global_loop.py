@@ -25,6 +25,9 @@ The protocol, per global entitlement, with wall-clock epochs of ``epoch_s`` (reg
    after. (Capping by the reported shares alone is not enough with three regions or more: two that
    raise in the same epoch while a third has not lowered yet overshoot; the property test with
    per-link delays found it.)
+   **Hysteresis.** If every live region's reported share is within ``hysteresis`` of the global
+   figure of its share of the split, the reported shares stand (they were all enforced at once, so they
+   sum within the global figures): shares move only when demand moved, not with its noise.
 4. **Cut off.** While some peer's report of ``e`` is missing (its link stopped, or it is slow), the
    region cannot compute ``e``: it keeps the share it enforces, never more. When the link returns,
    the next epoch with every report converges the shares again (a raise one epoch after the lower).
@@ -39,7 +42,7 @@ The protocol, per global entitlement, with wall-clock epochs of ``epoch_s`` (reg
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -62,6 +65,7 @@ class GlobalTerms:
     lost_after_s: float = 120.0
     floor_fraction: float = 0.1
     quantum: float = 0.005
+    hysteresis: float = 0.02
 
     def __post_init__(self) -> None:
         for name in ("epoch_s", "lost_after_s"):
@@ -70,6 +74,8 @@ class GlobalTerms:
                 raise ValueError(f"{name} must be finite and > 0, got {v!r}")
         if not 0 <= self.quantum <= 0.1:
             raise ValueError(f"quantum must lie in [0, 0.1], got {self.quantum!r}")
+        if not 0 <= self.hysteresis <= 0.1:
+            raise ValueError(f"hysteresis must lie in [0, 0.1], got {self.hysteresis!r}")
         if len(set(self.regions)) != len(self.regions) or not self.regions:
             raise ValueError("regions must be a non-empty list of distinct names")
 
@@ -209,14 +215,28 @@ class RegionalLoop:
             [RegionSummary(r.region, r.demand, r.capacity, t) for r in of_epoch], t,
             lost_after_s=1.0, floor_fraction=self.terms.floor_fraction)
         peers = [r for r in of_epoch if r.region != self.region]
-        burst = self._moved(split.burst[self.region], self.terms.burst,
-                            [_higher(p.enforced_burst, split.burst[p.region]) for p in peers])
-        guarantee = _lower(self._moved(split.guarantee[self.region], self.terms.guarantee,
-                                       [_higher(p.enforced_guarantee, split.guarantee[p.region]) for p in peers]),
+        bursts = self._sticky(split.burst, {r.region: r.enforced_burst for r in of_epoch}, self.terms.burst)
+        guarantees = self._sticky(split.guarantee, {r.region: r.enforced_guarantee for r in of_epoch},
+                                  self.terms.guarantee)
+        burst = self._moved(bursts[self.region], self.terms.burst,
+                            [_higher(p.enforced_burst, bursts[p.region]) for p in peers])
+        guarantee = _lower(self._moved(guarantees[self.region], self.terms.guarantee,
+                                       [_higher(p.enforced_guarantee, guarantees[p.region]) for p in peers]),
                            burst)
         self.burst, self.guarantee, self.split_epoch = burst, guarantee, epoch
         self.last = Enforced(burst, guarantee, "split", epoch, lost, (), split.shortfall)
         return self.last
+
+    def _sticky(self, split: Mapping[str, Triple], reported: Mapping[str, Triple],
+                total: Triple) -> Mapping[str, Triple]:
+        """The shares the live regions reported for this epoch, if every one is within ``hysteresis`` of
+        the split; else the split. Every region decides from the same reports, so they agree; the reported
+        shares were all enforced at once (at the last of the reports), so they sum within the global
+        figures. Without it, demand noise moves the shares every epoch, and every raise waits an epoch
+        for the matching lower: capacity stranded for nothing."""
+        tol = [self.terms.hysteresis * x for x in total]
+        close = all(abs(reported[r][d] - split[r][d]) <= tol[d] for r in reported for d in range(3))
+        return reported if close else split
 
     def _moved(self, share: Triple, total: Triple, peers: Iterable[Triple]) -> Triple:
         held = list(peers)

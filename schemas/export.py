@@ -8,19 +8,29 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from schemas.loader import Workload
-from schemas.records import EntitlementState, PoolState, ReplicasReport, RequestEvent, RequestEventBatch
+from schemas.records import (
+    EntitlementState,
+    PoolState,
+    RegionReport,
+    ReplicasReport,
+    RequestEvent,
+    RequestEventBatch,
+)
+from schemas.regions import GlobalEntitlement
 from schemas.specs import Entitlement, TokenPool
 
 SCHEMA_DIR = Path(__file__).parent / "jsonschema"
 MODELS: dict[str, type[BaseModel]] = {
     "TokenPool": TokenPool,
     "Entitlement": Entitlement,
+    "GlobalEntitlement": GlobalEntitlement,
     "Workload": Workload,
     "RequestEvent": RequestEvent,
     "RequestEventBatch": RequestEventBatch,
     "EntitlementState": EntitlementState,
     "PoolState": PoolState,
     "ReplicasReport": ReplicasReport,
+    "RegionReport": RegionReport,
 }
 
 

@@ -58,12 +58,15 @@ class RegionalSplitPolicy(SpecModel):
     so a region with no recent traffic can still admit its first requests.
     ``quantum``: shares are rounded down to this fraction of the global figure, so the regional
     Entitlement is rewritten only when a share moves by at least that much.
+    ``hysteresis``: the shares stay as they are while each is within this fraction of the global figure
+    of what the split of the current demand would give it, so demand noise does not move them.
     """
 
     epoch_seconds: EpochSeconds = 2.0
     lost_after_seconds: PositiveSeconds = 120.0
     floor_fraction: FloorFraction = 0.1
     quantum: Quantum = 0.005
+    hysteresis: Quantum = 0.02
 
 
 class GlobalEntitlementSpec(SpecModel):
