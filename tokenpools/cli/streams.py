@@ -108,3 +108,45 @@ def worker(
         for problem in exc.problems:
             typer.echo(f"error: {problem}", err=True)
         raise typer.Exit(EXIT_BAD_OPTIONS) from None
+
+
+# Option (parameter name) -> RegionalSettings field; the rest from TOKENPOOLS_REGIONAL_*, TOKENPOOLS_KAFKA_*.
+REGIONAL_FIELDS = {
+    "region": "region", "bootstrap": "kafka.bootstrap", "topic_prefix": "kafka.prefix",
+    "metrics_port": "metrics_port", "metrics_host": "metrics_host", "log_level": "log_level",
+}
+
+
+@app.command("regional")
+def regional(
+    ctx: typer.Context,
+    region: str | None = typer.Option(
+        None, "--region", help="This region's name, an RFC 1123 name: its pools' spec.region, and MirrorMaker's "
+                               "alias of its cluster (default $TOKENPOOLS_REGIONAL_REGION)."),
+    bootstrap: str | None = typer.Option(
+        None, "--bootstrap", "-b",
+        help="This region's Kafka, HOST:PORT[,HOST:PORT] (default $TOKENPOOLS_KAFKA_BOOTSTRAP, "
+             "$KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092; security options from $TOKENPOOLS_KAFKA_*)."),
+    topic_prefix: str | None = typer.Option(None, "--topic-prefix", help="Prefix of every topic name."),
+    metrics_port: int | None = typer.Option(None, "--metrics-port", min=1, max=65535,
+                                            help="Serve Prometheus metrics at this port (on --metrics-host)."),
+    metrics_host: str | None = typer.Option(None, "--metrics-host",
+                                            help="Address --metrics-port binds (127.0.0.1; 0.0.0.0 in a pod)."),
+    log_level: str | None = typer.Option(None, "--log-level", help="critical, error, warning, info or debug."),
+) -> None:
+    """Run the region's global loop until Ctrl-C: split every GlobalEntitlement listing --region into
+    regional shares, from the summaries of every region (its own, and the peers' that MirrorMaker 2
+    copies here), and write this region's share as a regional Entitlement to the config topic.
+
+    Every setting can also be set in the environment (``TOKENPOOLS_REGIONAL_<SETTING>``, see
+    streams/regional/settings.py); an option on the command line wins.
+    """
+    from streams.regional.service import MetricsUnavailable, run_regional
+    from streams.regional.settings import RegionalSettings
+
+    settings = build_settings(RegionalSettings, given(ctx, REGIONAL_FIELDS))
+    try:
+        run_regional(settings)
+    except MetricsUnavailable as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_BAD_OPTIONS) from None
