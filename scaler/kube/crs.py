@@ -1,4 +1,4 @@
-"""TokenPool and Entitlement custom resources, and the manifests they stand for.
+"""TokenPool, Entitlement and GlobalEntitlement custom resources, and the manifests they stand for.
 
 A CR is a Kubernetes object (``apiVersion``, ``kind``, ``metadata`` with namespace, uid, generation,
 managedFields, ..., ``spec``, ``status``); the config topic holds the pydantic ``Manifest`` of the same
@@ -15,6 +15,7 @@ from typing import Any, Final
 
 from schemas.echo import echo_str
 from schemas.loader import ConfigError, Source, parse_manifest
+from schemas.regions import GlobalEntitlement
 from schemas.specs import API_VERSION, Entitlement, Manifest, TokenPool
 
 GROUP: Final = "tokenpools.dev"
@@ -32,7 +33,8 @@ class Kind:
 
 TOKEN_POOL: Final = Kind("TokenPool", "tokenpools")
 ENTITLEMENT: Final = Kind("Entitlement", "entitlements")
-KINDS: Final = (TOKEN_POOL, ENTITLEMENT)
+GLOBAL_ENTITLEMENT: Final = Kind("GlobalEntitlement", "globalentitlements")
+KINDS: Final = (TOKEN_POOL, ENTITLEMENT, GLOBAL_ENTITLEMENT)
 BY_PLURAL: Final = {k.plural: k for k in KINDS}
 BY_KIND: Final = {k.kind: k for k in KINDS}
 
@@ -56,15 +58,16 @@ def manifest_doc(obj: Mapping[str, Any]) -> dict[str, Any]:
             "spec": obj.get("spec")}
 
 
-def to_manifest(obj: Mapping[str, Any]) -> TokenPool | Entitlement:
+def to_manifest(obj: Mapping[str, Any]) -> TokenPool | Entitlement | GlobalEntitlement:
     """The validated manifest of a CR, or ``Refused`` with what to change."""
     name = name_of(obj)
     try:
         manifest: Manifest = parse_manifest(manifest_doc(obj), Source(f"{obj.get('kind')}/{name}", 1))
     except ConfigError as exc:
         raise Refused(bounded("; ".join(_problem_text(p) for p in exc.problems))) from None
-    if not isinstance(manifest, TokenPool | Entitlement):
-        raise Refused(f"kind {echo_str(str(obj.get('kind')))} is not a TokenPool or an Entitlement")
+    if not isinstance(manifest, TokenPool | Entitlement | GlobalEntitlement):
+        raise Refused(f"kind {echo_str(str(obj.get('kind')))} is not a TokenPool, an Entitlement or a "
+                      "GlobalEntitlement")
     return manifest
 
 

@@ -1,4 +1,5 @@
-"""The operator: TokenPool and Entitlement CRs onto ``tokenpools.config``, and status back onto the CRs.
+"""The operator: TokenPool, Entitlement and GlobalEntitlement CRs onto ``tokenpools.config``, and status
+back onto the CRs.
 
 Admitters and pipeline workers read config only from Kafka; Kubernetes is where platform engineers
 write it. The operator joins the two (the process is ``tokenpools operator``):
@@ -9,7 +10,7 @@ write it. The operator joins the two (the process is ``tokenpools operator``):
   put right), the operator compares the manifest of every CR (``scaler.kube.crs.to_manifest``) with the
   topic's record under its key (``schemas.topics.config_key``) and writes only what differs, with an
   idempotent ``acks=all`` producer; a key on the topic without a CR gets a tombstone. Nothing is
-  written before the topic was read to its end and both kinds were listed, so a restarted operator
+  written before the topic was read to its end and every kind was listed, so a restarted operator
   writes nothing new. A CR the model refuses is not written (the topic keeps its last good version)
   and gets ``Provisionable=False`` with the reason. The topic holds one document per kind and name, so
   in all-namespaces mode a second CR of a name is refused the same way. Each record carries a
@@ -20,7 +21,9 @@ write it. The operator joins the two (the process is ``tokenpools operator``):
   compared with the last one written, and a changed one is patched through the ``status`` subresource
   with the CR's ``resourceVersion`` (a merge patch): a 409 means the CR changed in between, so it is
   re-read and the status recomputed (observedGeneration included). At most one write per CR every
-  ``status_every`` seconds.
+  ``status_every`` seconds. A GlobalEntitlement's status is that of this region's share (the
+  Entitlement of the same name its global loop writes), and the share itself: each region's cluster
+  runs its own operator and sees only its own share.
 - **One writer.** Every replica watches, reads and serves the webhook; only the holder of the Lease
   (``scaler.kube.leader``) writes to Kafka or to status, and it checks that it still holds it right
   before every write, so a replica that loses the Lease stops writing at once.
@@ -43,11 +46,22 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from scaler.kube import status as st
-from scaler.kube.crs import ENTITLEMENT, GROUP, KINDS, TOKEN_POOL, VERSION, Kind, Refused, generation_of, to_manifest
+from scaler.kube.crs import (
+    ENTITLEMENT,
+    GLOBAL_ENTITLEMENT,
+    GROUP,
+    KINDS,
+    TOKEN_POOL,
+    VERSION,
+    Kind,
+    Refused,
+    generation_of,
+    to_manifest,
+)
 from scaler.kube.leader import LeaderElector, LeaseSettings
 from scaler.kube.watch import Watcher
 from schemas.records import EntitlementState, PoolState
-from schemas.regions import GLOBAL_LABEL
+from schemas.regions import GLOBAL_LABEL, REGION_LABEL
 from schemas.topics import Topics, config_key, config_value
 from schemas.wire import BadRecords, decode
 from tokenpools.kafka.connection import bootstrap_of, connection
@@ -162,7 +176,7 @@ class Operator:
 
     @property
     def synced(self) -> bool:
-        """Both kinds listed and the config topic read to its end: only then may it write."""
+        """Every kind listed and the config topic read to its end: only then may it write."""
         return len(self.listed) == len(KINDS) and self.config_reader.caught_up.is_set()
 
     async def wait_synced(self, within: float) -> bool:
@@ -399,6 +413,12 @@ class Operator:
             return st.entitlement_status(generation=generation, refusal=refusal, state=es[0] if es else None,
                                          seen=es[1] if es else None, ready_within=self.options.ready_within,
                                          previous=previous, now=now)
+        if kind is GLOBAL_ENTITLEMENT:
+            es = self.entitlement_states.get(name)
+            return st.global_entitlement_status(
+                generation=generation, refusal=refusal, state=es[0] if es else None, seen=es[1] if es else None,
+                shares=self._regional_shares(name), ready_within=self.options.ready_within,
+                previous=previous, now=now)
         ps = self.pool_states.get(name)
         return st.pool_status(generation=generation, refusal=refusal, state=ps[0] if ps else None,
                               seen=ps[1] if ps else None, ready_within=self.options.ready_within,
@@ -433,6 +453,18 @@ class Operator:
         log.warning("status of %s %s/%s: still conflicting after %d attempts; retrying later", kind.kind,
                     namespace, name, attempts)
         return None
+
+    def _regional_shares(self, name: str) -> dict[str, dict[str, float]]:
+        """This region's share of GlobalEntitlement ``name`` as its global loop wrote it to the config topic."""
+        doc = self.topic_docs.get(f"{ENTITLEMENT.kind}/{name}")
+        if not _regional_share(doc):
+            return {}
+        labels = doc["metadata"]["labels"]
+        burst = (doc.get("spec") or {}).get("burst") or {}
+        region = labels.get(REGION_LABEL)
+        if not isinstance(region, str) or not isinstance(burst, dict):
+            return {}
+        return {region: {d: float(v) for d, v in burst.items() if isinstance(v, int | float)}}
 
     def counts(self) -> dict[str, Counter[str]]:
         return {plural: w.counts for plural, w in self.watchers.items()}

@@ -80,6 +80,24 @@ def entitlement_status(*, generation: int, refusal: str | None, state: Entitleme
     return out
 
 
+def global_entitlement_status(*, generation: int, refusal: str | None, state: EntitlementState | None,
+                              seen: float | None, shares: Mapping[str, Mapping[str, float]],
+                              ready_within: float, previous: Mapping[str, Any] | None, now: float) -> dict[str, Any]:
+    """A GlobalEntitlement as one region's operator sees it.
+
+    ``state`` is the pipeline's state of the region's share (an Entitlement of the same name, written by
+    the region's global loop); ``shares`` the bursts this operator can see on its own config topic,
+    which is this region's only: each region's cluster has its own operator and its own CR status.
+    """
+    out: dict[str, Any] = {"observedGeneration": generation}
+    if shares:
+        out["shares"] = {region: dict(amounts) for region, amounts in sorted(shares.items())}
+    out["conditions"] = _conditions(generation=generation, refusal=refusal, seen=seen,
+                                    state_ts=state.ts if state else None, what="regional share",
+                                    ready_within=ready_within, previous=previous, now=now)
+    return out
+
+
 def pool_status(*, generation: int, refusal: str | None, state: PoolState | None, seen: float | None,
                 ready_within: float, previous: Mapping[str, Any] | None, now: float) -> dict[str, Any]:
     out: dict[str, Any] = {"observedGeneration": generation}

@@ -29,8 +29,10 @@ pytestmark = pytest.mark.timeout(1800)  # the first test may wait for a cold hel
 
 # The least-privilege rules, exactly (docs/kubernetes.md "RBAC" says why each is there).
 OPERATOR_RULES = [
-    {"apiGroups": ["tokenpools.dev"], "resources": ["tokenpools", "entitlements"], "verbs": ["get", "list", "watch"]},
-    {"apiGroups": ["tokenpools.dev"], "resources": ["tokenpools/status", "entitlements/status"],
+    {"apiGroups": ["tokenpools.dev"], "resources": ["tokenpools", "entitlements", "globalentitlements"],
+     "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["tokenpools.dev"],
+     "resources": ["tokenpools/status", "entitlements/status", "globalentitlements/status"],
      "verbs": ["update", "patch"]},
     {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
     {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
@@ -43,7 +45,7 @@ SCALER_RULES = [
     {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
 ]
 CR_EDITOR_RULES = [
-    {"apiGroups": ["tokenpools.dev"], "resources": ["tokenpools", "entitlements"],
+    {"apiGroups": ["tokenpools.dev"], "resources": ["tokenpools", "entitlements", "globalentitlements"],
      "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
 ]
 NO_API_ACCESS = ("admitter", "worker", "history", "vllm")
@@ -287,7 +289,7 @@ def test_network_policies(example):
 def test_crds_ship_in_crds_dir(helm):
     objects = render(helm, "--include-crds")
     names = {o["metadata"]["name"] for o in objects if o["kind"] == "CustomResourceDefinition"}
-    assert names == {"tokenpools.tokenpools.dev", "entitlements.tokenpools.dev"}
+    assert names == {"tokenpools.tokenpools.dev", "entitlements.tokenpools.dev", "globalentitlements.tokenpools.dev"}
 
 
 @pytest.mark.parametrize(

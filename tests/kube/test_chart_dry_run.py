@@ -119,9 +119,10 @@ def can(client: kubernetes.client.ApiClient, namespace: str, verb: str, resource
     return bool(out.status.allowed)
 
 
+OUR_KINDS = ("tokenpools", "entitlements", "globalentitlements")
 OPERATOR_ALLOWED = [
-    *[(v, r, "tokenpools.dev", "") for v in ("get", "list", "watch") for r in ("tokenpools", "entitlements")],
-    *[(v, r, "tokenpools.dev", "status") for v in ("update", "patch") for r in ("tokenpools", "entitlements")],
+    *[(v, r, "tokenpools.dev", "") for v in ("get", "list", "watch") for r in OUR_KINDS],
+    *[(v, r, "tokenpools.dev", "status") for v in ("update", "patch") for r in OUR_KINDS],
     *[(v, "leases", "coordination.k8s.io", "") for v in ("get", "create", "update")],
     ("create", "events", "", ""), ("create", "events", "events.k8s.io", ""),
 ]
@@ -129,6 +130,7 @@ OPERATOR_DENIED = [
     ("delete", "deployments", "apps", ""), ("get", "secrets", "", ""), ("list", "secrets", "", ""),
     ("update", "entitlements", "tokenpools.dev", ""), ("create", "entitlements", "tokenpools.dev", ""),
     ("delete", "entitlements", "tokenpools.dev", ""), ("delete", "leases", "coordination.k8s.io", ""),
+    ("update", "globalentitlements", "tokenpools.dev", ""), ("delete", "globalentitlements", "tokenpools.dev", ""),
     ("patch", "deployments", "apps", "scale"), ("list", "pods", "", ""),
 ]
 SCALER_ALLOWED = [

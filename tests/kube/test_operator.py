@@ -123,7 +123,7 @@ class Crs:
         await asyncio.to_thread(self.api.delete_namespaced_custom_object, GROUP, VERSION, self.ns, _PLURALS[kind], name)
 
 
-_PLURALS = {"TokenPool": "tokenpools", "Entitlement": "entitlements"}
+_PLURALS = {"TokenPool": "tokenpools", "Entitlement": "entitlements", "GlobalEntitlement": "globalentitlements"}
 
 
 def _plural(cr: dict[str, Any]) -> str:
@@ -354,6 +354,50 @@ async def test_status_from_the_state_topics_survives_a_conflict(operators: Make,
     obj = await eventually(lambda: entitlement_status(600), within=WAIT)
     assert edited and obj["metadata"]["generation"] == edited[0] == obj["status"]["observedGeneration"]
     assert op.stats.status_conflicts > conflicts
+
+
+def global_cr(name: str) -> dict[str, Any]:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "GlobalEntitlement", "metadata": {"name": name},
+            "spec": {"model": "llama-3-8b", "regions": ["local", "far"], "tenant": "t-global", "tier": "elastic",
+                     "burst": {"throughput": 800, "kv": 8000, "concurrency": 8}}}
+
+
+async def test_a_global_entitlement_cr_reaches_the_topic_and_its_status_shows_this_regions_share(
+        operators: Make, crs: Crs, kafka: Any, kafka_io: Any, topics: Topics) -> None:
+    """The region's global loop is stood in for by writing its share onto the config topic by hand."""
+    pool, glob = pool_cr(), global_cr("g1")
+    await crs.create(pool)
+    await crs.create(glob)
+    op = await operators("op-a")
+    await leader_of(op)
+
+    async def topic_has(key: str, doc: Any) -> bool:
+        view = live(await config_records(kafka.bootstrap_servers, topics.config))
+        assert view.get(key) == doc
+        return True
+
+    await eventually(lambda: topic_has("GlobalEntitlement/g1", manifest_json(glob)), within=WAIT)
+
+    share = regional_entitlement(GlobalEntitlement.model_validate(glob), "p", "local",
+                                 Resources(throughput=300, kv=3000, concurrency=3), Resources())
+    await kafka_io.send("tokenpools.config", config_value(share), config_key(share).encode())
+    await kafka_io.send("tokenpools.entitlement-state", encode(_state("g1", 1, 300)), b"g1")
+    assert kafka_io.producer is not None
+    await kafka_io.producer.flush()
+
+    async def status() -> dict[str, Any]:
+        got = (await crs.get("GlobalEntitlement", "g1")).get("status") or {}
+        assert got.get("shares") == {"local": {"throughput": 300, "kv": 3000, "concurrency": 3}}
+        assert {c["type"]: c["status"] for c in got.get("conditions", [])} == {"Provisionable": "True",
+                                                                                 "Ready": "True"}
+        return got
+
+    await eventually(status, within=WAIT)
+
+    # Deleting the CR tombstones its document; the share is the global loop's to remove, not the operator's.
+    await crs.delete("GlobalEntitlement", "g1")
+    await eventually(lambda: topic_has("GlobalEntitlement/g1", None), within=WAIT)
+    assert live(await config_records(kafka.bootstrap_servers, topics.config))[config_key(share)] is not None
 
 
 async def test_two_replicas_one_leader_and_a_takeover(operators: Make, crs: Crs, kafka: Any, topics: Topics,

@@ -88,10 +88,12 @@ def _closed_loop(out: Path) -> dict[str, Any]:
 
 def demo(
     out: Path = typer.Option(Path("results"), "--out", help="Folder for every part's results."),
+    regions: bool = typer.Option(True, "--regions/--no-regions",
+                                 help="Also run the multi-region experiment at full scale (part 3, about 10 minutes)."),
     live: bool = typer.Option(True, "--live/--no-live",
-                              help="Also run the closed loop on real Kafka (part 3, about 4 minutes)."),
+                              help="Also run the closed loop on real Kafka (part 4, about 4 minutes)."),
 ) -> None:
-    """The main job: both experiments in simulated time, then the closed loop live on Kafka."""
+    """The main job: the experiments in simulated time, then the closed loop live on Kafka."""
     from sim.experiments import fairness as fairness_experiment
     from sim.experiments import overload as overload_experiment
 
@@ -101,15 +103,22 @@ def demo(
     second = fairness_experiment.run(out=out / "fairness", console=console)
     checks = {**first["checks"]["pass"], **second["pass"]}
     parts = ["overload", "fairness"]
+    if regions:
+        from sim.experiments import regions as regions_experiment
+
+        console.rule("Part 3: global entitlements over 5 regions, one lost (simulated time)")
+        third = regions_experiment.run(seed=44, duration=None, out=out / "regions", console=console)
+        checks.update({f"regions: {name}": ok for name, ok in third["checks"].items()})
+        parts.append("regions")
     if live:
-        console.rule("Part 3: the closed loop, live on Kafka")
+        console.rule("Part 4: the closed loop, live on Kafka")
         checks.update(_closed_loop(out / "closed-loop")["pass"])
         parts.append("closed-loop")
     console.rule("Results")
     for name in parts:
         folder = out / name
-        console.print(f"{name}: {folder}/table.md, {folder}/summary.json, " +
-                      ", ".join(str(p) for p in sorted(folder.glob("*.png"))))
+        console.print(f"{name}: {folder}/table.md, " + ", ".join(str(p) for p in sorted(folder.glob("*.json"))) +
+                      ", " + ", ".join(str(p) for p in sorted(folder.glob("*.png"))))
     _exit_on_failure(checks)
 
 
