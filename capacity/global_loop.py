@@ -13,21 +13,31 @@ The protocol, per global entitlement, with wall-clock epochs of ``epoch_s`` (reg
    and only from the reports of ``e`` of every region it does not consider lost. Every region then
    computes the same split from the same reports (the rule is deterministic), so the split's shares
    sum to at most the global figures.
-3. **Move.** Its new share is ``min(its share of the split, global - the sum over live peers of
-   max(what the peer reported enforcing in its report of e, the peer's share of the split))``, per
-   dimension, rounded down to ``quantum`` of the global figure. A lower share is therefore immediate
-   and a raise takes one more epoch (until the peer that gives the room has reported the lower share
-   it moved to). Why this never overshoots: a region changes its share only through the split of its
+3. **Move.** From the split and the reports of ``e`` every region computes the same *targets*: a
+   region above its share of the split lowers to it; a region below it raises by its part of the room
+   no live region reported holding (``global - the sum of the reported shares``: a lost region's
+   share, what the last lowers freed), in proportion to how far below the split it is. Its new share
+   is then ``min(its target, global - the sum over live peers of max(what the peer reported enforcing
+   in its report of e, the peer's target))``, per dimension, rounded down to ``quantum`` of the global
+   figure. A lower share is therefore immediate, and the room it frees is raised into one epoch
+   later (once the region has reported it); a raise into room already free is granted in full at
+   once. Why this never overshoots: a region changes its share only through the targets of its
    latest epoch ``e``; each peer is then either still at what it reported for ``e`` or has moved
-   through the same split to at most its share of it, and the cap counts the larger of the two for
-   every peer, so any mix of moved and unmoved regions stays within the global figure. No peer can be
+   through the same targets to at most its own, and the cap counts the larger of the two for every
+   peer, so any mix of moved and unmoved regions stays within the global figure. No peer can be
    further on, because the split of ``e + 1`` needs this region's report of ``e + 1``, which comes
    after. (Capping by the reported shares alone is not enough with three regions or more: two that
    raise in the same epoch while a third has not lowered yet overshoot; the property test with
-   per-link delays found it.)
+   per-link delays found it. Raising straight to the split under that cap is safe but slow: each
+   raiser must leave room for *every* peer still lowering, so with several regions shifting at once
+   each raise falls short by the sum of the peers' drops, often below the raiser's own reported share;
+   after a loss the survivors took up to 11 epochs to take the lost region's guarantee.)
    **Hysteresis.** If every live region's reported share is within ``hysteresis`` of the global
-   figure of its share of the split, the reported shares stand (they were all enforced at once, so they
-   sum within the global figures): shares move only when demand moved, not with its noise.
+   figure of its share of the split, nobody lowers: the reported shares stand (they were all enforced
+   at once, so they sum within the global figures), plus their part of any free room. Shares move
+   only when demand moved, not with its noise.
+   Under demand that keeps moving, the shares add up to the whole figure only at an epoch without
+   lowers: what a region lowers is in transit for one epoch (the price of never overshooting).
 4. **Cut off.** While some peer's report of ``e`` is missing (its link stopped, or it is slow), the
    region cannot compute ``e``: it keeps the share it enforces, never more. When the link returns,
    the next epoch with every report converges the shares again (a raise one epoch after the lower).
@@ -215,8 +225,8 @@ class RegionalLoop:
             [RegionSummary(r.region, r.demand, r.capacity, t) for r in of_epoch], t,
             lost_after_s=1.0, floor_fraction=self.terms.floor_fraction)
         peers = [r for r in of_epoch if r.region != self.region]
-        bursts = self._sticky(split.burst, {r.region: r.enforced_burst for r in of_epoch}, self.terms.burst)
-        guarantees = self._sticky(split.guarantee, {r.region: r.enforced_guarantee for r in of_epoch},
+        bursts = self._target(split.burst, {r.region: r.enforced_burst for r in of_epoch}, self.terms.burst)
+        guarantees = self._target(split.guarantee, {r.region: r.enforced_guarantee for r in of_epoch},
                                   self.terms.guarantee)
         burst = self._moved(bursts[self.region], self.terms.burst,
                             [_higher(p.enforced_burst, bursts[p.region]) for p in peers])
@@ -227,16 +237,43 @@ class RegionalLoop:
         self.last = Enforced(burst, guarantee, "split", epoch, lost, (), split.shortfall)
         return self.last
 
-    def _sticky(self, split: Mapping[str, Triple], reported: Mapping[str, Triple],
+    def _target(self, split: Mapping[str, Triple], reported: Mapping[str, Triple],
                 total: Triple) -> Mapping[str, Triple]:
-        """The shares the live regions reported for this epoch, if every one is within ``hysteresis`` of
-        the split; else the split. Every region decides from the same reports, so they agree; the reported
-        shares were all enforced at once (at the last of the reports), so they sum within the global
-        figures. Without it, demand noise moves the shares every epoch, and every raise waits an epoch
-        for the matching lower: capacity stranded for nothing."""
-        tol = [self.terms.hysteresis * x for x in total]
-        close = all(abs(reported[r][d] - split[r][d]) <= tol[d] for r in reported for d in range(3))
-        return reported if close else split
+        """The shares every live region moves towards this epoch, from the split and the reported shares.
+
+        Every region computes it from the same reports, so they agree (all the move rule needs for its
+        safety). Per dimension, with ``free`` the room no live region reported holding
+        (``total - sum(reported)``: a lost region's share, what the last lowers freed, the floors' rest)
+        and each region's ``deficit`` below its split (``max(0, split - reported)``):
+
+        * A region above its split lowers to it (at once; its room is usable by the others one epoch
+          later, once it has reported the lower share).
+        * A region below its split raises by its part of ``min(free, sum(deficits))``, in proportion to
+          its deficit. That room is free *now*, so the move rule grants every such raise in full. (Raising
+          straight to the split instead, each raiser had to leave room for *every* peer still lowering,
+          so with several regions shifting at once each raise fell short by the sum of the peers' drops,
+          often below the raiser's own reported share: after a loss the survivors took up to 11 epochs
+          to take the lost region's guarantee, and one entitlement never did.)
+        * **Hysteresis.** If every region's reported share is within ``hysteresis`` of the global figure
+          of its split, nobody lowers: the reported shares stand, plus their part of the free room, so
+          demand noise does not move shares every epoch, and room left free still gets taken.
+        """
+        names = sorted(reported)
+        out: dict[str, list[float]] = {r: [0.0, 0.0, 0.0] for r in names}
+        stand = all(abs(reported[r][d] - split[r][d]) <= self.terms.hysteresis * total[d]
+                    for r in names for d in range(3))
+        for d in range(3):
+            rep = [reported[r][d] for r in names]
+            sp = [split[r][d] for r in names]
+            deficit = [max(0.0, s - x) for s, x in zip(sp, rep, strict=True)]
+            need = math.fsum(deficit)
+            fill = min(max(0.0, total[d] - math.fsum(rep)), need)
+            for i, r in enumerate(names):
+                if sp[i] >= rep[i] or stand:
+                    out[r][d] = rep[i] + (fill * deficit[i] / need if need > 0 else 0.0)
+                else:
+                    out[r][d] = sp[i]
+        return {r: (v[0], v[1], v[2]) for r, v in out.items()}
 
     def _moved(self, share: Triple, total: Triple, peers: Iterable[Triple]) -> Triple:
         held = list(peers)

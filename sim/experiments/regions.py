@@ -22,8 +22,15 @@ What is measured, and by what:
   5 % of the burst of the split computed from the true current demand); (b) the global-limit error
   per entitlement and 60 s window, ``(admitted - min(total demand, burst)) / burst``, and the capacity
   stranded by the protocol's lag (what the instant split of the true demand would have admitted but
-  the enforced shares did not); (c) the failover time (until the survivors' guarantee shares add up
-  to the whole guarantee, less the quantum rounding).
+  the enforced shares did not); (c) the failover time: the first sample at which the survivors'
+  guarantee shares add up to the whole guarantee, less one quantum per survivor (each region floors
+  its share to the quantum, so that is the protocol's own precision, not a tolerance of the
+  measure); split into detection (the dead region's last heartbeat ``LOST_AFTER_S`` old) and what
+  follows; the narrower time until no guarantee room is unclaimed (each survivor's share, or the
+  larger share it reported before its last split, while it releases a lower); and, from one split
+  after detection on, the share of time the live regions hold the whole guarantee, with the
+  no-failure run in the same window for reference (demand keeps moving, and a region that lowers
+  frees its room for the others one epoch later, failure or not).
 * **Engine (one model, the surviving regions).** Guaranteed P99 TTFT comes from the real simulator
   (``sim.control.ControlLoop`` over ``sim.cluster``/``sim.engine`` with the calibrated step times),
   for model 0's pools in the surviving regions, from 60 s before the failure to the end, once with the
@@ -252,6 +259,13 @@ class Fluid:
     over_share: float = 0.0  # share of (sample, entitlement) pairs with live enforced shares above the burst
     first_over: dict[str, Any] | None = None
     stranded_lag_before_failure: float = 0.0
+    # guaranteed entitlements, from one split after detection to the end (no failure: the same window):
+    held_after: Array = field(default_factory=lambda: np.array([]))  # share of samples with the whole guarantee
+    held_fraction: Array = field(default_factory=lambda: np.array([]))  # mean live guarantee sum / guarantee
+    # seconds after the failure until no guarantee room is unclaimed: the survivors' sum of max(share, the
+    # share they reported for the epoch they last split, i.e. what they are still releasing) is the whole
+    # guarantee less a quantum each (guaranteed entitlements, NaN if never)
+    claimed: Array = field(default_factory=lambda: np.array([]))
 
 
 _REPORT, _DELIVER, _SAMPLE = 0, 1, 2
@@ -273,6 +287,7 @@ def run_fluid(p: Platform, idx: NDArray[np.int64], failed: bool, seed: int, prog
     loops = [[RegionalLoop(r, p.terms(int(i)), started=0.0) for i in idx] for r in regions]
     enforced_b = np.zeros((nr, n))
     enforced_g = np.zeros((nr, n))
+    claim_g = np.zeros((nr, n))  # max(enforced guarantee, the guarantee in the region's report of its split epoch)
     rng = np.random.default_rng(seed + 1)
     heap: list[tuple[float, int, int, Any]] = []
     seq = 0
@@ -306,6 +321,8 @@ def run_fluid(p: Platform, idx: NDArray[np.int64], failed: bool, seed: int, prog
         splits += n
         enforced_b[ri] = [lp.burst[0] for lp in mine]
         enforced_g[ri] = [lp.guarantee[0] for lp in mine]
+        claim_g[ri] = [max(lp.guarantee[0], lp.reports[lp.region][lp.split_epoch].enforced_guarantee[0])
+                       if lp.split_epoch is not None else lp.guarantee[0] for lp in mine]
         gG = float(enforced_g[ri][m0 & gmask].sum())
         changes[regions[ri]].append((now, gG, float(enforced_b[ri][m0 & gmask].sum()),
                                      float(enforced_b[ri][m0 & ~gmask].sum())))
@@ -320,6 +337,11 @@ def run_fluid(p: Platform, idx: NDArray[np.int64], failed: bool, seed: int, prog
     within_after = np.zeros(n)
     samples_after = np.zeros(n)
     failover = np.full(n, np.nan)
+    claimed = np.full(n, np.nan)
+    held_samples = np.zeros(n)
+    held_sum = np.zeros(n)
+    after_samples = 0
+    held_from = tl.fail_at + detection_s(tl) + EPOCH_S + DELAY[1] + DT
     max_sum = 0.0
     max_g = 0.0
     over_samples = all_samples = 0
@@ -398,6 +420,14 @@ def run_fluid(p: Platform, idx: NDArray[np.int64], failed: bool, seed: int, prog
                 held = gs >= guarantee * (1 - (nr - 1) * QUANTUM) - 1e-9
                 fresh = gmask & np.isnan(failover) & held
                 failover[fresh] = t - tl.fail_at
+                cs = claim_g.T[:, live].sum(axis=1)
+                fresh = gmask & np.isnan(claimed) & (cs >= guarantee * (1 - (nr - 1) * QUANTUM) - 1e-9)
+                claimed[fresh] = t - tl.fail_at
+            if t >= held_from:
+                n_live = int(live.sum())
+                after_samples += 1
+                held_samples += gs >= guarantee * (1 - n_live * QUANTUM) - 1e-9
+                held_sum += np.where(guarantee > 0, gs / np.where(guarantee > 0, guarantee, 1.0), 0.0)
             sample["t"].append(t)
             sample["enforced"].append([float(x) for x in eb[pick]])
             sample["demand"].append([float(x) for x in d[pick]])
@@ -416,7 +446,9 @@ def run_fluid(p: Platform, idx: NDArray[np.int64], failed: bool, seed: int, prog
                  (lim_total - ideal_adm) / lim_total if lim_total else 0.0,
                  failover[gmask], max_sum, max_g, sample, changes, time.perf_counter() - t_start, splits, counts,
                  over_samples / all_samples if all_samples else 0.0, first_over,
-                 (pre[0] - pre[1]) / pre[2] if pre[2] else 0.0)
+                 (pre[0] - pre[1]) / pre[2] if pre[2] else 0.0,
+                 (held_samples / after_samples if after_samples else np.full(n, np.nan))[gmask],
+                 (held_sum / after_samples if after_samples else np.full(n, np.nan))[gmask], claimed[gmask])
 
 
 def _sample_entitlement(p: Platform, idx: NDArray[np.int64]) -> int:
@@ -543,6 +575,23 @@ def bench_split(p: Platform, reps: int, seed: int) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------------- run
 
+def detection_s(tl: Timeline) -> float:
+    """Seconds from the failure until the dead region's last heartbeat (its last report, at the start of
+    the epoch it died in) is ``LOST_AFTER_S`` old: no survivor can act on the loss before."""
+    return math.floor(tl.fail_at / EPOCH_S) * EPOCH_S + LOST_AFTER_S - tl.fail_at
+
+
+def _held(fl: Fluid, sel: NDArray[np.bool_] | None) -> dict[str, float | None]:
+    """``held_after`` and ``held_fraction`` of the guaranteed entitlements ``sel`` picks (all if None)."""
+    h, f = (fl.held_after, fl.held_fraction) if sel is None else (fl.held_after[sel], fl.held_fraction[sel])
+    return {"share_of_time_p50": _pct(h, 50), "share_of_time_mean": float(np.nanmean(h)) if h.size else None,
+            "guarantee_sum_mean": float(np.nanmean(f)) if f.size else None, "guarantee_sum_p1": _pct(f, 1)}
+
+
+def _minus(x: float | None, y: float) -> float | None:
+    return None if x is None else x - y
+
+
 def _pct(x: Array, q: float) -> float | None:
     x = x[~np.isnan(x)]
     return float(np.percentile(x, q)) if x.size else None
@@ -610,6 +659,7 @@ def summarise(p: Platform, main: Fluid, ref: Fluid, engine: dict[str, dict[str, 
     conv = main.converge
     bound_conv = 3 * EPOCH_S + 2 * DELAY[1]
     bound_fail = LOST_AFTER_S + 2 * EPOCH_S
+    detection = detection_s(tl)
     lo = tl.fail_at - t0
     ttft = {label: _ttft(res, lo) for label, res in engine.items()}
     replicas = {label: {r: {"start": res.replica_timeline[0][1], "end": res.replica_timeline[-1][1]}
@@ -619,11 +669,14 @@ def summarise(p: Platform, main: Fluid, ref: Fluid, engine: dict[str, dict[str, 
     conv_p99 = _pct(conv, 99)
     fo = main.failover
     fo_max = None if fo.size == 0 or np.isnan(fo).any() else float(fo.max())
+    cl = main.claimed
+    cl_max = None if cl.size == 0 or np.isnan(cl).any() else float(cl.max())
     checks = {
         "never_over_global": bool(err.max() <= 1e-9 and main.max_live_sum <= 1 + 1e-9
                                   and main.max_live_guarantee <= 1 + 1e-9),
         "converges": bool(not np.isnan(conv).any() and conv_p99 is not None and conv_p99 <= bound_conv),
         "failover_holds_guarantee": bool(fo_max is not None and fo_max <= bound_fail),
+        "failover_claims_guarantee": bool(cl_max is not None and cl_max <= bound_fail),
         "ttft_after_failure": bool(ratio is not None and ratio <= 1.5),
     }
     return {
@@ -649,7 +702,23 @@ def summarise(p: Platform, main: Fluid, ref: Fluid, engine: dict[str, dict[str, 
                                "stranded_by_lag_share_before_failure": main.stranded_lag_before_failure,
                                "stranded_by_split_floor_share": main.stranded_split},
         "failover": {"p50_s": _pct(fo, 50), "p99_s": _pct(fo, 99), "max_s": fo_max, "never": int(np.isnan(fo).sum()),
-                     "bound_s": bound_fail},
+                     "bound_s": bound_fail,
+                     # detection: the dead region's last heartbeat (its last report) lostAfter old
+                     "detection_s": detection,
+                     "after_detection_p50_s": _minus(_pct(fo, 50), detection),
+                     "after_detection_p99_s": _minus(_pct(fo, 99), detection),
+                     "after_detection_max_s": _minus(fo_max, detection),
+                     # a narrower claim than the above: no guarantee room left unclaimed (held, or being
+                     # released by a survivor that lowered at its last split, free for the others an epoch on)
+                     "claimed": {"p50_s": _pct(cl, 50), "p99_s": _pct(cl, 99), "max_s": cl_max,
+                                 "never": int(np.isnan(cl).sum())},
+                     # from one split after detection to the end: the share of 0.5 s samples at which the
+                     # live regions hold the whole guarantee (less a quantum each), and their mean sum of
+                     # guarantee shares over the guarantee; the no-failure run (model 0) in the same window
+                     # says what demand drift alone does (a lower frees room one epoch before its raise)
+                     "held": {"failure": _held(main, None),
+                              "failure_model_0": _held(main, p.model_of[main.idx[p.guaranteed[main.idx]]] == 0),
+                              "no_failure_model_0": _held(ref, None)}},
         "ttft": {"model": "model-00", "regions": list(engine["failure"]), "from_s_after_failure": 0.0,
                  "failure": ttft["failure"], "no_failure": ttft["no-failure"], "p99_ratio": ratio,
                  "replicas": replicas, "weighted_tokens_per_request": wreq},
@@ -689,7 +758,22 @@ def render(s: dict[str, Any]) -> str:
              f"max must be <= 0 (exact max {g['max']:.3g}); {g['windows']:,} windows; min {g['min']:.3f}"],
             ["failover: survivors hold the whole guarantee (s)", f["p50_s"], f["p99_s"], f["max_s"],
              f"<= {f['bound_s']:g} s (lostAfter + 2 epochs); never: {f['never']}"],
+            ["failover after detection (s; detection = last heartbeat lostAfter old, "
+             f"{f['detection_s']:g} s after the failure)", f["after_detection_p50_s"], f["after_detection_p99_s"],
+             f["after_detection_max_s"], "the survivors' split once every survivor's report of the epoch is in"],
+            ["failover: no guarantee room unclaimed (held, or being released by a lower) (s)",
+             f["claimed"]["p50_s"], f["claimed"]["p99_s"], f["claimed"]["max_s"],
+             f"<= {f['bound_s']:g} s; never: {f['claimed']['never']}; a narrower claim than the row above"],
         ]),
+        markdown_table(["from one split after detection to the end (guaranteed entitlements)",
+                        "whole guarantee held: share of time, p50", "mean", "guarantee sum / guarantee, mean",
+                        "p1"],
+                       [[label, h["share_of_time_p50"], h["share_of_time_mean"], h["guarantee_sum_mean"],
+                         h["guarantee_sum_p1"]]
+                        for label, h in (("failure: survivors, all models", f["held"]["failure"]),
+                                         ("failure: survivors, model 0", f["held"]["failure_model_0"]),
+                                         ("no failure: all regions, model 0, same window",
+                                          f["held"]["no_failure_model_0"]))]),
         markdown_table(["stranded capacity (of min(demand, burst))", "share"], [
             ["by the protocol's lag (instant split of true demand admits more), whole run",
              g["stranded_by_lag_share"]],
