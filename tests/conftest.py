@@ -10,6 +10,11 @@ A real ClickHouse engine (chDB, in-process) for the history tests: chDB opens on
 process, so every test in this pytest process shares one directory (session scope) and gets a
 database of its own, migrated from the repo's files. A test that needs a directory of its own runs
 the code that opens it in a subprocess.
+
+The static report's tests (``tests/dashboards/test_report_chromium.py``, ``tests/test_cli_report.py``) only
+read the seeded history (``tests/streams/history/seed.py``), so they share one seeded database
+(``seeded_history``), and one rendering of each panel (``shared_renders``): matplotlib draws the same panel
+from the same rows, range and interval to the same PNG bytes, so a panel both modules draw is drawn once.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -27,6 +33,11 @@ from streams.history.migrate import migrate
 from streams.history.settings import StoreSettings
 from streams.history.store import HistoryStore, open_store
 from tests.history_store import store_settings_for
+
+if TYPE_CHECKING:
+    from dashboards.macros import TimeRange
+    from dashboards.report.model import PanelResult
+    from tests.streams.history.seed import Seed
 
 _numbers = itertools.count()
 TESTS = Path(__file__).resolve().parent
@@ -86,3 +97,57 @@ def store(store_settings: StoreSettings) -> Iterator[HistoryStore]:
     yield s
     s.command(f"DROP DATABASE IF EXISTS {store_settings.database}")
     s.close()
+
+
+@pytest.fixture(scope="session")
+def history_seed() -> Seed:
+    """The seeded three days as records (``seed.build()`` is deterministic): what the tests compare with."""
+    from tests.streams.history import seed
+
+    return seed.build()
+
+
+@pytest.fixture(scope="session")
+def seeded_history(chdb_dir: Path, history_seed: Seed) -> Iterator[tuple[HistoryStore, StoreSettings]]:
+    """``history_seed`` in a database of the session's own, for tests that only read it (the report's)."""
+    from tests.streams.history import seed
+
+    settings = store_settings_for(chdb_dir, f"tokenpools_seeded_{os.getpid()}")
+    s = open_store(settings)
+    migrate(s, settings)
+    seed.insert(s, history_seed)
+    yield s, settings
+    s.command(f"DROP DATABASE IF EXISTS {settings.database}")
+    s.close()
+
+
+@pytest.fixture(scope="session")
+def _render_cache() -> dict[Any, bytes]:
+    return {}
+
+
+@pytest.fixture(scope="module")
+def shared_renders(_render_cache: dict[Any, bytes]) -> Iterator[None]:
+    """While the module runs, ``run_report`` draws a panel once per session for the same input.
+
+    The key is the whole input of ``render_panel`` (the panel, its rows as the runner returned them, the
+    status, range and interval), so only a drawing of exactly the same thing is reused: rows through an
+    endpoint (ISO strings) are drawn again, and so is any panel in another range or interval.
+    """
+    import dashboards.report.runner as runner
+
+    render = runner.render_panel
+
+    def shared(result: PanelResult, time_range: TimeRange, interval_s: int) -> bytes:
+        key = (result, time_range, interval_s)
+        try:
+            return _render_cache[key]
+        except KeyError:
+            png = _render_cache[key] = render(result, time_range, interval_s)
+            return png
+        except TypeError:  # a cell that cannot be hashed (a list): drawn every time
+            return render(result, time_range, interval_s)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runner, "render_panel", shared)
+        yield

@@ -1,4 +1,4 @@
-"""`tokenpools report` on real chDB: the seeded history in a database of this module's own.
+"""`tokenpools report` on real chDB: the seeded history, in the session's database of it.
 
 chDB lets one process hold a data directory, and this pytest process holds the session's, so the command
 runs in-process (typer's CliRunner) with ``--data-dir`` pointing at that same directory, as
@@ -23,11 +23,9 @@ from prometheus_client import CollectorRegistry
 from typer.testing import CliRunner
 
 from dashboards.catalog import CLICKHOUSE
-from streams.history.migrate import migrate
 from streams.history.server import bound_port, create_app, make_server
 from streams.history.settings import ServerSettings, StoreSettings
-from streams.history.store import HistoryStore, open_store
-from tests.history_store import store_settings_for
+from streams.history.store import HistoryStore
 from tests.streams.history import seed
 from tokenpools.cli import app
 from tokenpools.cli.report import parse_instant
@@ -36,6 +34,8 @@ TOKEN = "report-test-token"
 FROM = datetime.fromtimestamp(seed.T0_MS / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 TO = datetime.fromtimestamp(seed.END_MS / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 PANELS_ONE_ENTITLEMENT = sum(len(d.panels) for d in CLICKHOUSE)
+# A panel drawn from the same rows, range and interval is drawn once per session (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("shared_renders")
 
 
 @pytest.fixture(autouse=True)
@@ -48,14 +48,9 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def seeded(chdb_dir: Path) -> Iterator[tuple[HistoryStore, StoreSettings]]:
-    settings = store_settings_for(chdb_dir, f"tokenpools_cli_report_{os.getpid()}")
-    store = open_store(settings)
-    migrate(store, settings)
-    seed.insert(store, seed.build())
-    yield store, settings
-    store.command(f"DROP DATABASE IF EXISTS {settings.database}")
-    store.close()
+def seeded(seeded_history: tuple[HistoryStore, StoreSettings]) -> tuple[HistoryStore, StoreSettings]:
+    """The session's seeded database (tests/conftest.py): these tests only read it."""
+    return seeded_history
 
 
 def _where(settings: StoreSettings) -> list[str]:

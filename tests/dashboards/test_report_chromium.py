@@ -1,6 +1,6 @@
 """The static report (``dashboards.report``) on the seeded history, looked at in headless Chromium.
 
-The seed (``tests/streams/history/seed.py``, three days) goes into a chDB database of this module's own;
+The seed (``tests/streams/history/seed.py``, three days) is in a chDB database of the session's (conftest);
 the report runs every ClickHouse dashboard's panels over the seed's range through the same read-only path
 as ``tokenpools report`` (``store_runner``: the history endpoint's checks) and writes its files. Chromium
 (Debian's, installed by ``tokenpools.infra.chromium`` when missing) then loads index.html from disk: the
@@ -14,11 +14,9 @@ a panel without data, a panel whose query returns other columns than it declares
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
@@ -31,9 +29,8 @@ from dashboards.report import MAX_DEFAULT_ENTITLEMENTS, Report, ReportError, Sta
 from dashboards.report.page import HTML_TABLE_ROWS
 from dashboards.report.runner import ProgressEvent
 from dashboards.spec import Dashboard, Panel, Row, Source, Target, Variable, Viz
-from streams.history.migrate import migrate
-from streams.history.store import HistoryStore, open_store
-from tests.history_store import store_settings_for
+from streams.history.settings import StoreSettings
+from streams.history.store import HistoryStore
 from tests.streams.history import seed
 from tokenpools.cli.report import store_runner
 from tokenpools.infra.chromium import ensure_chromium
@@ -50,14 +47,9 @@ def chromium() -> Path:
 
 
 @pytest.fixture(scope="module")
-def store(chdb_dir: Path) -> Iterator[HistoryStore]:
-    settings = store_settings_for(chdb_dir, f"tokenpools_report_{os.getpid()}")
-    s = open_store(settings)
-    migrate(s, settings)
-    seed.insert(s, seed.build())
-    yield s
-    s.command(f"DROP DATABASE IF EXISTS {settings.database}")
-    s.close()
+def store(seeded_history: tuple[HistoryStore, StoreSettings]) -> HistoryStore:
+    """The session's seeded database (tests/conftest.py): these tests only read it."""
+    return seeded_history[0]
 
 
 @dataclass
@@ -68,7 +60,7 @@ class Made:
 
 
 @pytest.fixture(scope="module")
-def made(store: HistoryStore, tmp_path_factory: pytest.TempPathFactory) -> Made:
+def made(store: HistoryStore, tmp_path_factory: pytest.TempPathFactory, shared_renders: None) -> Made:
     out = tmp_path_factory.mktemp("report")
     events: list[ProgressEvent] = []
     report = run_report(store_runner(store), RANGE, progress=events.append)
@@ -172,8 +164,8 @@ def test_report_json_pngs_and_progress(made: Made) -> None:
     assert {s["uid"] for s in summary["sections"]} == {d.uid for d in CLICKHOUSE}
 
 
-def test_the_entitlements_shown_are_the_busiest_and_the_page_says_why(made: Made) -> None:
-    seeded = seed.build()
+def test_the_entitlements_shown_are_the_busiest_and_the_page_says_why(made: Made, history_seed: seed.Seed) -> None:
+    seeded = history_seed
     counts = Counter(e.entitlement for e in seeded.events if RANGE.start.timestamp() <= e.ts <= RANGE.end.timestamp())
     busiest = sorted(counts, key=lambda name: (-counts[name], name))[:MAX_DEFAULT_ENTITLEMENTS]
     sections = [s for s in made.report.sections if s.dashboard.uid == "tokenpools-entitlement"]
@@ -250,13 +242,14 @@ ENTITLEMENT_LIKE = Dashboard(
         "AND entitlement = ${entitlement:sqlstring}"),), columns=("events",)),)),))
 
 
-def test_named_entitlements_find_their_pool_and_an_unknown_one_is_refused(store: HistoryStore) -> None:
+def test_named_entitlements_find_their_pool_and_an_unknown_one_is_refused(store: HistoryStore,
+                                                                         history_seed: seed.Seed) -> None:
     report = run_report(store_runner(store), RANGE, dashboards=(ENTITLEMENT_LIKE,),
                         entitlements=["initech-gold", "acme-gold"])
     assert [dict(s.variables) for s in report.sections] == [{"entitlement": "initech-gold", "pool": "pool-b"},
                                                             {"entitlement": "acme-gold", "pool": "pool-a"}]
     assert all("named on the command line" in s.note for s in report.sections)
-    seeded = seed.build()
+    seeded = history_seed
     assert report.panels[0].rows[0][0] == sum(1 for e in seeded.events if e.entitlement == "initech-gold")
     with pytest.raises(ReportError, match="'nobody-here' has no events") as refused:
         run_report(store_runner(store), RANGE, dashboards=(ENTITLEMENT_LIKE,), entitlements=["nobody-here"])
