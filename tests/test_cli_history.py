@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import os
 import subprocess
 import sys
 import threading
@@ -30,10 +31,12 @@ from typer.testing import CliRunner
 from schemas.records import Amounts, Outcome, Phase, RequestEvent
 from streams.history import catalog
 from streams.history.catalog import parse
+from streams.history.migrate import migrate
 from streams.history.rows import Located, request_block
 from streams.history.server import bound_port, create_app, describe, make_server
 from streams.history.settings import HistorySettings, ServerSettings, StoreSettings
-from streams.history.store import HistoryStore, StoreError
+from streams.history.store import HistoryStore, StoreError, open_store
+from tests.history_store import store_settings_for
 from tokenpools.cli import app
 
 TOKENPOOLS = Path(sys.executable).with_name("tokenpools")
@@ -53,7 +56,6 @@ LAST = datetime.fromtimestamp(T0 + 60, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No ClickHouse URL or history settings from the machine running the tests."""
-    import os
     for name in list(os.environ):
         if name.startswith(("TOKENPOOLS_HISTORY_", "TOKENPOOLS_KAFKA_")) or name in ("CLICKHOUSE_URL",
                                                                                      "KAFKA_BOOTSTRAP_SERVERS"):
@@ -67,13 +69,32 @@ def _event(n: int, tenant: str, output: int, at: float) -> RequestEvent:
                         output_tokens=output, latency_s=1.0, reserved=Amounts(throughput=1.0, kv=1.0, concurrency=1.0))
 
 
-@pytest.fixture
-def seeded(store: HistoryStore, store_settings: StoreSettings) -> list[str]:
-    """The store fixture with three events; the options that point a command at its database."""
+@pytest.fixture(scope="module")
+def _seeded_store(chdb_dir: Path) -> Iterator[tuple[HistoryStore, StoreSettings]]:
+    """A database of this module's own with three events, migrated and written once: the tests only read
+    it (``test_query_is_read_only`` checks that the writes it tries are refused and the three rows stay)."""
+    settings = store_settings_for(chdb_dir, f"tokenpools_cli_history_{os.getpid()}")
+    s = open_store(settings)
+    migrate(s, settings)
     rows = [("acme", 100, 0.0), ("acme", 50, 60.0), ("globex", 70, 30.0)]
     events = [(_event(n, t, o, at), Located("tokenpools.requests", 0, n)) for n, (t, o, at) in enumerate(rows)]
-    store.insert("request_events", request_block(events), token="cli-test/seed")
-    return ["--data-dir", str(store_settings.data_dir), "--database", str(store_settings.database)]
+    s.insert("request_events", request_block(events), token="cli-test/seed")
+    yield s, settings
+    s.command(f"DROP DATABASE IF EXISTS {settings.database}")
+    s.close()
+
+
+@pytest.fixture
+def store(_seeded_store: tuple[HistoryStore, StoreSettings]) -> HistoryStore:
+    """The module's seeded store (in place of tests/conftest.py's empty one per test)."""
+    return _seeded_store[0]
+
+
+@pytest.fixture
+def seeded(_seeded_store: tuple[HistoryStore, StoreSettings]) -> list[str]:
+    """The options that point a command at the module's seeded database."""
+    settings = _seeded_store[1]
+    return ["--data-dir", str(settings.data_dir), "--database", str(settings.database)]
 
 
 def run(*args: str) -> Any:
