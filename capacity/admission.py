@@ -19,6 +19,9 @@ SLO_QUEUE_FRACTION = 0.5
 _INF = math.inf
 
 
+_HELD = (Dimension.KV, Dimension.CONCURRENCY)
+
+
 class Verdict(IntEnum):
     ADMIT = 0
     PREEMPT = 1
@@ -75,12 +78,20 @@ def decide(
         # make the next allocator tick reject the whole pool's inputs.
         dim = Dimension.THROUGHPUT if not 0.0 <= cost.throughput < _INF else Dimension.KV
         return Decision(Verdict.REFUSE, dimension=dim, retry_after=_retry_after(pool, math.inf))
-    if not retry:
-        ent.demand_tp += cost.throughput
-        if ent.kv_in_flight + cost.kv > ent.demand_kv_peak:
-            ent.demand_kv_peak = ent.kv_in_flight + cost.kv
-        if ent.seqs_in_flight + 1.0 > ent.demand_conc_peak:
-            ent.demand_conc_peak = ent.seqs_in_flight + 1.0
+    if retry:
+        return _decide(pool, ent, request_id, cost, now, deadline)
+    ent.demand_tp += cost.throughput
+    decision = _decide(pool, ent, request_id, cost, now, deadline)
+    if decision.reservation is None and decision.dimension in _HELD:
+        # Turned away or queued for want of KV or a sequence: what it would hold is demand on them.
+        # Not when throughput stopped it: it could not use them, and they would be stranded.
+        ent.unmet_kv += cost.kv
+        ent.unmet_seqs += 1.0
+    return decision
+
+
+def _decide(pool: PoolLive, ent: EntitlementLive, request_id: str, cost: RequestCost, now: float,
+            deadline: float) -> Decision:
     bucket = ent.bucket
     bucket.refill(now)
     kv_after = ent.kv_in_flight + cost.kv

@@ -14,6 +14,7 @@ from capacity.cost import OutputEstimator, RequestCost
 from schemas.specs import TIER_RANK, Entitlement, Tier, TokenPool, Triple
 
 GUARANTEED, ELASTIC, SPOT = 0, 1, 2
+FALLBACK_HOLD_S = 1.0  # how long a request holds KV and a sequence, until the first one ends (as streams)
 _INF = math.inf
 
 
@@ -52,6 +53,9 @@ class EntitlementLive:
         "fair_share",
         "g_bucket",
         "guarantee",
+        "hold_n",
+        "hold_s",
+        "hold_sum",
         "kv_in_flight",
         "kv_seconds",
         "last_change",
@@ -68,6 +72,8 @@ class EntitlementLive:
         "spec",
         "tenant",
         "tier",
+        "unmet_kv",
+        "unmet_seqs",
         "used_tp",
         "weight",
         "window",
@@ -88,6 +94,7 @@ class EntitlementLive:
         self.effective_weight = self.weight
         self.fair_share = 0.0
         self.last_change = now
+        self.hold_s = FALLBACK_HOLD_S
         self.reset_accumulators(now)
 
     def _take_spec(self, ent: Entitlement) -> None:
@@ -144,10 +151,30 @@ class EntitlementLive:
         return (max(0.0, self.bucket.level), max(0.0, self.limit_kv - self.kv_in_flight),
                 max(0.0, self.limit_conc - self.seqs_in_flight))
 
+    def held_demand(self, span: float) -> tuple[float, float]:
+        """Demand on the held dimensions over the tick: (kv, sequences).
+
+        The peak held, plus what the requests turned away or queued on their first attempt would have
+        held, by Little's law: their rate over the tick times how long a request holds what it holds
+        (the mean over the tick's releases; the last such mean when none ended). Without that second
+        term a tenant whose limit is full shows demand of what it holds, and can grow its limit by one
+        request per tick however far below its fair share it is. The pipeline counts held demand the
+        same way (``streams.windows``).
+        """
+        if self.hold_n:
+            self.hold_s = self.hold_sum / self.hold_n
+        wait = self.hold_s / span
+        return (max(self.demand_kv_peak, self.kv_in_flight) + self.unmet_kv * wait,
+                max(self.demand_conc_peak, self.seqs_in_flight) + self.unmet_seqs * wait)
+
     def reset_accumulators(self, now: float) -> None:
         self.demand_tp = 0.0
         self.demand_kv_peak = self.kv_in_flight
         self.demand_conc_peak = self.seqs_in_flight
+        self.unmet_kv = 0.0
+        self.unmet_seqs = 0.0
+        self.hold_sum = 0.0
+        self.hold_n = 0
         self.used_tp = 0.0
         self.kv_seconds = 0.0
         self.seq_seconds = 0.0
@@ -383,6 +410,8 @@ class PoolLive:
             if output_tokens is not None:
                 ent.outputs.observe(output_tokens)
         ent.integrate(now)
+        ent.hold_sum += max(0.0, now - res.admitted_at)
+        ent.hold_n += 1
         if ent.rank == GUARANTEED:
             self._track_guarantee(ent, -res.kv, -1.0)
         ent.kv_in_flight -= res.kv

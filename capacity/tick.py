@@ -68,8 +68,7 @@ def collect(pool: PoolLive, now: float, dt: float) -> tuple[list[EntitlementLive
     span = dt if dt > 0 else 1.0
     for i, e in enumerate(ents):
         e.integrate(now)
-        demand[i] = (e.demand_tp / span, max(e.demand_kv_peak, e.kv_in_flight),
-                     max(e.demand_conc_peak, e.seqs_in_flight))
+        demand[i] = (e.demand_tp / span, *e.held_demand(span))
         usage[i] = (e.used_tp / span, e.kv_seconds / span, e.seq_seconds / span)
         e.reset_accumulators(now)
     inp = tick_input(
