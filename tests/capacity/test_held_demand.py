@@ -26,26 +26,35 @@ PER_STEP = 30  # requests each tenant sends every step: 300/s x 4 s = 1,200 sequ
 LATE_AT = 20.0
 
 
-def run(until: float, use_debt: bool, hold_s: float = HOLD_S) -> list[tuple[float, float]]:
+class Clients:
+    """Open-loop clients: every step each sends its requests; an admitted one holds for ``hold_s``."""
+
+    def __init__(self, live: PoolLive, hold_s: float) -> None:
+        self.live, self.hold_s = live, hold_s
+        self.releases: list[tuple[float, str]] = []
+        self.n = 0
+
+    def step(self, now: float, sends: dict[str, int]) -> None:
+        while self.releases and self.releases[0][0] <= now:
+            self.live.release(heapq.heappop(self.releases)[1], now, 100, 100)
+        for name, count in sends.items():
+            e = self.live.entitlements[name]
+            for _ in range(count):
+                self.n += 1
+                rid = f"{name}-{self.n}"
+                if decide(self.live, e, rid, self.live.cost(100, 100, e), now).admitted:
+                    heapq.heappush(self.releases, (now + self.hold_s, rid))
+
+
+def run(until: float, use_debt: bool) -> list[tuple[float, float]]:
     """The late tenant's concurrency limit after every tick from its arrival: (time since arrival, limit)."""
     live = PoolLive(pool(per=(1e9, 1e9, SEQS)), [ent("early"), ent("late")], now=0.0)
     policy = policy_for(live, use_debt=use_debt)
-    releases: list[tuple[float, str]] = []
+    clients = Clients(live, HOLD_S)
     seen: list[tuple[float, float]] = []
-    n = 0
     for step in range(int(until / STEP_S)):
         now = step * STEP_S
-        while releases and releases[0][0] <= now:
-            live.release(heapq.heappop(releases)[1], now, 100, 100)
-        for name, start in (("early", 0.0), ("late", LATE_AT)):
-            if now < start:
-                continue
-            e = live.entitlements[name]
-            for _ in range(PER_STEP):
-                n += 1
-                rid = f"{name}-{n}"
-                if decide(live, e, rid, live.cost(100, 100, e), now).admitted:
-                    heapq.heappush(releases, (now + hold_s, rid))
+        clients.step(now, {"early": PER_STEP, "late": PER_STEP if now >= LATE_AT else 0})
         if step % 10 == 9:
             tick(live, now + STEP_S, 1.0, policy)
             if now >= LATE_AT:
@@ -72,21 +81,12 @@ def test_the_held_demand_does_not_overstate_a_tenant_that_wants_less(hold_s: flo
     """A tenant that wants less than its share is not given much more, so the backlogged one keeps the rest."""
     live = PoolLive(pool(per=(1e9, 1e9, SEQS)), [ent("small"), ent("big")], now=0.0)
     policy = policy_for(live)
-    releases: list[tuple[float, str]] = []
+    clients = Clients(live, hold_s)
     wanted = 5 * hold_s / STEP_S  # 5 per step held hold_s: this many sequences at once in steady state
-    n = 0
     small_limits, big_limits = [], []
     for step in range(int(40.0 / STEP_S)):
         now = step * STEP_S
-        while releases and releases[0][0] <= now:
-            live.release(heapq.heappop(releases)[1], now, 100, 100)
-        for name, per in (("small", 5), ("big", PER_STEP * 3)):
-            e = live.entitlements[name]
-            for _ in range(per):
-                n += 1
-                rid = f"{name}-{n}"
-                if decide(live, e, rid, live.cost(100, 100, e), now).admitted:
-                    heapq.heappush(releases, (now + hold_s, rid))
+        clients.step(now, {"small": 5, "big": PER_STEP * 3})
         if step % 10 == 9:
             tick(live, now + STEP_S, 1.0, policy)
             if now >= 20.0:
