@@ -37,11 +37,20 @@ def fairness(
     seed: int | None = SEED,
     duration: float | None = DURATION,
     out: Path = typer.Option(Path("results/fairness"), "--out", help="Folder for summary.json, table.md, PNG."),
+    config: Path | None = typer.Option(
+        None, "--config", help="Config folder or file: pool, entitlements and workloads (default: deploy/examples)."),
+    workload: str = typer.Option("fairness", "--workload",
+                                 help="Workload to run; at least two of its tenants must be elastic."),
 ) -> None:
     """Experiment 2: debt drives elastic tenants to weighted fair shares under scarcity."""
     from sim.experiments import fairness as experiment
 
-    summary = experiment.run(seed=43 if seed is None else seed, duration=duration, out=out, console=console)
+    try:  # the config and workload are checked before anything runs
+        summary = experiment.run(seed=seed, duration=duration, out=out, console=console, config_dir=config,
+                                 workload=workload)
+    except experiment.FairnessInputError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     _exit_on_failure(summary["pass"])
 
 
