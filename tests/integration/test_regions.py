@@ -43,13 +43,13 @@ them to within 2 %. That is a finding about ``capacity.global_loop`` and the adm
 rewritten share, not something this test works around silently.
 
 Even with 0.1 the lower bound fails after the swing, most of the time. Over four runs the 70/30 minute
-reached 0.92x to 0.96x of ``LIMIT``, but the 30/70 minute only 0.79x to 0.90x (once just over 0.9x).
-The shares sum to about 0.98x of ``LIMIT`` in both minutes, so
-the loops keep the split. The shortfall is admission: after the swing, each region admits 72 % to 88 %
-of its new share for the rest of the minute. Also, now and then one region (either one) reports a demand
-near zero for one epoch, and its share drops to the 10 % floor (the trace printed by test 1 shows
-``20/380`` or ``160/20``). Where that comes from (the pipeline's measured demand, or its elastic limits after a
-rewritten Entitlement) is not found yet, hence the xfail.
+reached 0.92x to 0.96x of ``LIMIT``, but the 30/70 minute only 0.79x to 0.90x (once just over 0.9x). The
+shares sum to about 0.98x of ``LIMIT`` in both minutes, so the loops keep the split. The shortfall is
+admission: after the swing, each region admits 72 % to 88 % of its new share for the rest of the minute.
+Also, now and then one region (either one) reports a demand near zero for one epoch, and its share drops to
+the 10 % floor (the trace printed by test 1 shows ``20/380`` or ``160/20``). Where that comes from (the
+pipeline's measured demand, or its elastic limits after a rewritten Entitlement) is not found yet, hence the
+xfail.
 
 Admitted throughput is measured from the responses' ``usage`` (``0.5 * prompt + completion``, the pool's
 token weights), by the time each request was sent.
